@@ -1,0 +1,16 @@
+"""The `limit` transform, the `Kernel`, and the registry of kernel rules.
+
+Importing this package registers the rules of every layer in [`eqntk.nn`][].
+"""
+
+from . import _activations as _activations, _dense as _dense, _structure as _structure
+from ._kernel import Kernel as Kernel
+from ._limit import KernelFn as KernelFn, limit as limit
+from ._registry import (
+    AbstractRule as AbstractRule,
+    apply as apply,
+    register as register,
+    Requirements as Requirements,
+    requirements as requirements,
+    rule_for as rule_for,
+)

@@ -1,0 +1,198 @@
+"""The `Kernel`: the state that the `limit` transform carries from layer to layer."""
+
+import collections
+from typing import Any
+
+import equinox as eqx
+from jaxtyping import Array, Float
+
+
+KERNEL_NAMES = ("nngp", "ntk", "cov1", "cov2")
+
+
+class Kernel(eqx.Module):
+    """Covariances of an infinitely wide network's activations on two batches of inputs.
+
+    A `Kernel` describes the Gaussian process that the (pre-)activations of one layer of an
+    infinitely wide network form, on a batch `x1` of $N_1$ inputs and a batch `x2` of $N_2$
+    inputs. It is what [`eqntk.limit`][] passes from one layer's rule to the next, and what a
+    kernel function returns when called with `get=None`.
+
+    **Fields:**
+
+    - `nngp`: the NNGP kernel $\\mathcal{K}(x_1, x_2)$, the covariance of the activations.
+    - `ntk`: the neural tangent kernel $\\Theta(x_1, x_2)$, or `None` when it was not asked for.
+    - `cov1`: the NNGP kernel of `x1` with itself, diagonal over the batch:
+      `cov1[a] == K(x1, x1)[a, a]`.
+    - `cov2`: the same for `x2`, or `None` when `x2` is `x1` (then `cov1` serves for both).
+    - `shape1`, `shape2`: the channel-first shapes `(C, *spatial)` of one example's finite
+      activations, where `C` is the finite width of the layer that produced them. The width does
+      not affect the kernel in the NTK parameterisation; the standard parameterisation and
+      channel-wise concatenation use it.
+    - `diagonal_spatial`: the layout of the spatial axes (see below).
+    - `is_gaussian`: whether the activations are Gaussian, i.e. the outputs of an affine layer.
+      Nonlinearities need Gaussian inputs and raise an error otherwise.
+    - `x1_is_x2`: whether the kernel was computed with `x2=None`, so that `nngp` and `ntk` are
+      square and symmetric.
+
+    **Layout.** The two batch axes come first. For inputs with spatial axes $S_0, S_1, \\dots$
+    (e.g. `(C, H, W)` images) the spatial covariance is stored either
+
+    - *full* (`diagonal_spatial=False`): `nngp` has shape `(N1, N2, S0, S0, S1, S1, ...)` with the
+      axes of the two examples **interleaved**:
+      `nngp[a, b, i, i', j, j'] = Cov(f(x1[a])[c, i, j], f(x2[b])[c, i', j'])`
+      (the same for every channel `c`); `cov1` has shape `(N1, S0, S0, S1, S1, ...)`;
+    - *diagonal* (`diagonal_spatial=True`): only the entries with `i == i'`, `j == j'`:
+      `nngp` has shape `(N1, N2, S0, S1, ...)` and `cov1` has shape `(N1, S0, S1, ...)`.
+
+    Interleaving keeps every per-axis operation (a convolution, a pooling window, a resize)
+    local to one adjacent pair of axes, and it is the layout the reference data uses. `limit`
+    chooses the diagonal layout automatically when the rest of the network only needs it (for
+    example a CNN that ends in `Flatten`), which costs $O(HW)$ instead of $O((HW)^2)$ per pair of
+    inputs. `ntk` always has the layout of `nngp`.
+
+    **Example:**
+
+    ```python
+    import jax.random as jr
+    import eqntk
+    from eqntk import nn
+
+    model = nn.Sequential([nn.Dense(3, 8, key=jr.key(0)), nn.Relu(), nn.Dense(8, 1, key=jr.key(1))])
+    x = jr.normal(jr.key(2), (4, 3))
+    k = eqntk.limit(model)(x)
+    assert k.nngp.shape == (4, 4) and k.cov1.shape == (4,)
+    ```
+    """
+
+    nngp: Float[Array, "n1 n2 *spatial"]
+    ntk: Float[Array, "n1 n2 *spatial"] | None
+    cov1: Float[Array, "n1 *spatial"]
+    cov2: Float[Array, "n2 *spatial"] | None
+    shape1: tuple[int, ...] = eqx.field(static=True)
+    shape2: tuple[int, ...] = eqx.field(static=True)
+    diagonal_spatial: bool = eqx.field(static=True, default=False)
+    is_gaussian: bool = eqx.field(static=True, default=False)
+    x1_is_x2: bool = eqx.field(static=True, default=False)
+
+    def __check_init__(self):
+        n_spatial = len(self.shape1) - 1
+        per_pair = n_spatial if self.diagonal_spatial else 2 * n_spatial
+        if self.nngp.ndim != 2 + per_pair:
+            raise ValueError(
+                f"`Kernel.nngp` must have {2 + per_pair} axes for activations of shape "
+                f"{self.shape1} in the {'diagonal' if self.diagonal_spatial else 'full'} "
+                f"spatial layout, got shape {self.nngp.shape}."
+            )
+        if self.cov1.ndim != 1 + per_pair:
+            raise ValueError(
+                f"`Kernel.cov1` must have {1 + per_pair} axes, got shape {self.cov1.shape}."
+            )
+        if self.ntk is not None and self.ntk.shape != self.nngp.shape:
+            raise ValueError(
+                f"`Kernel.ntk` must have the shape of `nngp` {self.nngp.shape}, "
+                f"got {self.ntk.shape}."
+            )
+        if self.x1_is_x2 and self.cov2 is not None:
+            raise ValueError("`Kernel.cov2` must be None when `x1_is_x2` is set.")
+
+    @property
+    def spatial_ndim(self) -> int:
+        """The number of spatial axes of the activations (0 for vectors)."""
+        return len(self.shape1) - 1
+
+    @property
+    def cov2_or_cov1(self) -> Float[Array, "n2 *spatial"]:
+        """`cov2`, or `cov1` when the kernel was computed with `x2=None`."""
+        return self.cov1 if self.cov2 is None else self.cov2
+
+    def replace(self, **changes: Any) -> "Kernel":
+        """A copy of this kernel with some fields replaced.
+
+        **Arguments:**
+
+        - `**changes`: field names and their new values.
+
+        **Returns:**
+
+        A new [`eqntk.Kernel`][].
+
+        **Example:**
+
+        ```python
+                import eqntk
+
+        k = eqntk.Kernel(nngp=jnp.eye(2), ntk=None, cov1=jnp.ones(2), cov2=None,
+                         shape1=(3,), shape2=(3,), x1_is_x2=True)
+        assert k.replace(is_gaussian=True).is_gaussian
+        ```
+        """
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        unknown = set(changes) - set(fields)
+        if unknown:
+            raise TypeError(f"`Kernel` has no field(s) {sorted(unknown)}.")
+        fields.update(changes)
+        return Kernel(**fields)
+
+    def map_covariances(self, fn, ntk_fn=None) -> "Kernel":
+        """Apply `fn` to `nngp`, `cov1`, `cov2`, and `ntk_fn` (default `fn`) to `ntk`.
+
+        **Arguments:**
+
+        - `fn`: a function of one covariance array.
+        - `ntk_fn`: a function for the NTK; `None` uses `fn`.
+
+        **Returns:**
+
+        A new [`eqntk.Kernel`][] (metadata unchanged).
+
+        **Example:**
+
+        ```python
+                import eqntk
+
+        k = eqntk.Kernel(nngp=jnp.eye(2), ntk=jnp.eye(2), cov1=jnp.ones(2), cov2=None,
+                         shape1=(3,), shape2=(3,), x1_is_x2=True)
+        assert (k.map_covariances(lambda a: 2 * a).cov1 == 2).all()
+        ```
+        """
+        ntk_fn = fn if ntk_fn is None else ntk_fn
+        return self.replace(
+            nngp=fn(self.nngp),
+            ntk=None if self.ntk is None else ntk_fn(self.ntk),
+            cov1=fn(self.cov1),
+            cov2=None if self.cov2 is None else fn(self.cov2),
+        )
+
+
+def selected(k: Kernel, get: str | tuple[str, ...] | None):
+    """Pick the fields named by `get` out of `k` (see `KernelFn.__call__`)."""
+    if get is None:
+        return k
+    if isinstance(get, str):
+        return _field(k, get)
+    Kernels = collections.namedtuple("Kernels", get)  # type: ignore[misc]
+    return Kernels(*(_field(k, g) for g in get))
+
+
+def _field(k: Kernel, name: str):
+    if name == "cov2":
+        return k.cov2_or_cov1
+    return getattr(k, name)
+
+
+def check_get(get: Any) -> tuple[str, ...] | None:
+    """Validate a `get` selector; return it as a tuple of names (or None for everything)."""
+    if get is None:
+        return None
+    names = (get,) if isinstance(get, str) else get
+    if not isinstance(names, tuple) or not names:
+        raise ValueError(
+            f"`get` must be None, one of {KERNEL_NAMES} or a non-empty tuple of them, got {get!r}."
+        )
+    for name in names:
+        if name not in KERNEL_NAMES:
+            raise ValueError(f"`get` must name kernels among {KERNEL_NAMES}, got {name!r}.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"`get` names a kernel twice: {get!r}.")
+    return names

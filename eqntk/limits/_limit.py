@@ -1,0 +1,212 @@
+"""`limit`: the transform from a finite network to the kernels of its infinite-width limit."""
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ._kernel import Kernel, check_get, selected
+from ._registry import Requirements, apply, conform, requirements
+from ._spatial import gram, self_gram, swap_examples
+
+
+Get = str | tuple[str, ...] | None
+
+
+class KernelFn(eqx.Module):
+    """The kernel function of a network's infinite-width limit, as returned by [`eqntk.limit`][].
+
+    It is an `eqx.Module` that holds the network, so it can be passed through `eqx.filter_jit`,
+    `jax.vmap`, `jax.grad` (with respect to the hyperparameters inside the network) like any
+    other PyTree.
+
+    **Fields:**
+
+    - `model`: the finite network whose limit this is.
+    """
+
+    model: Any
+
+    def __call__(
+        self,
+        x1: Float[Array, "n1 c *spatial"] | Kernel,
+        x2: Float[Array, "n2 c *spatial"] | None = None,
+        get: Get = None,
+        *,
+        diagonal_spatial: bool = False,
+    ):
+        """Compute the kernels of the network's infinite-width limit.
+
+        **Arguments:**
+
+        - `x1`: a batch of inputs, channel-first: `(N1, C)` vectors, `(N1, C, L)` sequences,
+          `(N1, C, H, W)` images; or a [`eqntk.Kernel`][] to continue from (the kernel of
+          the network's input, e.g. the output of another kernel function).
+        - `x2`: a second batch of the same per-example shape, `(N2, C, ...)`, or `None` for
+          `x2 = x1` (the result is then exactly symmetric and cheaper). Must be `None` when `x1`
+          is a `Kernel`.
+        - `get`: `None` for the whole [`eqntk.Kernel`][]; one of `"nngp"`, `"ntk"`, `"cov1"`,
+          `"cov2"` for that array; or a tuple of these names for a named tuple of arrays. The
+          NTK is only computed when it is asked for.
+        - `diagonal_spatial`: for networks whose output has spatial axes, return only the
+          spatial diagonal of the covariance (see [`eqntk.Kernel`][] for the layouts).
+
+        **Returns:**
+
+        A [`eqntk.Kernel`][], an array, or a named tuple of arrays, as `get` asks.
+
+        **Example:**
+
+        ```python
+        import jax.random as jr
+        import eqntk
+        from eqntk import nn
+
+        model = nn.Sequential([nn.Dense(5, 64, W_std=1.5, b_std=0.1, key=jr.key(0)), nn.Relu(),
+                               nn.Dense(64, 1, W_std=1.5, b_std=0.1, key=jr.key(1))])
+        kernel_fn = eqntk.limit(model)
+        x1, x2 = jr.normal(jr.key(2), (3, 5)), jr.normal(jr.key(3), (4, 5))
+        nngp = kernel_fn(x1, x2, "nngp")                      # (3, 4)
+        nngp, ntk = kernel_fn(x1, x2, get=("nngp", "ntk"))    # a named tuple
+        k = kernel_fn(x1)                                     # a Kernel, x2 = x1
+        assert nngp.shape == (3, 4) and k.nngp.shape == (3, 3)
+        ```
+        """
+        names = check_get(get)
+        compute_ntk = names is None or "ntk" in names
+        wanted_out = Requirements(diagonal_spatial=diagonal_spatial)
+        wanted_in = requirements(self.model, wanted_out)
+        if isinstance(x1, Kernel):
+            if x2 is not None:
+                raise ValueError("`x2` must be None when `x1` is a `Kernel`.")
+            k = _continue_from(x1, wanted_in, compute_ntk)
+        else:
+            k = _inputs_to_kernel(x1, x2, wanted_in, compute_ntk)
+        out = apply(self.model, k, wanted_out)
+        return jax.tree_util.tree_map(
+            lambda leaf: selected(leaf, get), out, is_leaf=lambda z: isinstance(z, Kernel)
+        )
+
+
+def limit(model: Any) -> KernelFn:
+    """The infinite-width limit of a network: a function that computes its NNGP and NTK.
+
+    `limit` walks the network's module tree and, for each layer, applies the kernel rule
+    registered for its class (see [`eqntk.limits.register`][]). Before computing anything it
+    works out, from the output of the network down to its input, how much of each intermediate
+    kernel is needed: a CNN that ends in `Flatten` only ever holds the spatial diagonal of its
+    covariances.
+
+    The limit is taken with every hidden width to infinity; the widths of the finite network do
+    not matter, except in the standard parameterisation and for channel-wise concatenation,
+    where they weight the contributions of the layers.
+
+    **Arguments:**
+
+    - `model`: the finite network, built from [`eqntk.nn`][] layers or any layers with a
+      registered rule.
+
+    **Returns:**
+
+    A [`eqntk.limits.KernelFn`][] (an `eqx.Module`), called as `kernel_fn(x1, x2=None, get=None)`.
+
+    **Example:**
+
+    ```python
+    import jax.random as jr
+    import eqntk
+    from eqntk import nn
+
+    head = nn.Sequential([nn.Relu(), nn.Dense(16, 1, key=jr.key(1))])
+    body = nn.Dense(3, 16, b_std=0.1, key=jr.key(0))
+    x = jr.normal(jr.key(2), (4, 3))
+    k = eqntk.limit(body)(x)                 # the kernel after the first layer
+    ntk = eqntk.limit(head)(k, get="ntk")    # ... continued through the head
+    whole = eqntk.limit(nn.Sequential([body, head]))(x, get="ntk")
+    assert ntk.shape == (4, 4) and abs(ntk - whole).max() < 1e-5
+    ```
+    """
+    return KernelFn(model)
+
+
+def _inputs_to_kernel(x1: Any, x2: Any, wanted: Any, compute_ntk: bool) -> Kernel:
+    x1 = _check_input("x1", x1)
+    x1_is_x2 = x2 is None
+    if not x1_is_x2:
+        x2 = _check_input("x2", x2)
+        if x2.ndim != x1.ndim:
+            raise ValueError(
+                f"`x2` must have the same rank as `x1` ({x1.ndim}, shape (N1, C, *spatial) = "
+                f"{x1.shape}), got shape {x2.shape}."
+            )
+        if x2.shape[1] != x1.shape[1]:
+            raise ValueError(
+                f"`x2` must have the same channel size as `x1` ({x1.shape[1]}), "
+                f"got {x2.shape[1]} (shape {x2.shape})."
+            )
+        if x2.shape[2:] != x1.shape[2:]:
+            raise ValueError(
+                f"`x2` must have the same spatial shape as `x1` {x1.shape[2:]}, "
+                f"got {x2.shape[2:]} (shape {x2.shape})."
+            )
+    if isinstance(wanted, tuple):
+        raise ValueError(
+            "The network starts with several input streams; pass one input array and create "
+            "streams inside the network with `nn.FanOut`."
+        )
+    diagonal = wanted.diagonal_spatial
+    if x1_is_x2:
+        nngp = gram(x1, x1, diagonal)
+        # Exact symmetry, so that every later map (elementwise or linear) keeps it.
+        nngp = 0.5 * (nngp + swap_examples(nngp, diagonal))
+        cov2 = None
+        x2 = x1
+    else:
+        nngp = gram(x1, x2, diagonal)
+        cov2 = self_gram(x2, diagonal)
+    return Kernel(
+        nngp=nngp,
+        ntk=jnp.zeros_like(nngp) if compute_ntk else None,
+        cov1=self_gram(x1, diagonal),
+        cov2=cov2,
+        shape1=tuple(x1.shape[1:]),
+        shape2=tuple(x2.shape[1:]),
+        diagonal_spatial=diagonal,
+        is_gaussian=False,
+        x1_is_x2=x1_is_x2,
+    )
+
+
+def _check_input(name: str, x: Any) -> Array:
+    if not isinstance(x, jax.Array | np.ndarray):
+        raise TypeError(f"`{name}` must be an array of shape (N, C, *spatial), got {type(x)}.")
+    if x.ndim < 2:
+        raise ValueError(
+            f"`{name}` must be a batch of channel-first examples with at least 2 axes, "
+            f"(N, C) vectors, (N, C, L) sequences or (N, C, H, W) images; got shape {x.shape}."
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"`{name}` must be a floating-point array, got dtype {x.dtype}.")
+    return jnp.asarray(x)
+
+
+def _continue_from(k: Kernel, wanted: Any, compute_ntk: bool) -> Kernel:
+    if isinstance(wanted, tuple):
+        raise ValueError("The network starts with several input streams; pass one `Kernel`.")
+    if k.diagonal_spatial and not wanted.diagonal_spatial and k.spatial_ndim > 0:
+        raise ValueError(
+            "`x1` is a `Kernel` in the diagonal spatial layout, but this network needs the full "
+            "spatial covariance of its input (it pools or mixes positions). Compute the input "
+            "kernel with `diagonal_spatial=False`."
+        )
+    if compute_ntk and k.ntk is None:
+        raise ValueError(
+            "`x1` is a `Kernel` without an NTK, but the NTK was asked for. Compute the input "
+            "kernel with `get=None` or a `get` that includes 'ntk'."
+        )
+    if not compute_ntk and k.ntk is not None:
+        k = k.replace(ntk=None)
+    return conform(k, wanted)

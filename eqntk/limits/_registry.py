@@ -1,0 +1,293 @@
+"""The rule registry: which kernel rule `limit` applies to which layer class."""
+
+import abc
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import equinox as eqx
+
+from ._kernel import Kernel
+from ._spatial import to_diagonal_spatial
+
+
+class Requirements(eqx.Module):
+    """What a layer's output kernel must hold, as seen from the layers above it.
+
+    `limit` computes these from the output of the network down to its input before it computes
+    any kernel, so that each layer gets the cheapest kernel layout that still lets every layer
+    above it work.
+
+    **Fields:**
+
+    - `diagonal_spatial`: `True` when only the spatial diagonal of the covariance
+      (`i == i'`, `j == j'`, ...) is needed (see [`eqntk.Kernel`][] for the layouts).
+
+    **Example:**
+
+    ```python
+    from eqntk.limits import Requirements
+
+    wanted = Requirements(diagonal_spatial=True)
+    assert wanted.merge(Requirements(diagonal_spatial=False)).diagonal_spatial is False
+    ```
+    """
+
+    diagonal_spatial: bool = eqx.field(static=True, default=False)
+
+    def merge(self, other: "Requirements") -> "Requirements":
+        """The requirements that satisfy both `self` and `other` (e.g. two branches of a fan-out).
+
+        **Arguments:**
+
+        - `other`: more requirements on the same kernel.
+
+        **Returns:**
+
+        The combined [`eqntk.limits.Requirements`][].
+
+        **Example:**
+
+        ```python
+        from eqntk.limits import Requirements
+
+        both = Requirements(True).merge(Requirements(True))
+        assert both.diagonal_spatial
+        ```
+        """
+        return Requirements(diagonal_spatial=self.diagonal_spatial and other.diagonal_spatial)
+
+
+# What flows between layers: one Kernel per stream (a tuple after `FanOut`), and the matching
+# Requirements.
+KernelTree = Kernel | tuple["KernelTree", ...]
+RequirementsTree = Requirements | tuple["RequirementsTree", ...]
+
+
+class AbstractRule(eqx.Module):
+    """The kernel rule of one layer family: how a layer maps its input kernel to its output.
+
+    A rule has two parts, both pure functions of the layer and their argument:
+
+    - `requirements(layer, wanted)`: given what the layers above need of this layer's output
+      kernel (`wanted`), return what this layer needs of its input kernel. Most layers pass
+      `wanted` through; `Flatten` only needs the spatial diagonal; pooling needs the full
+      spatial covariance.
+    - `__call__(layer, k, wanted)`: the forward map. `k` arrives in the layout that
+      `requirements` asked for. The result may hold more than `wanted` (e.g. a full spatial
+      covariance where the diagonal suffices); `limit` then drops what is not needed. A rule that
+      can compute only what is wanted should do so, to save work.
+
+    Rules are registered for a layer class with [`eqntk.limits.register`][]. A rule for a
+    container layer (`Sequential`, `Parallel`) calls [`eqntk.limits.apply`][] and
+    [`eqntk.limits.requirements`][] on its children.
+
+    **Example:**
+
+    ```python
+    import equinox as eqx
+    import jax.numpy as jnp
+    import jax.random as jr
+    import eqntk
+    from eqntk import nn
+    from eqntk.limits import AbstractRule, register
+
+    class Double(eqx.Module):
+        def __call__(self, x, *, key=None):
+            return 2 * x
+
+    @register(Double)
+    class DoubleRule(AbstractRule):
+        def requirements(self, layer, wanted):
+            return wanted
+
+        def __call__(self, layer, k, wanted):
+            return k.map_covariances(lambda a: 4 * a)
+
+    model = nn.Sequential([nn.Dense(2, 4, key=jr.key(0)), Double()])
+    x = jnp.ones((3, 2))
+    assert jnp.allclose(eqntk.limit(model)(x, get="nngp"), 4.0)
+    ```
+    """
+
+    @abc.abstractmethod
+    def requirements(self, layer: Any, wanted: RequirementsTree) -> RequirementsTree:
+        """Return what `layer` needs of its input kernel, given `wanted` of its output."""
+
+    @abc.abstractmethod
+    def __call__(self, layer: Any, k: KernelTree, wanted: RequirementsTree) -> KernelTree:
+        """Return the kernel of `layer`'s output, given the kernel `k` of its input."""
+
+
+_RULES: dict[type, AbstractRule] = {}
+
+_R = TypeVar("_R", bound=type[AbstractRule])
+
+
+def register(*layer_classes: type) -> Callable[[_R], _R]:
+    """Register a rule class as the kernel rule of one or more layer classes.
+
+    The rule applies to the given classes and to their subclasses, unless a subclass has a rule
+    of its own. Registering a class again replaces its rule, so a user can also override the
+    rules that eqntk ships.
+
+    **Arguments:**
+
+    - `*layer_classes`: the layer classes (any `eqx.Module` subclasses, including the layers of
+      `equinox.nn`).
+
+    **Returns:**
+
+    A class decorator for a subclass of [`eqntk.limits.AbstractRule`][]; it returns the class
+    unchanged.
+
+    **Example:**
+
+    ```python
+    import equinox as eqx
+    from eqntk.limits import AbstractRule, register
+
+    class Negate(eqx.Module):
+        def __call__(self, x, *, key=None):
+            return -x
+
+    @register(Negate)
+    class NegateRule(AbstractRule):
+        def requirements(self, layer, wanted):
+            return wanted
+
+        def __call__(self, layer, k, wanted):
+            return k  # covariances are unchanged by a sign flip
+    ```
+    """
+    if not layer_classes:
+        raise TypeError("`register` needs at least one layer class.")
+    for cls in layer_classes:
+        if not isinstance(cls, type):
+            raise TypeError(f"`register` takes layer classes, got {cls!r}.")
+
+    def decorator(rule_class: _R) -> _R:
+        if not (isinstance(rule_class, type) and issubclass(rule_class, AbstractRule)):
+            raise TypeError(
+                f"`register` decorates subclasses of `eqntk.limits.AbstractRule`, "
+                f"got {rule_class!r}."
+            )
+        rule = rule_class()
+        for cls in layer_classes:
+            _RULES[cls] = rule
+        return rule_class
+
+    return decorator
+
+
+def rule_for(layer: Any) -> AbstractRule:
+    """Return the rule registered for `layer`'s class (or its nearest registered base class).
+
+    **Arguments:**
+
+    - `layer`: a layer instance.
+
+    **Returns:**
+
+    The registered [`eqntk.limits.AbstractRule`][] instance.
+
+    **Raises:**
+
+    `NotImplementedError`, naming the class and showing how to register a rule, when there is
+    none.
+
+    **Example:**
+
+    ```python
+    import jax.random as jr
+    from eqntk import nn
+    from eqntk.limits import rule_for
+
+    print(type(rule_for(nn.Relu())).__name__)  # ReluRule
+    ```
+    """
+    for cls in type(layer).__mro__:
+        rule = _RULES.get(cls)
+        if rule is not None:
+            return rule
+    name = type(layer).__qualname__
+    raise NotImplementedError(
+        f"`limit` has no kernel rule for layers of type `{type(layer).__module__}.{name}`. "
+        f"Register one with\n\n"
+        f"    @eqntk.limits.register({name})\n"
+        f"    class {name}Rule(eqntk.limits.AbstractRule):\n"
+        f"        def requirements(self, layer, wanted): ...\n"
+        f"        def __call__(self, layer, k, wanted): ...\n"
+    )
+
+
+def requirements(layer: Any, wanted: RequirementsTree) -> RequirementsTree:
+    """What `layer` needs of its input kernel so that its output satisfies `wanted`.
+
+    **Arguments:**
+
+    - `layer`: a layer with a registered rule.
+    - `wanted`: the requirements on the layer's output kernel.
+
+    **Returns:**
+
+    The requirements on the layer's input kernel.
+
+    **Example:**
+
+    ```python
+    from eqntk import nn
+    from eqntk.limits import Requirements, requirements
+
+    assert requirements(nn.Flatten(), Requirements(False)).diagonal_spatial
+    ```
+    """
+    return rule_for(layer).requirements(layer, wanted)
+
+
+def apply(layer: Any, k: KernelTree, wanted: RequirementsTree) -> KernelTree:
+    """Apply `layer`'s rule to the kernel `k`, and keep only what `wanted` asks for.
+
+    **Arguments:**
+
+    - `layer`: a layer with a registered rule.
+    - `k`: the kernel of the layer's input, in the layout that
+      [`eqntk.limits.requirements`][] asked for.
+    - `wanted`: the requirements on the layer's output kernel.
+
+    **Returns:**
+
+    The kernel of the layer's output.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    import eqntk
+    from eqntk import nn
+    from eqntk.limits import Requirements, apply
+
+    k = eqntk.limit(nn.Identity())(jnp.ones((2, 3)))
+    assert apply(nn.Identity(), k, Requirements()) is k
+    ```
+    """
+    out = rule_for(layer)(layer, k, wanted)
+    return conform(out, wanted)
+
+
+def conform(k: KernelTree, wanted: RequirementsTree) -> KernelTree:
+    """Drop what `k` holds beyond `wanted` (the off-diagonal spatial entries)."""
+    if isinstance(k, tuple):
+        if not isinstance(wanted, tuple) or len(wanted) != len(k):
+            raise ValueError(
+                f"A layer produced {len(k)} streams where {_count(wanted)} were expected."
+            )
+        return tuple(conform(ki, wi) for ki, wi in zip(k, wanted))
+    if isinstance(wanted, tuple):
+        raise ValueError(f"A layer produced 1 stream where {len(wanted)} were expected.")
+    if wanted.diagonal_spatial and not k.diagonal_spatial:
+        return to_diagonal_spatial(k)
+    return k
+
+
+def _count(wanted: RequirementsTree) -> int:
+    return len(wanted) if isinstance(wanted, tuple) else 1

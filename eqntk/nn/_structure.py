@@ -1,0 +1,103 @@
+"""Structural layers: `Sequential`, `Identity`, `Flatten`."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import equinox as eqx
+import jax.random as jr
+from jaxtyping import Array, Float, PRNGKeyArray
+
+
+class Sequential(eqx.Module):
+    """Layers applied one after the other (serial composition).
+
+    Its limit is the composition of its layers' limits.
+    """
+
+    layers: tuple[Any, ...]
+
+    def __init__(self, layers: Sequence[Any]):
+        """**Arguments:**
+
+        - `layers`: the layers, applied in order. Each is called as `layer(x, key=key)`.
+
+        **Example:**
+
+        ```python
+        import jax.numpy as jnp
+        import jax.random as jr
+        from eqntk import nn
+
+        k1, k2 = jr.split(jr.key(0))
+        model = nn.Sequential([nn.Dense(3, 16, key=k1), nn.Relu(), nn.Dense(16, 2, key=k2)])
+        assert model(jnp.ones(3)).shape == (2,)
+        ```
+        """
+        self.layers = tuple(layers)
+
+    def __call__(self, x: Any, *, key: PRNGKeyArray | None = None) -> Any:
+        """Apply the layers in order to one example `x` (or a tuple of streams).
+
+        **Arguments:**
+
+        - `x`: one channel-first example.
+        - `key`: a `jax.random` key, split between the layers (for `Dropout`), or `None`.
+
+        **Returns:**
+
+        The output of the last layer.
+        """
+        keys = [None] * len(self.layers) if key is None else jr.split(key, len(self.layers))
+        for layer, layer_key in zip(self.layers, keys):
+            x = layer(x, key=layer_key)
+        return x
+
+    def __getitem__(self, i: int | slice) -> Any:
+        """The `i`-th layer, or a `Sequential` of a slice of the layers."""
+        if isinstance(i, slice):
+            return Sequential(self.layers[i])
+        return self.layers[i]
+
+    def __len__(self) -> int:
+        """The number of layers."""
+        return len(self.layers)
+
+
+class Identity(eqx.Module):
+    """The identity layer (a no-op, e.g. the shortcut of a residual block).
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    from eqntk import nn
+
+    assert (nn.Identity()(jnp.ones(3)) == 1).all()
+    ```
+    """
+
+    def __call__(self, x: Any, *, key: PRNGKeyArray | None = None) -> Any:
+        """Return `x` unchanged."""
+        return x
+
+
+class Flatten(eqx.Module):
+    """Flatten one example into a vector of shape `(C * S0 * S1 * ...,)`.
+
+    Its kernel is the mean over positions of the spatial diagonal of the covariance, so a
+    network that ends in `Flatten` only ever needs the spatial diagonal (`limit` arranges that).
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    from eqntk import nn
+
+    assert nn.Flatten()(jnp.ones((3, 4, 5))).shape == (60,)
+    ```
+    """
+
+    def __call__(self, x: Float[Array, "c *spatial"], *, key: PRNGKeyArray | None = None
+                 ) -> Float[Array, " features"]:
+        """Flatten one channel-first example `x`."""
+        return x.reshape(-1)
