@@ -12,8 +12,9 @@ from ._math import arccos_kernel_0, arccos_kernel_1, correlation
 from ._registry import AbstractRule, register
 
 
-def abrelu_entries(a: Array | float, b: Array | float):
+def abrelu_entries(k: Kernel, a: Array | float, b: Array | float):
     """The entry map of $\\phi(x) = a\\min(x,0) + b\\max(x,0)$ (see `nn.ABRelu`)."""
+    a, b = k.cast(a), k.cast(b)
     half_gap = (a - b) ** 2 / 2
     ab = a * b
 
@@ -38,7 +39,7 @@ class ABReluRule(_ElementwiseRule):
 
     def __call__(self, layer: ABRelu, k: Kernel, wanted) -> Kernel:
         require_gaussian(k, layer)
-        return map_entries(k, abrelu_entries(layer.a, layer.b))
+        return map_entries(k, abrelu_entries(k, layer.a, layer.b))
 
 
 @register(Relu)
@@ -47,7 +48,7 @@ class ReluRule(_ElementwiseRule):
 
     def __call__(self, layer: Relu, k: Kernel, wanted) -> Kernel:
         require_gaussian(k, layer)
-        return map_entries(k, abrelu_entries(0.0, 1.0))
+        return map_entries(k, abrelu_entries(k, 0.0, 1.0))
 
 
 @register(LeakyRelu)
@@ -56,7 +57,7 @@ class LeakyReluRule(_ElementwiseRule):
 
     def __call__(self, layer: LeakyRelu, k: Kernel, wanted) -> Kernel:
         require_gaussian(k, layer)
-        return map_entries(k, abrelu_entries(layer.alpha, 1.0))
+        return map_entries(k, abrelu_entries(k, layer.alpha, 1.0))
 
 
 @register(Abs)
@@ -65,7 +66,7 @@ class AbsRule(_ElementwiseRule):
 
     def __call__(self, layer: Abs, k: Kernel, wanted) -> Kernel:
         require_gaussian(k, layer)
-        return map_entries(k, abrelu_entries(-1.0, 1.0))
+        return map_entries(k, abrelu_entries(k, -1.0, 1.0))
 
 
 @register(Erf)
@@ -74,7 +75,7 @@ class ErfRule(_ElementwiseRule):
 
     def __call__(self, layer: Erf, k: Kernel, wanted) -> Kernel:
         require_gaussian(k, layer)
-        a, b, c = layer.a, layer.b, layer.c
+        a, b, c = k.cast(layer.a), k.cast(layer.b), k.cast(layer.c)
         two_b2 = 2 * b**2
 
         def fn(q11, q12, q22, ntk):

@@ -24,8 +24,8 @@ def affine_kernel(
     (for `Dense` that is the identity). `fan_in` is the finite fan-in of one output unit, used by
     the standard parameterisation.
     """
-    b2 = 0.0 if b_std is None else b_std**2
-    w2 = W_std**2
+    b2 = 0.0 if b_std is None else k.cast(b_std) ** 2
+    w2 = k.cast(W_std) ** 2
     nngp = w2 * k.nngp + b2
     ntk = None
     if k.ntk is not None:

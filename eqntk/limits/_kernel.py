@@ -4,6 +4,7 @@ import collections
 from typing import Any
 
 import equinox as eqx
+import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 
@@ -105,6 +106,34 @@ class Kernel(eqx.Module):
     def cov2_or_cov1(self) -> Float[Array, "n2 *spatial"]:
         """`cov2`, or `cov1` when the kernel was computed with `x2=None`."""
         return self.cov1 if self.cov2 is None else self.cov2
+
+    def cast(self, value: Any) -> Array:
+        """`value` (a hyperparameter) as an array of the kernel's dtype.
+
+        Rules multiply kernels by hyperparameters; casting first keeps a float32 kernel in
+        float32 when the hyperparameters are float64 (and avoids mixed-dtype promotion).
+
+        **Arguments:**
+
+        - `value`: a scalar or array.
+
+        **Returns:**
+
+        `value` as an array of dtype `nngp.dtype`.
+
+        **Example:**
+
+        ```python
+        import jax.numpy as jnp
+        import eqntk
+
+        k = eqntk.Kernel(nngp=jnp.eye(2, dtype=jnp.float32), ntk=None,
+                         cov1=jnp.ones(2, jnp.float32), cov2=None, shape1=(3,), shape2=(3,),
+                         x1_is_x2=True)
+        assert k.cast(2.0).dtype == jnp.float32
+        ```
+        """
+        return jnp.asarray(value).astype(self.nngp.dtype)
 
     def replace(self, **changes: Any) -> "Kernel":
         """A copy of this kernel with some fields replaced.
