@@ -15,14 +15,16 @@ def hyperparameter(name: str, value: ArrayLike, *, nonnegative: bool = False) ->
     if isinstance(value, jax.core.Tracer):
         array = value
     else:
-        array = jnp.asarray(value)
-        if array.shape != ():
-            raise ValueError(f"`{name}` must be a scalar, got shape {array.shape}.")
-        concrete = np.asarray(array)
+        concrete = np.asarray(value)
+        if concrete.shape != ():
+            raise ValueError(f"`{name}` must be a scalar, got shape {concrete.shape}.")
         if not np.isfinite(concrete):
             raise ValueError(f"`{name}` must be finite, got {concrete}.")
         if nonnegative and concrete < 0:
             raise ValueError(f"`{name}` must be non-negative, got {concrete}.")
+        array = jnp.asarray(value)
+    if array.shape != ():
+        raise ValueError(f"`{name}` must be a scalar, got shape {array.shape}.")
     if not jnp.issubdtype(array.dtype, jnp.floating):
         array = array.astype(jnp.result_type(float))
     return array
