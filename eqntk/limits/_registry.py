@@ -58,7 +58,8 @@ class Requirements(eqx.Module):
 
 
 # What flows between layers: one Kernel per stream (a tuple after `FanOut`), and the matching
-# Requirements.
+# Requirements. A single Requirements for a tuple of streams applies to every stream: a fan-in
+# layer does not know how many streams will arrive and asks the same of each.
 KernelTree = Kernel | tuple["KernelTree", ...]
 RequirementsTree = Requirements | tuple["RequirementsTree", ...]
 
@@ -277,9 +278,11 @@ def apply(layer: Any, k: KernelTree, wanted: RequirementsTree) -> KernelTree:
 def conform(k: KernelTree, wanted: RequirementsTree) -> KernelTree:
     """Drop what `k` holds beyond `wanted` (the off-diagonal spatial entries)."""
     if isinstance(k, tuple):
-        if not isinstance(wanted, tuple) or len(wanted) != len(k):
+        if not isinstance(wanted, tuple):
+            return tuple(conform(ki, wanted) for ki in k)
+        if len(wanted) != len(k):
             raise ValueError(
-                f"A layer produced {len(k)} streams where {_count(wanted)} were expected."
+                f"A layer produced {len(k)} streams where {len(wanted)} were expected."
             )
         return tuple(conform(ki, wi) for ki, wi in zip(k, wanted))
     if isinstance(wanted, tuple):
@@ -287,7 +290,3 @@ def conform(k: KernelTree, wanted: RequirementsTree) -> KernelTree:
     if wanted.diagonal_spatial and not k.diagonal_spatial:
         return to_diagonal_spatial(k)
     return k
-
-
-def _count(wanted: RequirementsTree) -> int:
-    return len(wanted) if isinstance(wanted, tuple) else 1
