@@ -4,6 +4,7 @@ Importing this package registers the rules of every layer in [`eqntk.nn`][].
 """
 
 from . import _activations as _activations, _dense as _dense, _structure as _structure
+from . import _branching as _branching, _normalization as _normalization, _repeat as _repeat
 from ._kernel import Kernel as Kernel
 from ._limit import KernelFn as KernelFn, limit as limit
 from ._registry import (

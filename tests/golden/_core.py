@@ -95,7 +95,8 @@ def _output_shape(layer: Any, in_shape: StreamShape) -> StreamShape:
             return tuple(struct(s) for s in shape)
         return jax.ShapeDtypeStruct(shape, jnp.float64)
 
-    out = eqx.filter_eval_shape(layer, struct(in_shape))
+    # A key, for layers that draw random numbers in their forward pass (Dropout).
+    out = eqx.filter_eval_shape(lambda x: layer(x, key=jr.key(0)), struct(in_shape))
     return jax.tree_util.tree_map(lambda s: tuple(s.shape), out)
 
 
