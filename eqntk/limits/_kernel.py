@@ -5,7 +5,7 @@ from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float, Shaped
 
 
 KERNEL_NAMES = ("nngp", "ntk", "cov1", "cov2")
@@ -35,6 +35,16 @@ class Kernel(eqx.Module):
       Nonlinearities need Gaussian inputs and raise an error otherwise.
     - `x1_is_x2`: whether the kernel was computed with `x2=None`, so that `nngp` and `ntk` are
       square and symmetric.
+    - `mask1`, `mask2`: for variable-length inputs, boolean arrays `(N1, *spatial)` and
+      `(N2, *spatial)` over the positions of the current activations, `True` where a position
+      is masked out (padding); `None` when nothing is masked. Every kernel entry that involves
+      a masked position is zero, and layers that mix positions (pooling, attention, graph
+      aggregation) ignore masked positions. `mask2` is `None` when `x1_is_x2`.
+    - `pattern1`, `pattern2`: the per-example graphs of `x1` and `x2` that
+      [`eqntk.nn.Aggregate`][] layers aggregate over (a dense adjacency `(N, *S, *S)` or an
+      integer edge list `(N, E, 2)` / `(N, E, K, 2)`), carried unchanged from the input to
+      every layer; `None` when the network has no graph input. `pattern2` is `None` when
+      `x1_is_x2`.
 
     **Layout.** The two batch axes come first. For inputs with spatial axes $S_0, S_1, \\dots$
     (e.g. `(C, H, W)` images) the spatial covariance is stored either
@@ -75,6 +85,10 @@ class Kernel(eqx.Module):
     diagonal_spatial: bool = eqx.field(static=True, default=False)
     is_gaussian: bool = eqx.field(static=True, default=False)
     x1_is_x2: bool = eqx.field(static=True, default=False)
+    mask1: Bool[Array, "n1 *positions"] | None = None
+    mask2: Bool[Array, "n2 *positions"] | None = None
+    pattern1: Shaped[Array, "n1 ..."] | None = None
+    pattern2: Shaped[Array, "n2 ..."] | None = None
 
     def __check_init__(self):
         n_spatial = len(self.shape1) - 1
@@ -96,6 +110,25 @@ class Kernel(eqx.Module):
             )
         if self.x1_is_x2 and self.cov2 is not None:
             raise ValueError("`Kernel.cov2` must be None when `x1_is_x2` is set.")
+        for name, mask, n, shape in (
+            ("mask1", self.mask1, self.nngp.shape[0], self.shape1),
+            ("mask2", self.mask2, self.nngp.shape[1], self.shape2),
+        ):
+            if mask is not None and tuple(mask.shape) != (n,) + tuple(shape[1:]):
+                raise ValueError(
+                    f"`Kernel.{name}` must have shape (N, *spatial) = {(n,) + tuple(shape[1:])}, "
+                    f"got {tuple(mask.shape)}."
+                )
+
+    @property
+    def mask2_or_mask1(self) -> Bool[Array, "n2 *positions"] | None:
+        """`mask2`, or `mask1` when the kernel was computed with `x2=None`."""
+        return self.mask1 if self.x1_is_x2 else self.mask2
+
+    @property
+    def pattern2_or_pattern1(self) -> Shaped[Array, "n2 ..."] | None:
+        """`pattern2`, or `pattern1` when the kernel was computed with `x2=None`."""
+        return self.pattern1 if self.x1_is_x2 else self.pattern2
 
     @property
     def spatial_ndim(self) -> int:

@@ -6,7 +6,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Bool, Float, Shaped
 
 from ._kernel import Kernel, check_get, selected
 from ._registry import Requirements, apply, conform, requirements
@@ -37,6 +37,10 @@ class KernelFn(eqx.Module):
         get: Get = None,
         *,
         diagonal_spatial: bool = False,
+        mask1: Bool[ArrayLike, "n1 *spatial"] | None = None,
+        mask2: Bool[ArrayLike, "n2 *spatial"] | None = None,
+        pattern1: Shaped[ArrayLike, "n1 ..."] | None = None,
+        pattern2: Shaped[ArrayLike, "n2 ..."] | None = None,
     ):
         """Compute the kernels of the network's infinite-width limit.
 
@@ -53,6 +57,14 @@ class KernelFn(eqx.Module):
           NTK is only computed when it is asked for.
         - `diagonal_spatial`: for networks whose output has spatial axes, return only the
           spatial diagonal of the covariance (see [`eqntk.Kernel`][] for the layouts).
+        - `mask1`, `mask2`: variable-length inputs: boolean arrays of shape `(N1, *spatial)` and
+          `(N2, *spatial)`, `True` at the positions of `x1` / `x2` that are padding. Masked
+          positions contribute nothing: their input values are ignored, pooling and attention
+          skip them, and every kernel entry that involves one is zero. `None` masks nothing.
+        - `pattern1`, `pattern2`: the graphs of `x1` and `x2`, one per example, for networks
+          with [`eqntk.nn.Aggregate`][] layers: a dense adjacency `(N, *S, *S)` or an integer
+          edge list `(N, E, 2)` / `(N, E, K, 2)` (see [`eqntk.nn.Aggregate`][]). `pattern2`
+          must be given with `x2` (and be `None` when `x2` is `None`).
 
         **Returns:**
 
@@ -79,12 +91,19 @@ class KernelFn(eqx.Module):
         compute_ntk = names is None or "ntk" in names
         wanted_out = Requirements(diagonal_spatial=diagonal_spatial)
         wanted_in = requirements(self.model, wanted_out)
+        side = dict(mask1=mask1, mask2=mask2, pattern1=pattern1, pattern2=pattern2)
         if isinstance(x1, Kernel):
             if x2 is not None:
                 raise ValueError("`x2` must be None when `x1` is a `Kernel`.")
+            given = [name for name, value in side.items() if value is not None]
+            if given:
+                raise ValueError(
+                    f"`{given[0]}` must be None when `x1` is a `Kernel`; set it on the kernel "
+                    f"instead, e.g. `k.replace({given[0]}=...)`."
+                )
             k = _continue_from(x1, wanted_in, compute_ntk)
         else:
-            k = _inputs_to_kernel(x1, x2, wanted_in, compute_ntk)
+            k = _inputs_to_kernel(x1, x2, wanted_in, compute_ntk, **side)
         out = apply(self.model, k, wanted_out)
         return jax.tree_util.tree_map(
             lambda leaf: selected(leaf, get), out, is_leaf=lambda z: isinstance(z, Kernel)
@@ -132,7 +151,9 @@ def limit(model: Any) -> KernelFn:
     return KernelFn(model)
 
 
-def _inputs_to_kernel(x1: Any, x2: Any, wanted: Any, compute_ntk: bool) -> Kernel:
+def _inputs_to_kernel(
+    x1: Any, x2: Any, wanted: Any, compute_ntk: bool, mask1, mask2, pattern1, pattern2
+) -> Kernel:
     x1 = _check_input("x1", x1)
     x1_is_x2 = x2 is None
     if not x1_is_x2:
@@ -157,6 +178,25 @@ def _inputs_to_kernel(x1: Any, x2: Any, wanted: Any, compute_ntk: bool) -> Kerne
             "The network starts with several input streams; pass one input array and create "
             "streams inside the network with `nn.FanOut`."
         )
+    if x1_is_x2:
+        for name, value in (("mask2", mask2), ("pattern2", pattern2)):
+            if value is not None:
+                raise ValueError(f"`{name}` must be None when `x2` is None (it is `{name[:-1]}1`).")
+    mask1 = _check_mask("mask1", mask1, x1, "x1")
+    mask2 = None if x1_is_x2 else _check_mask("mask2", mask2, x2, "x2")
+    if mask1 is None and mask2 is not None:
+        mask1 = jnp.zeros((x1.shape[0],) + x1.shape[2:], bool)
+    if mask2 is None and mask1 is not None and not x1_is_x2:
+        mask2 = jnp.zeros((x2.shape[0],) + x2.shape[2:], bool)
+    if (pattern1 is None) != (pattern2 is None) and not x1_is_x2:
+        raise ValueError("`pattern1` and `pattern2` must be given together when `x2` is given.")
+    pattern1 = _check_pattern("pattern1", pattern1, x1)
+    pattern2 = None if x1_is_x2 else _check_pattern("pattern2", pattern2, x2)
+    # Masked positions contribute nothing: their values are replaced by zeros.
+    if mask1 is not None:
+        x1 = jnp.where(jnp.expand_dims(mask1, 1), jnp.zeros((), x1.dtype), x1)
+    if mask2 is not None:
+        x2 = jnp.where(jnp.expand_dims(mask2, 1), jnp.zeros((), x2.dtype), x2)
     diagonal = wanted.diagonal_spatial
     if x1_is_x2:
         nngp = gram(x1, x1, diagonal)
@@ -177,7 +217,38 @@ def _inputs_to_kernel(x1: Any, x2: Any, wanted: Any, compute_ntk: bool) -> Kerne
         diagonal_spatial=diagonal,
         is_gaussian=False,
         x1_is_x2=x1_is_x2,
+        mask1=mask1,
+        mask2=mask2,
+        pattern1=pattern1,
+        pattern2=pattern2,
     )
+
+
+def _check_mask(name: str, mask: Any, x: Array, x_name: str) -> Array | None:
+    if mask is None:
+        return None
+    mask = jnp.asarray(mask)
+    expected = (x.shape[0],) + x.shape[2:]
+    if mask.shape != expected:
+        raise ValueError(
+            f"`{name}` must have shape (N, *spatial) = {expected} to match `{x_name}` of shape "
+            f"{x.shape}, got {mask.shape}."
+        )
+    if mask.dtype != jnp.bool_:
+        raise TypeError(f"`{name}` must be a boolean array, got dtype {mask.dtype}.")
+    return mask
+
+
+def _check_pattern(name: str, pattern: Any, x: Array) -> Array | None:
+    if pattern is None:
+        return None
+    pattern = jnp.asarray(pattern)
+    if pattern.ndim < 2 or pattern.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"`{name}` must hold one graph per example, with a leading batch axis of size "
+            f"{x.shape[0]}, got shape {pattern.shape}."
+        )
+    return pattern
 
 
 def _check_input(name: str, x: Any) -> Array:
