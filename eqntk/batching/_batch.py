@@ -1,0 +1,410 @@
+"""`batch`: compute large kernels tile by tile, spread over every device."""
+
+import functools as ft
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jaxtyping import Array, Shaped
+
+from ..limits import Kernel, KernelFn
+from ._progress import progress_bar
+from ._tiles import (
+    Leaf,
+    check_tile,
+    describe,
+    host_array,
+    known_mirrors,
+    tile_pairs,
+    tile_starts,
+)
+
+
+AXIS = "batch"
+"""The mesh axis that `batch` spreads tiles over."""
+
+Get = str | tuple[str, ...] | None
+Inputs = Array | np.ndarray
+
+
+class BatchedKernelFn(eqx.Module):
+    """A kernel function that computes its kernels tile by tile, as returned by [`eqntk.batch`][].
+
+    Called exactly like the kernel function it wraps: `batched(x1, x2=None, get=None, **kwargs)`.
+
+    **Fields:**
+
+    - `kernel_fn`: the wrapped kernel function.
+    - `batch_size`: the number of examples of `x1` and of `x2` per tile.
+    - `mesh`: the device mesh to spread tiles over (its axis `"batch"`), or `None` for a
+      one-dimensional mesh of `devices`.
+    - `devices`: the devices of the default mesh, or `None` for all of them (`jax.devices()`).
+    - `store_on_host`: whether the result is assembled in host memory as numpy arrays.
+    - `progress`: whether to show a progress bar; `None` shows it when stderr is a terminal.
+    """
+
+    kernel_fn: Any
+    batch_size: int = eqx.field(static=True)
+    mesh: Mesh | None = eqx.field(static=True)
+    devices: tuple[Any, ...] | None = eqx.field(static=True)
+    store_on_host: bool = eqx.field(static=True)
+    progress: bool | None = eqx.field(static=True)
+
+    def __call__(
+        self,
+        x1: Shaped[Inputs, "n1 ..."],
+        x2: Shaped[Inputs, "n2 ..."] | None = None,
+        get: Get = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Compute `kernel_fn(x1, x2, get=get, **kwargs)` tile by tile.
+
+        **Arguments:**
+
+        - `x1`: a batch of `N1` inputs, `(N1, ...)` (numpy or JAX).
+        - `x2`: a batch of `N2` inputs, or `None` for `x2 = x1`: then only the tiles on and
+          above the diagonal are computed and the others are their mirror images.
+        - `get`: passed to `kernel_fn` (e.g. `"nngp"`, `("nngp", "ntk")` or `None`).
+        - `**kwargs`: passed to `kernel_fn` (e.g. `diagonal_spatial=True`).
+
+        **Returns:**
+
+        What `kernel_fn(x1, x2, get=get, **kwargs)` returns, with JAX arrays on the first
+        device of the mesh or, with `store_on_host`, numpy arrays.
+        """
+        x1 = _host_batch("x1", x1)
+        x2 = None if x2 is None else _host_batch("x2", x2)
+        mesh = _resolve_mesh(self.mesh, self.devices)
+        n1 = x1.shape[0]
+        n2 = n1 if x2 is None else x2.shape[0]
+        b1, b2 = min(self.batch_size, n1), min(self.batch_size, n2)
+
+        # The kernel function and its keyword arguments travel as one PyTree, replicated on
+        # every device: its arrays (the network's parameters) are inputs of the compiled tile
+        # computation rather than constants baked into it.
+        dynamic, static = eqx.partition((self.kernel_fn, kwargs), eqx.is_array)
+        fn_kw = eqx.combine(jax.device_put(dynamic, NamedSharding(mesh, P())), static)
+
+        tile1 = jax.ShapeDtypeStruct((b1, *x1.shape[1:]), x1.dtype)
+        tile2 = None if x2 is None else jax.ShapeDtypeStruct((b2, *x2.shape[1:]), x2.dtype)
+        template = eqx.filter_eval_shape(_call, fn_kw, tile1, tile2, get)
+        leaves = describe(template, known_mirrors(_layouts(fn_kw, tile1, template, get), get))
+        check_tile(leaves, template, b1, b2)
+
+        # Mirror tiles only when the layout of every cross kernel is known; otherwise compute
+        # them all (correct for any output, at twice the cost).
+        mirrored = x2 is None and all(
+            leaf.mirror is not None for leaf in leaves if leaf.role == "cross"
+        )
+        off_diagonal, diagonal = tile_pairs(
+            tile_starts(n1, b1), tile_starts(n2, b2), x2 is None, mirrored
+        )
+        n_devices = mesh.shape[AXIS]
+        steps = [(chunk, False) for chunk in _chunks(off_diagonal, n_devices)]
+        steps += [(chunk, True) for chunk in _chunks(diagonal, n_devices)]
+
+        if self.store_on_host:
+            outs = [host_array(leaf, n1, n2) for leaf in leaves]
+            write = ft.partial(_write_on_host, leaves=leaves, b1=b1, b2=b2, mirrored=mirrored)
+        else:
+            device = _first_local_device(mesh)
+            outs = [jnp.zeros(leaf.shape(n1, n2), leaf.dtype, device=device) for leaf in leaves]
+            write = ft.partial(_write_on_device, leaves=leaves, mirrored=mirrored, device=device)
+        show = sys.stderr.isatty() if self.progress is None else self.progress
+        advance = progress_bar(len(off_diagonal) + len(diagonal), show and jax.process_index() == 0)
+
+        # Dispatch step k + 1 before writing step k, so that the host's copying overlaps the
+        # devices' computing; at most two steps of tiles are alive at any time.
+        sharding = NamedSharding(mesh, P(AXIS))
+        paths = tuple(leaf.path for leaf in leaves)
+        pending, n_done = None, 0
+        for chunk, on_diagonal in steps:
+            # The last step repeats its last tile to fill every device; writes are idempotent.
+            padded = chunk + [chunk[-1]] * (n_devices - len(chunk))
+            xa = _stacked_tiles(x1, [r for r, _ in padded], b1, sharding)
+            # A diagonal tile is the kernel of a block of x1 with itself: computed as such
+            # (`x2=None`), it is exactly what the kernel function gives there, and symmetric.
+            cols = [c for _, c in padded]
+            xb = (
+                None
+                if on_diagonal
+                else _stacked_tiles(x1 if x2 is None else x2, cols, b2, sharding)
+            )
+            tiles = _compute_step(fn_kw, xa, xb, get, paths, mesh)
+            if pending is not None:
+                outs = write(outs, *pending)
+                advance(n_done)
+            pending, n_done = (tiles, padded, on_diagonal), len(chunk)
+        assert pending is not None
+        outs = write(outs, *pending)
+        advance(n_done)
+        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), outs)
+
+
+def batch(
+    kernel_fn: Callable[..., Any],
+    batch_size: int,
+    *,
+    mesh: Mesh | None = None,
+    devices: Sequence[Any] | None = None,
+    store_on_host: bool = False,
+    progress: bool | None = None,
+) -> BatchedKernelFn:
+    """A kernel function that computes large kernels tile by tile, spread over all devices.
+
+    The $N_1 \\times N_2$ kernel is cut into tiles of `batch_size` $\\times$ `batch_size`
+    examples (any $N_1$, $N_2$: where `batch_size` does not divide them, the last tile ends at the
+    last example and overlaps its neighbour, so every tile has one shape and compiles once).
+    Each step computes one tile per device of the mesh axis `"batch"`, with
+    `jax.shard_map`; the results are written into the output as they finish, on the first
+    device or in host memory. Peak memory is therefore the output plus a few tiles, whatever
+    $N$. With `x2=None` only the tiles on and above the diagonal are computed: the others are
+    their mirror images $\\mathcal{K}(x_2, x_1)[a, b, i, i', \\dots] =
+    \\mathcal{K}(x_1, x_2)[b, a, i', i, \\dots]$ (batch axes and each interleaved spatial pair
+    swapped), and the result is exactly symmetric.
+
+    `kernel_fn` is any callable `kernel_fn(x1, x2, get=..., **kwargs)` that returns a PyTree
+    of arrays: a [`eqntk.limit`][] kernel function, or e.g.
+    `lambda x1, x2, get: eqntk.empirical_kernel(model, x1, x2, get)`. Arrays named `cov1`
+    (as an attribute or a dict key) are per-example marginals of `x1`, `(N1, ...)`, those named
+    `cov2` of `x2`, and every other array is a kernel `(N1, N2, ...)`. The halving for
+    `x2=None` needs the layout of each kernel's trailing axes: it is known for
+    [`eqntk.Kernel`][] outputs, for `get` selections of `eqntk.limit` kernel functions, and
+    for plain `(N1, N2)` matrices; for other outputs every tile is computed.
+
+    **Devices and hosts.** By default the mesh holds every device, `jax.devices()`: one CPU,
+    the 8 simulated CPU devices of `XLA_FLAGS=--xla_force_host_platform_device_count=8`, or
+    all GPUs. On several hosts, call `jax.distributed.initialize()` in every process first and
+    call the batched kernel function in every process with the same inputs: `jax.devices()`
+    then spans all hosts, each process computes the tiles of its own devices, and every process
+    receives the whole result (tiles are gathered across processes with
+    `jax.experimental.multihost_utils.process_allgather`). A mesh with more axes than
+    `"batch"` repeats each tile's computation along the others.
+
+    **Arguments:**
+
+    - `kernel_fn`: the kernel function to batch.
+    - `batch_size`: the number of examples per tile along each batch axis (a positive
+      integer; batches smaller than it are one tile).
+    - `mesh`: a `jax.sharding.Mesh` with an axis named `"batch"`, e.g.
+      `jax.make_mesh((4,), ("batch",))`; `None` for a one-dimensional mesh of `devices`.
+    - `devices`: the devices of the default mesh; `None` for all of them.
+    - `store_on_host`: assemble the result in host memory (numpy), tile by tile, so that a
+      kernel larger than device memory can be computed.
+    - `progress`: show a progress bar (tiles done, rate, time left) on stderr; `None` shows it
+      only when stderr is a terminal.
+
+    **Returns:**
+
+    A [`eqntk.batching.BatchedKernelFn`][], called like `kernel_fn`.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    import jax.random as jr
+    import eqntk
+    from eqntk import nn
+
+    model = nn.Sequential([nn.Dense(5, 64, b_std=0.1, key=jr.key(0)), nn.Relu(),
+                           nn.Dense(64, 1, key=jr.key(1))])
+    kernel_fn = eqntk.limit(model)
+    x = jr.normal(jr.key(2), (10, 5))
+    nngp = eqntk.batch(kernel_fn, 4)(x, get="nngp")  # 3 x 3 tiles, 6 of them computed
+    assert jnp.allclose(nngp, kernel_fn(x, get="nngp"), rtol=1e-5)
+    ```
+    """
+    if not callable(kernel_fn):
+        raise TypeError(f"`kernel_fn` must be callable, got {type(kernel_fn)}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+    if mesh is not None and devices is not None:
+        raise ValueError("Pass `mesh` or `devices`, not both: `devices` builds the default mesh.")
+    if mesh is not None:
+        if not isinstance(mesh, Mesh):
+            raise TypeError(f"`mesh` must be a `jax.sharding.Mesh`, got {type(mesh)}.")
+        if AXIS not in mesh.axis_names:
+            raise ValueError(
+                f"`mesh` must have an axis named {AXIS!r} to spread tiles over, got a mesh with "
+                f"axes {tuple(mesh.axis_names)}; e.g. `jax.make_mesh((n,), ({AXIS!r},))`."
+            )
+    if devices is not None:
+        devices = tuple(devices)
+        if not devices or not all(isinstance(d, jax.Device) for d in devices):
+            raise ValueError(
+                f"`devices` must be a non-empty sequence of JAX devices, got {devices}."
+            )
+    return BatchedKernelFn(
+        kernel_fn=kernel_fn,
+        batch_size=batch_size,
+        mesh=mesh,
+        devices=devices,
+        store_on_host=bool(store_on_host),
+        progress=progress,
+    )
+
+
+def _call(fn_kw: Any, a: Array, b: Array | None, get: Get) -> Any:
+    fn, kwargs = fn_kw
+    return fn(a, b, get=get, **kwargs)
+
+
+def _layouts(fn_kw: Any, tile1: Any, template: Any, get: Get) -> Any:
+    """An output shape carrying [`eqntk.Kernel`][] metadata, to read the layouts from."""
+    if get is None:
+        return template
+    if isinstance(fn_kw[0], KernelFn):
+        # A `limit` kernel function returns `Kernel`s for `get=None`, whose flags give the
+        # layout of the arrays it selects; only shapes are computed.
+        return eqx.filter_eval_shape(_call, fn_kw, tile1, None, None)
+    return None
+
+
+@eqx.filter_jit
+def _compute_step(
+    fn_kw: Any, xa: Array, xb: Array | None, get: Get, paths: tuple[str, ...], mesh: Mesh
+) -> tuple[Array, ...]:
+    """One tile per device: `kernel_fn(xa[d], xb[d])` (`xb[d] = None` when `xb` is `None`)."""
+    dynamic, static = eqx.partition(fn_kw, eqx.is_array)
+
+    def local(dynamic: Any, a: Array, b: Array | None) -> tuple[Array, ...]:
+        out = _call(eqx.combine(dynamic, static), a[0], None if b is None else b[0], get)
+        flat = jax.tree_util.tree_flatten_with_path(out)[0]
+        by_path = {jax.tree_util.keystr(path): leaf for path, leaf in flat}
+        return tuple(by_path[path][None] for path in paths)
+
+    # check_vma=False: the kernel function is arbitrary code; its result is per device anyway.
+    tiles = jax.shard_map(
+        local, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)), out_specs=P(AXIS), check_vma=False
+    )
+    return tiles(dynamic, xa, xb)
+
+
+def _stacked_tiles(x: np.ndarray, starts: list[int], size: int, sharding: NamedSharding) -> Array:
+    """The examples `x[s : s + size]` for each `s` in `starts`, stacked and sharded.
+
+    Each device receives only its own tile: the callback is asked for the slice of the stack
+    that lives on one device, which also works when some devices belong to other processes.
+    """
+
+    def one_shard(index: tuple[slice, ...]) -> np.ndarray:
+        return np.stack([x[s : s + size] for s in starts[index[0]]])
+
+    shape = (len(starts), size, *x.shape[1:])
+    return jax.make_array_from_callback(shape, sharding, one_shard)
+
+
+def _gather(tiles: tuple[Array, ...]) -> Any:
+    """The tiles of one step, whole, in this process (across hosts when needed)."""
+    if all(t.is_fully_addressable for t in tiles):
+        return tiles
+    return multihost_utils.process_allgather(tiles)
+
+
+def _write_on_host(
+    outs: list[np.ndarray],
+    tiles: tuple[Array, ...],
+    pairs: list[tuple[int, int]],
+    on_diagonal: bool,
+    *,
+    leaves: list[Leaf],
+    b1: int,
+    b2: int,
+    mirrored: bool,
+) -> list[np.ndarray]:
+    """Write one step's tiles (and their mirror images) into preallocated numpy arrays."""
+    arrays = [np.asarray(t) for t in _gather(tiles)]
+    for d, (r, c) in enumerate(pairs):
+        for leaf, out, tile in zip(leaves, outs, arrays):
+            t = tile[d]
+            if leaf.role == "row":
+                out[r : r + b1] = t
+            elif leaf.role == "col":
+                out[c : c + b2] = t
+            else:
+                out[r : r + b1, c : c + b2] = t
+                if mirrored and not on_diagonal:
+                    out[c : c + b2, r : r + b1] = t.transpose(leaf.mirror)
+    return outs
+
+
+def _write_on_device(
+    outs: list[Array],
+    tiles: tuple[Array, ...],
+    pairs: list[tuple[int, int]],
+    on_diagonal: bool,
+    *,
+    leaves: list[Leaf],
+    mirrored: bool,
+    device: Any,
+) -> list[Array]:
+    """Write one step's tiles (and their mirror images) into the output arrays on `device`."""
+    tiles = jax.device_put(_gather(tiles), device)
+    rows = jax.device_put(np.array([r for r, _ in pairs], np.int32), device)
+    cols = jax.device_put(np.array([c for _, c in pairs], np.int32), device)
+    roles = tuple(leaf.role for leaf in leaves)
+    mirrors = tuple(leaf.mirror if mirrored and not on_diagonal else None for leaf in leaves)
+    return list(_update(tuple(outs), tiles, rows, cols, roles, mirrors))
+
+
+# The outputs are donated: each step updates them in place instead of copying the whole kernel.
+@ft.partial(jax.jit, static_argnums=(4, 5), donate_argnums=0)
+def _update(outs, tiles, rows, cols, roles, mirrors):
+    def one_tile(d, outs):
+        r, c = rows[d], cols[d]
+        new = []
+        for out, tile, role, mirror in zip(outs, tiles, roles, mirrors):
+            t = tile[d]
+            if role == "row":
+                out = jax.lax.dynamic_update_slice_in_dim(out, t, r, 0)
+            elif role == "col":
+                out = jax.lax.dynamic_update_slice_in_dim(out, t, c, 0)
+            else:
+                out = _put(out, t, r, c)
+                if mirror is not None:
+                    out = _put(out, t.transpose(mirror), c, r)
+            new.append(out)
+        return tuple(new)
+
+    return jax.lax.fori_loop(0, rows.shape[0], one_tile, outs)
+
+
+def _chunks(pairs: list[tuple[int, int]], size: int) -> list[list[tuple[int, int]]]:
+    return [pairs[i : i + size] for i in range(0, len(pairs), size)]
+
+
+def _put(out: Array, tile: Array, r: Array, c: Array) -> Array:
+    zeros = (jnp.zeros((), r.dtype),) * (out.ndim - 2)
+    return jax.lax.dynamic_update_slice(out, tile, (r, c, *zeros))
+
+
+def _host_batch(name: str, x: Any) -> np.ndarray:
+    """`x` as a host array of examples along its first axis, checked."""
+    if isinstance(x, Kernel):
+        raise TypeError(
+            f"`{name}` must be an array of inputs; `batch` tiles input batches, not a `Kernel`."
+        )
+    if not isinstance(x, jax.Array | np.ndarray):
+        raise TypeError(f"`{name}` must be an array of shape (N, ...), got {type(x)}.")
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise ValueError(
+            f"`{name}` must hold at least one example along axis 0, got shape {x.shape}."
+        )
+    return np.asarray(x)
+
+
+def _resolve_mesh(mesh: Mesh | None, devices: tuple[Any, ...] | None) -> Mesh:
+    if mesh is not None:
+        return mesh
+    # Resolved at call time, so that `jax.distributed.initialize` may come after `batch`.
+    return Mesh(np.asarray(jax.devices() if devices is None else devices), (AXIS,))
+
+
+def _first_local_device(mesh: Mesh) -> Any:
+    return next(d for d in mesh.devices.flat if d.process_index == jax.process_index())
