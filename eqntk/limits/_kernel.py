@@ -117,7 +117,8 @@ class Kernel(eqx.Module):
             if mask is not None and tuple(mask.shape) != (n,) + tuple(shape[1:]):
                 raise ValueError(
                     f"`Kernel.{name}` must have shape (N, *spatial) = {(n,) + tuple(shape[1:])}, "
-                    f"got {tuple(mask.shape)}."
+                    f"got {tuple(mask.shape)}. A layer that changes the positions must map the "
+                    f"masks along; layers whose rule does not cannot take masked inputs."
                 )
 
     @property

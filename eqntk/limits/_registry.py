@@ -5,8 +5,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import equinox as eqx
+import jax
 
 from ._kernel import Kernel
+from ._masking import remask
 from ._spatial import to_diagonal_spatial
 
 
@@ -272,6 +274,9 @@ def apply(layer: Any, k: KernelTree, wanted: RequirementsTree) -> KernelTree:
     ```
     """
     out = rule_for(layer)(layer, k, wanted)
+    # Masked positions stay zero whatever the rule did (e.g. a bias added there), so rules only
+    # have to say how masks move when they move positions.
+    out = jax.tree_util.tree_map(remask, out, is_leaf=lambda z: isinstance(z, Kernel))
     return conform(out, wanted)
 
 

@@ -80,7 +80,8 @@ def gram(
 ) -> Float[Array, "n1 n2 *pairs"]:
     """Channel-averaged inner products of two batches, in the requested spatial layout."""
     n = x1.ndim - 2
-    letters = string.ascii_letters[: 2 * n]
+    # Channel and batch axes are c, Y, Z; spatial axes take letters after them.
+    letters = string.ascii_lowercase[3 : 3 + 2 * n]
     s1, s2 = letters[:n], letters[n:]
     if diagonal_spatial:
         spec = f"Yc{s1},Zc{s1}->YZ{s1}"
@@ -93,7 +94,8 @@ def gram(
 def self_gram(x: Float[Array, "n c *spatial"], diagonal_spatial: bool) -> Float[Array, "n *pairs"]:
     """Channel-averaged inner products of each example with itself, in the requested layout."""
     n = x.ndim - 2
-    letters = string.ascii_letters[: 2 * n]
+    # Channel and batch axes are c, Y, Z; spatial axes take letters after them.
+    letters = string.ascii_lowercase[3 : 3 + 2 * n]
     s1, s2 = letters[:n], letters[n:]
     if diagonal_spatial:
         return jnp.mean(x * x, axis=1)
