@@ -4,7 +4,15 @@ Importing this package registers the rules of every layer in [`eqntk.nn`][].
 """
 
 from . import _activations as _activations, _dense as _dense, _structure as _structure
-from . import _branching as _branching, _normalization as _normalization, _repeat as _repeat
+from . import (
+    _branching as _branching,
+    _exponential as _exponential,
+    _normalization as _normalization,
+    _polynomial as _polynomial,
+    _quadrature as _quadrature,
+    _repeat as _repeat,
+    _trigonometric as _trigonometric,
+)
 from ._kernel import Kernel as Kernel
 from ._limit import KernelFn as KernelFn, limit as limit
 from ._registry import (

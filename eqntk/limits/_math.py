@@ -7,7 +7,9 @@ infinite derivatives, although the kernels themselves are smooth enough; the fun
 carry their derivatives in closed forms that stay finite.
 """
 
+import functools as ft
 import math
+from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
@@ -20,15 +22,20 @@ def safe_sqrt(x: Array) -> Array:
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1)), 0)
 
 
-def correlation(q11: Array, q12: Array, q22: Array) -> tuple[Array, Array]:
-    """Return `(norm, rho)`: $\\sqrt{q_{11} q_{22}}$ and the correlation clipped to [-1, 1].
+def correlation(q11: Array, q12: Array, q22: Array, clip: bool = True) -> tuple[Array, Array]:
+    """Return `(norm, rho)`: $\\sqrt{q_{11} q_{22}}$ and the correlation, clipped to [-1, 1]
+    unless `clip` is False.
 
     Where a variance is zero the correlation is defined as 0 (the kernels multiply it by the
     zero norm), so that values and gradients stay finite for zero inputs.
     """
-    norm = safe_sqrt(q11 * q22)
+    # The square roots of the variances are taken before the product: it cannot overflow for
+    # very deep networks, and q11, q22 are per-example arrays, cheaper than the product's shape.
+    norm = safe_sqrt(q11) * safe_sqrt(q22)
     positive = norm > 0
     rho = jnp.where(positive, q12 / jnp.where(positive, norm, 1), 0)
+    if not clip:
+        return norm, rho
     # A straight-through clip: rounding can push |rho| a hair above 1, and the clip must not
     # zero the gradient there.
     clipped = jnp.clip(rho, -1, 1)
@@ -88,7 +95,8 @@ def _arccos_kernel_0_jvp(primals, tangents):
 
 @jax.custom_jvp
 def arccos_kernel_1(rho: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
-    """The degree-1 arc-cosine kernel $J_1(\\rho) = (\\sqrt{1-\\rho^2} + (\\pi - \\arccos\\rho)\\rho)/\\pi$.
+    """The degree-1 arc-cosine kernel
+    $J_1(\\rho) = (\\sqrt{1-\\rho^2} + (\\pi - \\arccos\\rho)\\rho)/\\pi$.
 
     $E[\\max(u,0)\\max(v,0)] = J_1(\\rho)/2$ for standard normals with correlation $\\rho$; its
     derivative is $J_0(\\rho)$, finite everywhere on [-1, 1].
@@ -100,3 +108,109 @@ def arccos_kernel_1(rho: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
 def _arccos_kernel_1_jvp(primals, tangents):
     (rho,), (drho,) = primals, tangents
     return arccos_kernel_1(rho), arccos_kernel_0(rho) * drho
+
+
+def arcsin(x: Array) -> Array:
+    """$\\arcsin$ on [-1, 1]; in float32 from polynomials that run at copy speed (see `_arccos`)."""
+    if x.dtype == jnp.float64:
+        return jnp.arcsin(x)
+    return _arcsin_polynomial(x)
+
+
+# Odd polynomial for arcsin on [-1/2, 1/2] in powers of z = x^2 (the Cephes single-precision
+# form), accurate to float32 rounding.
+_ARCSIN_SMALL = (
+    1.6666752422e-1,
+    7.4953002686e-2,
+    4.5470025998e-2,
+    2.4181311049e-2,
+    4.2163199048e-2,
+)
+
+
+def _arcsin_polynomial(x: Array) -> Array:
+    t = jnp.abs(x)
+    large = t > 0.5
+    # For |x| > 1/2, arcsin x = pi/2 - 2 arcsin(sqrt((1 - |x|)/2)) keeps relative accuracy.
+    y = jnp.where(large, jnp.sqrt(jnp.maximum(1 - t, 0) / 2), t)
+    z = y * y
+    p = jnp.asarray(_ARCSIN_SMALL[-1], x.dtype)
+    for coefficient in _ARCSIN_SMALL[-2::-1]:
+        p = p * z + coefficient
+    r = y + y * z * p
+    r = jnp.where(large, math.pi / 2 - 2 * r, r)
+    return jnp.where(x < 0, -r, r)
+
+
+def arccos_kernel(degree: int, rho: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
+    """The arc-cosine kernel of degree $n$, $J_n(\\theta)/\\pi$ with $\\theta = \\arccos\\rho$.
+
+    For standard normals $u, v$ with correlation $\\rho$,
+    $E[u_+^n v_+^n] = J_n(\\theta) / (2\\pi)$ (Cho & Saul 2009), where $u_+ = \\max(u, 0)$ and
+    $u_+^0$ is the step function. $J_n$ is $A_n(\\rho)\\sqrt{1-\\rho^2} + B_n(\\rho)(\\pi-\\theta)$
+    with polynomials $A_n, B_n$ (see `_arccos_polynomials`). Its derivative is
+    $n^2 J_{n-1}/\\pi$ (Price's theorem), finite on [-1, 1] for $n \\geq 1$.
+    """
+    if degree == 0:
+        return arccos_kernel_0(rho)
+    if degree == 1:
+        return arccos_kernel_1(rho)
+    return _arccos_kernel_high(degree, rho)
+
+
+@ft.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _arccos_kernel_high(degree: int, rho: Array) -> Array:
+    a, b = _arccos_polynomials(degree)
+    s = jnp.sqrt(jnp.maximum(1 - rho * rho, 0))
+    return (_horner(a, rho) * s + _horner(b, rho) * (math.pi * arccos_kernel_0(rho))) / math.pi
+
+
+@_arccos_kernel_high.defjvp
+def _arccos_kernel_high_jvp(degree, primals, tangents):
+    (rho,), (drho,) = primals, tangents
+    slope = degree**2 * arccos_kernel(degree - 1, rho)
+    return _arccos_kernel_high(degree, rho), slope * drho
+
+
+def _horner(coefficients: tuple[float, ...], x: Array) -> Array:
+    p = jnp.zeros_like(x)
+    for c in reversed(coefficients):
+        p = p * x + c
+    return p
+
+
+@ft.cache
+def _arccos_polynomials(degree: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The coefficients (lowest power first) of $A_n, B_n$ with $J_n = A_n s + B_n \\psi$.
+
+    Here $s = \\sqrt{1-\\rho^2}$ and $\\psi = \\pi - \\arccos\\rho$; $J_0 = \\psi$. Since
+    $J_n' = n^2 J_{n-1}$ and $J_n(-1) = 0$, $J_n = n^2 (C s + D \\psi)$ where
+    $(C s + D\\psi)' = A_{n-1} s + B_{n-1}\\psi$: $D' = B_{n-1}$ and
+    $C'(1-\\rho^2) - \\rho C + D = A_{n-1}(1-\\rho^2)$, a triangular system for the
+    coefficients of $C$ and the constant of $D$, solved exactly in rationals.
+    """
+    a: list[Fraction] = []
+    b: list[Fraction] = [Fraction(1)]
+    for n in range(1, degree + 1):
+        d = [Fraction(0)] + [c / (k + 1) for k, c in enumerate(b)]  # D without its constant
+        r = [Fraction(0)] * max(len(a) + 2, len(d))  # R = A (1 - rho^2) - D
+        for k, c in enumerate(a):
+            r[k] += c
+            r[k + 2] -= c
+        for k, c in enumerate(d):
+            r[k] -= c
+        # Coefficient of rho^j in C'(1-rho^2) - rho C: (j+1) c_{j+1} - j c_{j-1}.
+        top = len(r) - 1
+        cs = [Fraction(0)] * (top + 2)
+        for j in range(top, 0, -1):
+            cs[j - 1] = ((j + 1) * cs[j + 1] - r[j]) / j
+        d[0] = r[0] - cs[1]
+        a = [n * n * c for c in cs]
+        b = [n * n * c for c in d]
+    return _trimmed(a), _trimmed(b)
+
+
+def _trimmed(coefficients: list[Fraction]) -> tuple[float, ...]:
+    while coefficients and coefficients[-1] == 0:
+        coefficients = coefficients[:-1]
+    return tuple(float(c) for c in coefficients)

@@ -4,7 +4,16 @@ Every layer is called on ONE unbatched, channel-first example (`(C,)`, `(C, L)`,
 `(C, H, W)`); batches go through `jax.vmap`.
 """
 
-from ._activations import ABRelu as ABRelu, Abs as Abs, Erf as Erf, LeakyRelu as LeakyRelu, Relu as Relu
+from ._activations import (
+    ABRelu as ABRelu,
+    Abs as Abs,
+    Erf as Erf,
+    Gelu as Gelu,
+    LeakyRelu as LeakyRelu,
+    Relu as Relu,
+    SigmoidLike as SigmoidLike,
+    Sign as Sign,
+)
 from ._branching import (
     FanInConcat as FanInConcat,
     FanInProd as FanInProd,
@@ -14,6 +23,15 @@ from ._branching import (
     residual as residual,
 )
 from ._dense import Dense as Dense
+from ._elementwise import Elementwise as Elementwise
+from ._exponential import Exp as Exp, ExpNormalized as ExpNormalized, Gaussian as Gaussian
 from ._normalization import Dropout as Dropout, LayerNorm as LayerNorm
+from ._polynomial import (
+    Hermite as Hermite,
+    Monomial as Monomial,
+    Polynomial as Polynomial,
+    RectifiedMonomial as RectifiedMonomial,
+)
 from ._repeat import Repeat as Repeat, repeat as repeat
 from ._structure import Flatten as Flatten, Identity as Identity, Sequential as Sequential
+from ._trigonometric import Cos as Cos, Gabor as Gabor, Rbf as Rbf, Sin as Sin

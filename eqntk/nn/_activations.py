@@ -1,4 +1,4 @@
-"""Elementwise nonlinearities with closed-form kernels: the ReLU family and `Erf`."""
+"""Elementwise nonlinearities with closed-form kernels: the ReLU family, `Erf`, `Gelu`, `Sign`."""
 
 import equinox as eqx
 import jax
@@ -23,12 +23,17 @@ class ABRelu(eqx.Module):
 
     a: Float[Array, ""]
     b: Float[Array, ""]
+    do_stabilize: bool = eqx.field(static=True)
 
-    def __init__(self, a: ArrayLike, b: ArrayLike):
+    def __init__(self, a: ArrayLike, b: ArrayLike, do_stabilize: bool = False):
         """**Arguments:**
 
         - `a`: the slope for negative inputs.
         - `b`: the slope for positive inputs.
+        - `do_stabilize`: for very deep networks: the kernel rule divides the covariances by
+          their largest entry before the map and multiplies the result back, which keeps the
+          intermediate products in floating-point range. The map is positively homogeneous,
+          so the result is the same up to rounding (the finite network is unaffected).
 
         **Example:**
 
@@ -41,9 +46,11 @@ class ABRelu(eqx.Module):
         """
         self.a = hyperparameter("a", a)
         self.b = hyperparameter("b", b)
+        self.do_stabilize = do_stabilize
 
-    def __call__(self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
-                 ) -> Float[Array, "*shape"]:
+    def __call__(
+        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "*shape"]:
         """Apply the nonlinearity elementwise to one example `x` of any shape."""
         return _abrelu(x, frozen(self.a), frozen(self.b))
 
@@ -62,8 +69,18 @@ class Relu(eqx.Module):
     ```
     """
 
-    def __call__(self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
-                 ) -> Float[Array, "*shape"]:
+    do_stabilize: bool = eqx.field(static=True)
+
+    def __init__(self, do_stabilize: bool = False):
+        """**Arguments:**
+
+        - `do_stabilize`: see [`eqntk.nn.ABRelu`][]; for very deep networks.
+        """
+        self.do_stabilize = do_stabilize
+
+    def __call__(
+        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "*shape"]:
         """Apply the nonlinearity elementwise to one example `x` of any shape."""
         return jax.nn.relu(x)
 
@@ -73,11 +90,13 @@ class LeakyRelu(eqx.Module):
     with $a=\\alpha, b=1$)."""
 
     alpha: Float[Array, ""]
+    do_stabilize: bool = eqx.field(static=True)
 
-    def __init__(self, alpha: ArrayLike = 0.01):
+    def __init__(self, alpha: ArrayLike = 0.01, do_stabilize: bool = False):
         """**Arguments:**
 
         - `alpha`: the slope for negative inputs.
+        - `do_stabilize`: see [`eqntk.nn.ABRelu`][]; for very deep networks.
 
         **Example:**
 
@@ -89,9 +108,11 @@ class LeakyRelu(eqx.Module):
         ```
         """
         self.alpha = hyperparameter("alpha", alpha)
+        self.do_stabilize = do_stabilize
 
-    def __call__(self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
-                 ) -> Float[Array, "*shape"]:
+    def __call__(
+        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "*shape"]:
         """Apply the nonlinearity elementwise to one example `x` of any shape."""
         return _abrelu(x, frozen(self.alpha), 1.0)
 
@@ -109,8 +130,18 @@ class Abs(eqx.Module):
     ```
     """
 
-    def __call__(self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
-                 ) -> Float[Array, "*shape"]:
+    do_stabilize: bool = eqx.field(static=True)
+
+    def __init__(self, do_stabilize: bool = False):
+        """**Arguments:**
+
+        - `do_stabilize`: see [`eqntk.nn.ABRelu`][]; for very deep networks.
+        """
+        self.do_stabilize = do_stabilize
+
+    def __call__(
+        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "*shape"]:
         """Apply the nonlinearity elementwise to one example `x` of any shape."""
         return jnp.abs(x)
 
@@ -149,10 +180,104 @@ class Erf(eqx.Module):
         self.b = hyperparameter("b", b)
         self.c = hyperparameter("c", c)
 
-    def __call__(self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
-                 ) -> Float[Array, "*shape"]:
+    def __call__(
+        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "*shape"]:
         """Apply the nonlinearity elementwise to one example `x` of any shape."""
         return frozen(self.a) * jax.scipy.special.erf(frozen(self.b) * x) + frozen(self.c)
+
+
+# The constant of `SigmoidLike`, chosen (by neural-tangents) to minimise the squared distance
+# between the function and the logistic sigmoid on [-5, 5].
+SIGMOID_LIKE_SCALE = 2.4020563531719796
+
+
+class SigmoidLike(eqx.Module):
+    """A sigmoid made of the error function, $\\phi(x) = \\mathrm{erf}(x / 2.40206)/2 + 1/2$.
+
+    Its kernel is that of [`eqntk.nn.Erf`][] with $a = 1/2$, $b = 1/2.4020563531719796$,
+    $c = 1/2$ (neural-tangents' `Sigmoid_like`).
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    from eqntk import nn
+
+    assert nn.SigmoidLike()(jnp.zeros(2)).tolist() == [0.5, 0.5]
+    ```
+    """
+
+    def __call__(
+        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "*shape"]:
+        """Apply the nonlinearity elementwise to one example `x` of any shape."""
+        return 0.5 * jax.scipy.special.erf(x / SIGMOID_LIKE_SCALE) + 0.5
+
+
+class Gelu(eqx.Module):
+    """The Gaussian error linear unit $\\phi(x) = x\\,\\Phi(x)$, $\\Phi$ the standard normal CDF.
+
+    Kernel rule (Tsuchida et al. 2020), writing $q_{ij} = \\mathcal{K}_{ij}$,
+    $P = (1+q_{11})(1+q_{22})$, $\\Delta = \\sqrt{P - q_{12}^2}$ and
+    $\\alpha = \\arcsin(q_{12}/\\sqrt{P})$:
+    $\\mathcal{K}' = \\frac{q_{12}}{4} + \\frac{1}{2\\pi}\\left(q_{12}\\alpha +
+    \\frac{q_{12}^2 + q_{11}q_{22}\\Delta^2}{P\\Delta}\\right)$ and
+    $\\Theta' = \\Theta\\left(\\frac14 + \\frac{\\alpha}{2\\pi} + \\frac{q_{12}}{2\\pi\\Delta}
+    \\left(\\frac{1}{\\Delta^2} + \\frac{1 - q_{11}q_{22}}{P} + 1\\right)\\right)$.
+    $\\Delta^2 \\geq 1 + q_{11} + q_{22}$, so the map is smooth everywhere.
+    """
+
+    approximate: bool = eqx.field(static=True)
+
+    def __init__(self, approximate: bool = False):
+        """**Arguments:**
+
+        - `approximate`: whether the finite network uses the $\\tanh$ approximation of GELU
+          (`jax.nn.gelu(x, approximate=True)`). The kernel is always that of the exact GELU
+          (as in neural-tangents), so with `approximate=True` the finite network and its
+          limit differ slightly (the two functions differ by at most about $10^{-3}$).
+
+        **Example:**
+
+        ```python
+        import jax.numpy as jnp
+        from eqntk import nn
+
+        assert nn.Gelu()(jnp.array([0.0])).tolist() == [0.0]
+        ```
+        """
+        self.approximate = approximate
+
+    def __call__(
+        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "*shape"]:
+        """Apply the nonlinearity elementwise to one example `x` of any shape."""
+        return jax.nn.gelu(x, approximate=self.approximate)
+
+
+class Sign(eqx.Module):
+    """The sign function $\\phi(x) = \\mathrm{sign}(x)$.
+
+    Kernel rule, with $\\rho = \\mathcal{K}_{12}/\\sqrt{\\mathcal{K}_{11}\\mathcal{K}_{22}}$:
+    $\\mathcal{K}' = \\frac{2}{\\pi}\\arcsin\\rho$ (0 where a variance is 0). The derivative is 0
+    almost everywhere, so $\\Theta' = 0$: the layers below a `Sign` do not train.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    from eqntk import nn
+
+    assert nn.Sign()(jnp.array([-2.0, 0.0, 3.0])).tolist() == [-1.0, 0.0, 1.0]
+    ```
+    """
+
+    def __call__(
+        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "*shape"]:
+        """Apply the nonlinearity elementwise to one example `x` of any shape."""
+        return jnp.sign(x)
 
 
 def _abrelu(x: Array, a: ArrayLike, b: ArrayLike) -> Array:

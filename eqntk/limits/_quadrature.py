@@ -1,0 +1,79 @@
+"""Kernel rule of `Elementwise`: a user-supplied closed form, or Gauss–Hermite quadrature."""
+
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..nn import Elementwise
+from ._activations import AbstractElementwiseRule
+from ._elementwise import EntryMap, map_entries, require_gaussian
+from ._kernel import Kernel
+from ._math import correlation, safe_sqrt
+from ._registry import register
+
+
+def closed_form_entries(nngp_fn: Callable, d_nngp_fn: Callable | None) -> EntryMap:
+    """The entry map from scalar functions `nngp_fn(cov12, var1, var2)` and its derivative in
+    `cov12` (autodiff when `d_nngp_fn` is None)."""
+    nngp_map = jnp.vectorize(nngp_fn)
+    dot_map = jnp.vectorize(jax.grad(nngp_fn) if d_nngp_fn is None else d_nngp_fn)
+
+    def fn(q11, q12, q22, ntk):
+        nngp = nngp_map(q12, q11, q22)
+        return nngp, None if ntk is None else ntk * dot_map(q12, q11, q22)
+
+    return fn
+
+
+def quadrature_entries(phi: Callable, deg: int) -> EntryMap:
+    """The entry map of `phi` by `deg`-point Gauss–Hermite quadrature (see `nn.Elementwise`).
+
+    With the nodes $x_i$ and weights $w_i$ of $\\int e^{-x^2} g(x)\\,dx$,
+    $E[f(u) f(v)] \\approx \\frac1\\pi\\sum_{ij} w_i w_j f(\\sqrt{2q_{11}}\\,x_i)\\,
+    f(\\sqrt{2q_{22}}(\\rho x_i + \\sqrt{1-\\rho^2}\\,x_j))$, the scheme of neural-tangents'
+    `ElementwiseNumerical` (so the two agree to rounding at the same degree).
+    """
+    nodes, weights = np.polynomial.hermite.hermgauss(deg)
+    f = jnp.vectorize(phi)
+    df = jnp.vectorize(jax.grad(phi))
+
+    def integrate(g, s1, a, b, dtype):
+        x = jnp.asarray(nodes, dtype)
+        w = jnp.asarray(weights, dtype)
+        total = 0
+        # One fused pass over the entries per outer node: the inner sum over the deg nodes is
+        # a reduction XLA fuses with the evaluations, so nothing of size deg^2 x entries is
+        # ever stored.
+        for i in range(deg):
+            inner = jnp.sum(
+                w.reshape((deg,) + (1,) * a.ndim)
+                * g(a * x[i] + b * x.reshape((deg,) + (1,) * b.ndim)),
+                axis=0,
+            )
+            total = total + (w[i] * g(s1 * x[i])) * inner
+        return total / math.pi
+
+    def fn(q11, q12, q22, ntk):
+        _, rho = correlation(q11, q12, q22)
+        s1, s2 = safe_sqrt(2 * q11), safe_sqrt(2 * q22)
+        # v = s2 (rho x + sqrt(1 - rho^2) y) = a x + b y: the Cholesky factor of the 2x2
+        # covariance; the integrand is even in b, so safe_sqrt's zero slope at b = 0 is exact.
+        a, b = s2 * rho, s2 * safe_sqrt(1 - rho * rho)
+        nngp = integrate(f, s1, a, b, q12.dtype)
+        return nngp, None if ntk is None else ntk * integrate(df, s1, a, b, q12.dtype)
+
+    return fn
+
+
+@register(Elementwise)
+class ElementwiseRule(AbstractElementwiseRule):
+    """Kernel rule of [`eqntk.nn.Elementwise`][]."""
+
+    def __call__(self, layer: Elementwise, k: Kernel, wanted) -> Kernel:
+        require_gaussian(k, layer)
+        if layer.nngp_fn is not None:
+            return map_entries(k, closed_form_entries(layer.nngp_fn, layer.d_nngp_fn))
+        return map_entries(k, quadrature_entries(layer.fn, layer.deg))

@@ -1,0 +1,147 @@
+"""Sinusoidal nonlinearities with closed-form kernels: `Sin`, `Cos`, `Rbf`, `Gabor`."""
+
+import math
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+from ._hyperparameters import frozen, hyperparameter
+
+
+class Sin(eqx.Module):
+    """The sinusoid $\\phi(x) = a \\sin(b x + c)$.
+
+    Kernel rule, with $S = \\mathcal{K}_{11} + \\mathcal{K}_{22}$ and
+    $e_\\pm = \\exp\\left(b^2 (\\pm\\mathcal{K}_{12} - S/2)\\right)$:
+    $\\mathcal{K}' = \\frac{a^2}{2}\\left(e_+ - \\cos(2c)\\, e_-\\right)$ and
+    $\\Theta' = \\Theta\\,\\frac{a^2 b^2}{2}\\left(e_+ + \\cos(2c)\\, e_-\\right)$.
+    """
+
+    a: Float[Array, ""]
+    b: Float[Array, ""]
+    c: Float[Array, ""]
+
+    def __init__(self, a: ArrayLike = 1.0, b: ArrayLike = 1.0, c: ArrayLike = 0.0):
+        """**Arguments:**
+
+        - `a`: the output scale.
+        - `b`: the input scale (frequency).
+        - `c`: the phase shift.
+
+        **Example:**
+
+        ```python
+        import jax.numpy as jnp
+        from eqntk import nn
+
+        assert nn.Sin(a=2.0)(jnp.zeros(2)).tolist() == [0.0, 0.0]
+        ```
+        """
+        self.a = hyperparameter("a", a)
+        self.b = hyperparameter("b", b)
+        self.c = hyperparameter("c", c)
+
+    def __call__(
+        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "*shape"]:
+        """Apply the nonlinearity elementwise to one example `x` of any shape."""
+        return frozen(self.a) * jnp.sin(frozen(self.b) * x + frozen(self.c))
+
+
+class Cos(eqx.Module):
+    """The sinusoid $\\phi(x) = a \\cos(b x + c)$: [`eqntk.nn.Sin`][] with phase $c + \\pi/2$.
+
+    Its kernel is that of `Sin` with $\\cos(2c)$ replaced by $-\\cos(2c)$.
+    """
+
+    a: Float[Array, ""]
+    b: Float[Array, ""]
+    c: Float[Array, ""]
+
+    def __init__(self, a: ArrayLike = 1.0, b: ArrayLike = 1.0, c: ArrayLike = 0.0):
+        """**Arguments:**
+
+        - `a`: the output scale.
+        - `b`: the input scale (frequency).
+        - `c`: the phase shift.
+
+        **Example:**
+
+        ```python
+        import jax.numpy as jnp
+        from eqntk import nn
+
+        assert nn.Cos(a=2.0)(jnp.zeros(2)).tolist() == [2.0, 2.0]
+        ```
+        """
+        self.a = hyperparameter("a", a)
+        self.b = hyperparameter("b", b)
+        self.c = hyperparameter("c", c)
+
+    def __call__(
+        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "*shape"]:
+        """Apply the nonlinearity elementwise to one example `x` of any shape."""
+        return frozen(self.a) * jnp.cos(frozen(self.b) * x + frozen(self.c))
+
+
+class Rbf(eqx.Module):
+    """The sinusoid $\\phi(x) = \\sqrt{2}\\sin(\\sqrt{2\\gamma}\\,x + \\pi/4)$, whose NNGP kernel is
+    the squared-exponential (RBF) kernel of its inputs.
+
+    Kernel rule: $\\mathcal{K}' = \\exp\\left(-\\gamma(\\mathcal{K}_{11} + \\mathcal{K}_{22} -
+    2\\mathcal{K}_{12})\\right)$, i.e. $\\exp(-\\gamma\\|x_1 - x_2\\|^2/d)$ after a `Dense` layer on
+    inputs of dimension $d$ with `W_std=1`, and $\\Theta' = 2\\gamma\\,\\mathcal{K}'\\,\\Theta$.
+    """
+
+    gamma: Float[Array, ""]
+
+    def __init__(self, gamma: ArrayLike = 1.0):
+        """**Arguments:**
+
+        - `gamma`: the inverse squared length scale, $\\gamma = 1/(2\\ell^2)$; non-negative.
+
+        **Example:**
+
+        ```python
+        import jax.numpy as jnp
+        from eqntk import nn
+
+        assert abs(nn.Rbf(0.5)(jnp.zeros(1))[0] - 1.0) < 1e-6
+        ```
+        """
+        self.gamma = hyperparameter("gamma", gamma, nonnegative=True)
+
+    def __call__(
+        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "*shape"]:
+        """Apply the nonlinearity elementwise to one example `x` of any shape."""
+        return math.sqrt(2) * jnp.sin(jnp.sqrt(2 * frozen(self.gamma)) * x + math.pi / 4)
+
+
+class Gabor(eqx.Module):
+    """The Gabor function $\\phi(x) = e^{-x^2}\\sin x$.
+
+    Kernel rule, with $S = \\mathcal{K}_{11} + \\mathcal{K}_{22}$,
+    $D = 4(\\mathcal{K}_{11}\\mathcal{K}_{22} - \\mathcal{K}_{12}^2)$ and $M = 1 + 2S + D \\geq 1$
+    (a Gaussian integral):
+    $\\mathcal{K}' = \\frac{1}{2\\sqrt M}\\exp\\left(-\\frac{S + D}{2M}\\right)
+    \\left(e^{\\mathcal{K}_{12}/M} - e^{-\\mathcal{K}_{12}/M}\\right)$, and $\\Theta'$ is $\\Theta$
+    times $\\partial\\mathcal{K}'/\\partial\\mathcal{K}_{12} = E[\\phi'(u)\\phi'(v)]$.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    from eqntk import nn
+
+    assert nn.Gabor()(jnp.zeros(2)).tolist() == [0.0, 0.0]
+    ```
+    """
+
+    def __call__(
+        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "*shape"]:
+        """Apply the nonlinearity elementwise to one example `x` of any shape."""
+        return jnp.exp(-(x**2)) * jnp.sin(x)
