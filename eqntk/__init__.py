@@ -2,7 +2,7 @@
 
 import importlib.metadata
 
-from . import batching as batching, limits as limits, nn as nn
+from . import batching as batching, dynamics as dynamics, limits as limits, nn as nn
 from .batching import batch as batch
 from .limits import Kernel as Kernel, limit as limit
 

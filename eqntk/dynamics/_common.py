@@ -1,0 +1,203 @@
+"""Shared pieces of the dynamics functions: layouts, the diagonal regulariser and input checks.
+
+**Layouts.** As in neural-tangents, a kernel acts on the outputs $f(x)$ of a network with the
+`trace_axes` of the outputs removed: for targets `y_train` of shape `(N, K)` and
+`trace_axes=(-1,)` (the default) the kernel is `(N, N)` and acts identically on each of the K
+outputs, $\\Theta \\otimes I_K$. In general the kernel of outputs with non-trace axes
+`(a, b, ...)` has the interleaved shape `(a, a', b, b', ...)`. Internally every kernel is made a
+matrix `(P, P')` (all non-trace axes flattened) and every output array a matrix `(P, C)` (the
+trace axes flattened into C columns), and results are put back into the caller's layout.
+"""
+
+import math
+from collections.abc import Sequence
+from typing import Any, TypeAlias
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+
+Axes: TypeAlias = int | Sequence[int]
+# An array, or anything with `.nngp` / `.ntk` fields: an `eqntk.Kernel`, or the named tuple that
+# `kernel_fn(x1, x2, get=("nngp", "ntk"))` returns.
+KernelLike: TypeAlias = Any
+
+
+class Layout(eqx.Module):
+    """How the caller's output arrays map to the internal `(P, C)` matrices."""
+
+    shape: tuple[int, ...] = eqx.field(static=True)
+    trace_axes: tuple[int, ...] = eqx.field(static=True)
+
+    @property
+    def non_trace_axes(self) -> tuple[int, ...]:
+        return tuple(a for a in range(len(self.shape)) if a not in self.trace_axes)
+
+    @property
+    def trace_shape(self) -> tuple[int, ...]:
+        return tuple(self.shape[a] for a in self.trace_axes)
+
+    @property
+    def points_shape(self) -> tuple[int, ...]:
+        return tuple(self.shape[a] for a in self.non_trace_axes)
+
+    def with_points(self, points_shape: tuple[int, ...]) -> "Layout":
+        """The layout of outputs on other inputs (e.g. the test set): new non-trace sizes."""
+        shape = list(self.shape)
+        for a, size in zip(self.non_trace_axes, points_shape, strict=True):
+            shape[a] = size
+        return Layout(tuple(shape), self.trace_axes)
+
+    def to_matrix(self, f: Array) -> Float[Array, "p c"]:
+        """`(*shape)` -> `(P, C)`: non-trace axes to rows, trace axes to columns."""
+        f = jnp.transpose(f, self.non_trace_axes + self.trace_axes)
+        return f.reshape(math.prod(self.points_shape), math.prod(self.trace_shape))
+
+    def from_matrix(self, f: Array) -> Array:
+        """`(*lead, P, C)` -> `(*lead, *shape)`."""
+        lead = f.shape[:-2]
+        f = f.reshape(lead + self.points_shape + self.trace_shape)
+        order = self.non_trace_axes + self.trace_axes
+        n = len(lead)
+        return jnp.transpose(
+            f, tuple(range(n)) + tuple(n + order.index(a) for a in range(len(order)))
+        )
+
+    def check(self, name: str, f: Any) -> Array:
+        """`f` broadcast to this layout, with a clear error when it cannot be."""
+        f = jnp.asarray(f)
+        try:
+            return jnp.broadcast_to(f, self.shape)
+        except ValueError:
+            raise ValueError(
+                f"`{name}` must have shape {self.shape} (or broadcast to it), got {f.shape}."
+            ) from None
+
+
+def layout_of(y_train: Array, trace_axes: Axes) -> Layout:
+    """The layout of `y_train` with the given `trace_axes`, checked."""
+    axes = (trace_axes,) if isinstance(trace_axes, int) else tuple(trace_axes)
+    ndim = y_train.ndim
+    if ndim == 0:
+        raise ValueError(
+            "`y_train` must have at least one axis (the training points), got a scalar."
+        )
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ValueError(
+                f"`trace_axes` must be axes of `y_train` (shape {y_train.shape}), got {trace_axes}."
+            )
+    canonical = tuple(sorted(a % ndim for a in axes))
+    if len(set(canonical)) != len(canonical):
+        raise ValueError(f"`trace_axes` names an axis twice: {trace_axes}.")
+    if len(canonical) == ndim:
+        raise ValueError(
+            f"`trace_axes` {trace_axes} leaves no axis of `y_train` (shape {y_train.shape}) for "
+            "the training points."
+        )
+    return Layout(tuple(y_train.shape), canonical)
+
+
+def kernel_to_matrix(
+    name: str, k: Any, rows: tuple[int, ...], cols: tuple[int, ...]
+) -> Float[Array, "p q"]:
+    """An interleaved kernel `(a, a', b, b', ...)` as a matrix, after checking its shape."""
+    if not isinstance(k, jax.Array | np.ndarray):
+        raise TypeError(f"`{name}` must be an array, got {type(k).__name__}.")
+    expected = tuple(s for pair in zip(rows, cols, strict=True) for s in pair)
+    if tuple(k.shape) != expected:
+        raise ValueError(
+            f"`{name}` must have shape {expected} to match the targets (the non-trace axes of "
+            f"the outputs, interleaved), got {tuple(k.shape)}."
+        )
+    if not jnp.issubdtype(k.dtype, jnp.floating):
+        raise TypeError(f"`{name}` must be a floating-point array, got dtype {k.dtype}.")
+    n = len(rows)
+    k = jnp.transpose(jnp.asarray(k), tuple(range(0, 2 * n, 2)) + tuple(range(1, 2 * n, 2)))
+    return k.reshape(math.prod(rows), math.prod(cols))
+
+
+def cov_from_matrix(c: Array, points_shape: tuple[int, ...]) -> Array:
+    """`(*lead, Q, Q)` -> `(*lead, a, a', b, b', ...)`, the interleaved kernel layout."""
+    lead = c.shape[:-2]
+    n, m = len(lead), len(points_shape)
+    c = c.reshape(lead + points_shape + points_shape)
+    pairs = tuple(i for a in range(m) for i in (n + a, n + m + a))
+    return jnp.transpose(c, tuple(range(n)) + pairs)
+
+
+def pick(k: KernelLike, name: str, argument: str) -> Any:
+    """The `name` ("nngp" or "ntk") part of a kernel argument (an array serves for both)."""
+    if isinstance(k, jax.Array | np.ndarray):
+        return k
+    value = getattr(k, name, None)
+    if value is None:
+        raise ValueError(
+            f"`{argument}` must contain the {name!r} kernel for this prediction, got "
+            f"{type(k).__name__} without it."
+        )
+    return value
+
+
+def nonnegative(name: str, value: Any, dtype: Any) -> Float[Array, ""]:
+    """A scalar argument as a 0-d array of `dtype`, checked to be finite and non-negative.
+
+    Concrete values are checked at once; traced values (under `jit` or `vmap`) through
+    `eqx.error_if`, so a bad value raises instead of propagating NaNs.
+    """
+    if not isinstance(value, jax.core.Tracer):
+        concrete = np.asarray(value)
+        if concrete.shape != ():
+            raise ValueError(f"`{name}` must be a scalar, got shape {concrete.shape}.")
+        if not np.isfinite(concrete) or concrete < 0:
+            raise ValueError(f"`{name}` must be finite and non-negative, got {concrete}.")
+    array = jnp.asarray(value)
+    if array.shape != ():
+        raise ValueError(f"`{name}` must be a scalar, got shape {array.shape}.")
+    array = array.astype(dtype)
+    return eqx.error_if(
+        array, ~(jnp.isfinite(array) & (array >= 0)), f"`{name}` must be finite and non-negative."
+    )
+
+
+def check_symmetric(name: str, k: Float[Array, "p p"]) -> Float[Array, "p p"]:
+    """`k`, raising (through `eqx.error_if`) when it is not symmetric.
+
+    Kernels computed with `x2=None` are exactly symmetric; the tolerance, $\\sqrt{\\epsilon}$
+    relative to the largest entry, only admits the rounding of kernels computed as `K(x, x)`.
+    """
+    tol = math.sqrt(float(jnp.finfo(k.dtype).eps)) * jnp.max(jnp.abs(k))
+    return eqx.error_if(
+        k, jnp.max(jnp.abs(k - k.T)) > tol, f"`{name}` must be symmetric (it is not)."
+    )
+
+
+def regularised(
+    k: Float[Array, "p p"], diag_reg: Float[Array, ""], absolute_scale: bool
+) -> Float[Array, "p p"]:
+    """$k + \\lambda I$ with $\\lambda$ = `diag_reg`, times $\\mathrm{tr}(k)/P$ unless absolute."""
+    scale = diag_reg if absolute_scale else diag_reg * jnp.trace(k) / k.shape[0]
+    return k + scale * jnp.eye(k.shape[0], dtype=k.dtype)
+
+
+def square_kernel(name: str, k: Any, layout: Layout) -> Float[Array, "p p"]:
+    """A train-train kernel as a checked, symmetric `(P, P)` matrix."""
+    return check_symmetric(
+        name, kernel_to_matrix(name, k, layout.points_shape, layout.points_shape)
+    )
+
+
+def test_points(name: str, k_test_train: Any, layout: Layout) -> tuple[int, ...]:
+    """The non-trace shape of the test outputs, read off a test-train kernel and checked."""
+    shape = getattr(k_test_train, "shape", None)
+    n = len(layout.points_shape)
+    if shape is None or len(shape) != 2 * n or tuple(shape[1::2]) != layout.points_shape:
+        raise ValueError(
+            f"`{name}` must have shape (M, {layout.points_shape[0]}) (test points by training "
+            f"points; in general the test and training non-trace axes interleaved), got "
+            f"{None if shape is None else tuple(shape)}."
+        )
+    return tuple(shape[0::2])

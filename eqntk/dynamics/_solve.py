@@ -1,0 +1,61 @@
+"""Linear solves with a kernel matrix through lineax, factorised once and reused."""
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+from jaxtyping import Array, Float
+
+
+class Factorisation(eqx.Module):
+    """A regularised kernel $A = k + \\lambda I$ with its lineax solver state.
+
+    The state (for `lx.Cholesky`, the Cholesky factor) is computed once, when the
+    factorisation is made, and every solve reuses it: for every right-hand side, every test
+    batch and every call.
+    """
+
+    operator: lx.MatrixLinearOperator
+    solver: lx.AbstractLinearSolver
+    state: Any
+    name: str = eqx.field(static=True)
+
+    def __init__(self, name: str, a: Float[Array, "p p"], solver: lx.AbstractLinearSolver):
+        self.name = name
+        self.operator = lx.MatrixLinearOperator(a, (lx.symmetric_tag, lx.positive_semidefinite_tag))
+        self.solver = solver
+        self.state = solver.init(self.operator, {})
+
+    def solve(self, b: Float[Array, "p r"]) -> Float[Array, "p r"]:
+        """$A^{-1} b$ for the columns of `b`, with a clear error when $A$ is not definite."""
+
+        def column(v):
+            return lx.linear_solve(self.operator, v, self.solver, state=self.state).value
+
+        x = jax.vmap(column, in_axes=1, out_axes=1)(b)
+        # A Cholesky factorisation of a matrix that is not positive definite yields NaNs rather
+        # than a failure code; catch those (and any other solver's) instead of returning them.
+        return eqx.error_if(
+            x,
+            ~jnp.all(jnp.isfinite(x)),
+            f"The solve with `{self.name}` (+ the diagonal regulariser) gave non-finite values: "
+            "the kernel is not positive definite. Pass a positive `diag_reg`.",
+        )
+
+    def logdet(self) -> Float[Array, ""]:
+        """$\\log\\det A$ from the Cholesky factor (needs `solver=lx.Cholesky()`)."""
+        if not isinstance(self.solver, lx.Cholesky):
+            raise ValueError(
+                f"The log-determinant needs the Cholesky factor; got solver {self.solver}."
+            )
+        # lineax's Cholesky state is `(upper factor, is_negative_definite)`.
+        factor = self.state[0]
+        logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(factor)))
+        return eqx.error_if(
+            logdet,
+            ~jnp.isfinite(logdet),
+            f"`{self.name}` (+ the diagonal regulariser) is not positive definite. "
+            "Pass a positive `diag_reg`.",
+        )
