@@ -2,8 +2,15 @@
 
 import importlib.metadata
 
-from . import batching as batching, dynamics as dynamics, limits as limits, nn as nn
+from . import (
+    batching as batching,
+    dynamics as dynamics,
+    empirical as empirical,
+    limits as limits,
+    nn as nn,
+)
 from .batching import batch as batch
+from .empirical import empirical_kernel as empirical_kernel, empirical_ntk_vp as empirical_ntk_vp
 from .limits import Kernel as Kernel, limit as limit
 
 
