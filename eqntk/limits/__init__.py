@@ -6,9 +6,11 @@ Importing this package registers the rules of every layer in [`eqntk.nn`][].
 from . import _activations as _activations, _dense as _dense, _structure as _structure
 from . import (
     _branching as _branching,
+    _conv as _conv,
     _exponential as _exponential,
     _normalization as _normalization,
     _polynomial as _polynomial,
+    _pooling as _pooling,
     _quadrature as _quadrature,
     _repeat as _repeat,
     _trigonometric as _trigonometric,

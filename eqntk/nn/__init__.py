@@ -22,6 +22,7 @@ from ._branching import (
     Parallel as Parallel,
     residual as residual,
 )
+from ._conv import Conv as Conv, ConvLocal as ConvLocal, ConvTranspose as ConvTranspose
 from ._dense import Dense as Dense
 from ._elementwise import Elementwise as Elementwise
 from ._exponential import Exp as Exp, ExpNormalized as ExpNormalized, Gaussian as Gaussian
@@ -31,6 +32,12 @@ from ._polynomial import (
     Monomial as Monomial,
     Polynomial as Polynomial,
     RectifiedMonomial as RectifiedMonomial,
+)
+from ._pooling import (
+    AvgPool as AvgPool,
+    GlobalAvgPool as GlobalAvgPool,
+    GlobalSumPool as GlobalSumPool,
+    SumPool as SumPool,
 )
 from ._repeat import Repeat as Repeat, repeat as repeat
 from ._structure import Flatten as Flatten, Identity as Identity, Sequential as Sequential

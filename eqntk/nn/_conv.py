@@ -1,0 +1,467 @@
+"""Convolutions over any number of spatial dimensions: `Conv`, `ConvTranspose`, `ConvLocal`."""
+
+import math
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax.numpy as jnp
+import jax.random as jr
+from jax import lax
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+from ._dense import Parameterization, check_parameterization
+from ._hyperparameters import frozen, hyperparameter
+from ._windows import (
+    Padding,
+    Window,
+    check_spatial_rank,
+    check_window_args,
+    conv_transpose_windows,
+    conv_windows,
+    fold,
+)
+
+
+def _check_sizes(in_channels: int, out_channels: int) -> None:
+    for name, size in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"`{name}` must be a positive integer, got {size!r}.")
+
+
+def _check_input(layer, x: Array) -> None:
+    check_spatial_rank(layer, len(layer.filter_shape), x.shape, "x")
+    expected = layer.s[0] * layer.in_channels
+    if x.shape[0] != expected:
+        raise ValueError(
+            f"`{type(layer).__name__}` expects inputs with {expected} channels on axis 0, "
+            f"got shape {x.shape}."
+        )
+
+
+def _hyperparameters(W_std, b_std):
+    W_std = hyperparameter("W_std", W_std, nonnegative=True)
+    b_std = None if b_std is None else hyperparameter("b_std", b_std, nonnegative=True)
+    return W_std, b_std
+
+
+def _init_params(layer, key, weight_shape, bias_shape, fan_in: int):
+    """Standard-normal weights and biases, pre-scaled in the standard parameterisation."""
+    wkey, bkey = jr.split(key)
+    dtype = layer.W_std.dtype
+    weight = jr.normal(wkey, weight_shape, dtype)
+    bias = None if layer.b_std is None else jr.normal(bkey, bias_shape, dtype)
+    if layer.parameterization == "standard":
+        weight = weight * (layer.W_std / math.sqrt(fan_in))
+        bias = None if bias is None else bias * layer.b_std
+    return weight, bias
+
+
+def _affine_output(layer, y: Array, bias: Array | None, fan_in: int) -> Array:
+    """Scale the raw weighted sum `y` and add the bias, as the parameterisation says."""
+    if layer.parameterization == "ntk":
+        y = y * (frozen(layer.W_std) / math.sqrt(fan_in))
+        if bias is not None:
+            y = y + frozen(layer.b_std) * bias
+    else:
+        y = y / math.sqrt(layer.s[0])
+        if bias is not None:
+            y = y + bias
+    return y
+
+
+def _pad_input(x: Array, windows: tuple[Window, ...]) -> tuple[Array, list[tuple[int, int]]]:
+    """Wrap-pad a `CIRCULAR` input; otherwise return the zero paddings for `lax`."""
+    if windows and windows[0].circular:
+        widths = [(0, 0)] + [(w.pad_lo, w.pad_hi) for w in windows]
+        return jnp.pad(x, widths, mode="wrap"), [(0, 0)] * len(windows)
+    return x, [(w.pad_lo, w.pad_hi) for w in windows]
+
+
+def _channel_bias(bias: Array | None, n_spatial: int) -> Array | None:
+    return None if bias is None else bias.reshape((-1,) + (1,) * n_spatial)
+
+
+class Conv(eqx.Module):
+    """A convolution (cross-correlation) over any number of spatial dimensions.
+
+    Acts on one channel-first example `(in_channels, *spatial)` like
+    `lax.conv_general_dilated`; the number of spatial dimensions is `len(filter_shape)`. Weights
+    and biases are drawn i.i.d. standard normal; in the NTK parameterisation
+    $y = \\frac{\\sigma_W}{\\sqrt{n}} W \\star x + \\sigma_b b$ with fan-in
+    $n = C_{in} \\prod_d f_d$, and in the standard one the stored weights carry that scale (see
+    [`eqntk.nn.Dense`][]).
+
+    Kernel rule: per spatial dimension, with the padded input covariance $\\tilde K$,
+    $K'[o, o'] = \\frac{1}{f} \\sum_{k<f} \\tilde K[s o + d k, s o' + d k]$ (a shift-and-add
+    along the diagonal of each pair of spatial axes, or along the one axis of the diagonal
+    layout), then the affine map of `Dense`: $\\mathcal{K}' = \\sigma_W^2 K' + \\sigma_b^2$,
+    $\\Theta' = \\sigma_W^2 \\Theta_{pooled} + \\mathcal{K}'$ (NTK parameterisation) or
+    $\\sigma_W^2 \\Theta_{pooled} + n \\mathcal{K}_{pooled} + [\\text{bias}]$ (standard).
+    It keeps the spatial layout, so a CNN that ends in `Flatten` only ever holds the diagonal.
+    """
+
+    weight: Float[Array, "out in *filter"]
+    bias: Float[Array, " out"] | None
+    W_std: Float[Array, ""]
+    b_std: Float[Array, ""] | None
+    in_channels: int = eqx.field(static=True)
+    out_channels: int = eqx.field(static=True)
+    filter_shape: tuple[int, ...] = eqx.field(static=True)
+    strides: tuple[int, ...] = eqx.field(static=True)
+    padding: Padding = eqx.field(static=True)
+    dilation: tuple[int, ...] = eqx.field(static=True)
+    parameterization: Parameterization = eqx.field(static=True)
+    s: tuple[int, int] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        filter_shape: Sequence[int],
+        strides: Sequence[int] | None = None,
+        padding: Padding = "VALID",
+        dilation: Sequence[int] | None = None,
+        W_std: ArrayLike = 1.0,
+        b_std: ArrayLike | None = None,
+        parameterization: Parameterization = "ntk",
+        s: tuple[int, int] = (1, 1),
+        *,
+        key: PRNGKeyArray,
+    ):
+        """**Arguments:**
+
+        - `in_channels`: the number of input channels.
+        - `out_channels`: the number of output channels (the width).
+        - `filter_shape`: the filter size along each spatial dimension, e.g. `(3, 3)`.
+        - `strides`: the stride along each spatial dimension; `None` for ones.
+        - `padding`: `"VALID"` (none), `"SAME"` (zeros, output length `ceil(L / stride)`) or
+          `"CIRCULAR"` (the same amounts, wrapped around periodically).
+        - `dilation`: the filter dilation along each spatial dimension; `None` for ones.
+        - `W_std`: the weight standard deviation $\\sigma_W \\geq 0$.
+        - `b_std`: the bias standard deviation $\\sigma_b \\geq 0$, or `None` for no bias.
+        - `parameterization`: `"ntk"` or `"standard"`, as for [`eqntk.nn.Dense`][], with
+          fan-in `in_channels * prod(filter_shape)`.
+        - `s`: the width scales `(s0, s1)` of the standard parameterisation (must be `(1, 1)`
+          for `"ntk"`).
+        - `key`: a `jax.random` key for the initial weights.
+
+        **Example:**
+
+        ```python
+        import jax.numpy as jnp
+        import jax.random as jr
+        from eqntk import nn
+
+        conv = nn.Conv(3, 16, (3, 3), padding="SAME", W_std=1.5, b_std=0.1, key=jr.key(0))
+        assert conv(jnp.ones((3, 8, 8))).shape == (16, 8, 8)
+        ```
+        """
+        check_parameterization(parameterization, s)
+        _check_sizes(in_channels, out_channels)
+        self.filter_shape, self.strides, self.dilation = check_window_args(
+            "filter_shape", filter_shape, strides, dilation, padding
+        )
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.padding, self.parameterization = padding, parameterization
+        self.s = (int(s[0]), int(s[1]))
+        self.W_std, self.b_std = _hyperparameters(W_std, b_std)
+        n_out, n_in = self.s[1] * out_channels, self.s[0] * in_channels
+        self.weight, self.bias = _init_params(
+            self, key, (n_out, n_in) + self.filter_shape, (n_out,), self.fan_in
+        )
+
+    @property
+    def fan_in(self) -> int:
+        """The fan-in $C_{in} \\prod_d f_d$ of one output unit (nominal widths)."""
+        return self.in_channels * math.prod(self.filter_shape)
+
+    def __call__(
+        self, x: Float[Array, "in *spatial"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "out ..."]:
+        """Apply the convolution to one channel-first example `x` of shape `(in, *spatial)`.
+
+        **Arguments:**
+
+        - `x`: one example; channels first.
+        - `key`: unused (accepted for a uniform layer interface).
+
+        **Returns:**
+
+        The output `(out, *spatial_out)`.
+        """
+        _check_input(self, x)
+        windows = conv_windows(
+            self, x.shape[1:], self.filter_shape, self.strides, self.dilation, self.padding
+        )
+        x, pads = _pad_input(x, windows)
+        y = lax.conv_general_dilated(
+            x[None], self.weight, self.strides, pads, rhs_dilation=self.dilation
+        )[0]
+        bias = _channel_bias(self.bias, len(self.filter_shape))
+        return _affine_output(self, y, bias, self.fan_in)
+
+
+class ConvTranspose(eqx.Module):
+    """A transposed convolution over any number of spatial dimensions.
+
+    Acts like `lax.conv_transpose` (with `transpose_kernel=False`): the input is spread out by
+    the strides and convolved with stride 1. `SAME` gives output length `L * stride`, `VALID`
+    gives `(L - 1) * stride + max(f, stride)`, and `CIRCULAR` computes the `VALID` result and
+    folds it periodically onto the `SAME` length (entries past either end are added to the
+    positions they wrap to, with the crop centred). Parameterisations as for
+    [`eqntk.nn.Conv`][], with fan-in $C_{in} \\prod_d f_d$.
+
+    Kernel rule: the covariance is spread out and padded the same way along both axes of each
+    spatial pair, summed along the diagonal over the filter taps and divided by $f$, folded for
+    `CIRCULAR`, then mapped by the affine rule of `Conv`. The diagonal layout suffices except for
+    `CIRCULAR` padding with a filter wider than the stride, whose folding mixes positions.
+    """
+
+    weight: Float[Array, "out in *filter"]
+    bias: Float[Array, " out"] | None
+    W_std: Float[Array, ""]
+    b_std: Float[Array, ""] | None
+    in_channels: int = eqx.field(static=True)
+    out_channels: int = eqx.field(static=True)
+    filter_shape: tuple[int, ...] = eqx.field(static=True)
+    strides: tuple[int, ...] = eqx.field(static=True)
+    padding: Padding = eqx.field(static=True)
+    dilation: tuple[int, ...] = eqx.field(static=True)
+    parameterization: Parameterization = eqx.field(static=True)
+    s: tuple[int, int] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        filter_shape: Sequence[int],
+        strides: Sequence[int] | None = None,
+        padding: Padding = "VALID",
+        dilation: Sequence[int] | None = None,
+        W_std: ArrayLike = 1.0,
+        b_std: ArrayLike | None = None,
+        parameterization: Parameterization = "ntk",
+        s: tuple[int, int] = (1, 1),
+        *,
+        key: PRNGKeyArray,
+    ):
+        """**Arguments:**
+
+        - `in_channels`: the number of input channels.
+        - `out_channels`: the number of output channels (the width).
+        - `filter_shape`: the filter size along each spatial dimension.
+        - `strides`: the upsampling factor along each spatial dimension; `None` for ones.
+        - `padding`: `"VALID"`, `"SAME"` or `"CIRCULAR"` (see the class docstring).
+        - `dilation`: the filter dilation along each spatial dimension; `None` for ones.
+        - `W_std`: the weight standard deviation $\\sigma_W \\geq 0$.
+        - `b_std`: the bias standard deviation $\\sigma_b \\geq 0$, or `None` for no bias.
+        - `parameterization`: `"ntk"` or `"standard"`, as for [`eqntk.nn.Dense`][], with
+          fan-in `in_channels * prod(filter_shape)`.
+        - `s`: the width scales `(s0, s1)` of the standard parameterisation (must be `(1, 1)`
+          for `"ntk"`).
+        - `key`: a `jax.random` key for the initial weights.
+
+        **Example:**
+
+        ```python
+        import jax.numpy as jnp
+        import jax.random as jr
+        from eqntk import nn
+
+        up = nn.ConvTranspose(3, 8, (3, 3), strides=(2, 2), padding="SAME", key=jr.key(0))
+        assert up(jnp.ones((3, 4, 4))).shape == (8, 8, 8)
+        ```
+        """
+        check_parameterization(parameterization, s)
+        _check_sizes(in_channels, out_channels)
+        self.filter_shape, self.strides, self.dilation = check_window_args(
+            "filter_shape", filter_shape, strides, dilation, padding
+        )
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.padding, self.parameterization = padding, parameterization
+        self.s = (int(s[0]), int(s[1]))
+        self.W_std, self.b_std = _hyperparameters(W_std, b_std)
+        n_out, n_in = self.s[1] * out_channels, self.s[0] * in_channels
+        self.weight, self.bias = _init_params(
+            self, key, (n_out, n_in) + self.filter_shape, (n_out,), self.fan_in
+        )
+
+    @property
+    def fan_in(self) -> int:
+        """The fan-in $C_{in} \\prod_d f_d$ (nominal widths)."""
+        return self.in_channels * math.prod(self.filter_shape)
+
+    @property
+    def mixes_positions(self) -> bool:
+        """Whether `CIRCULAR` folding adds up outputs of different positions."""
+        return self.padding == "CIRCULAR" and any(
+            (f - 1) * d + 1 > s for f, d, s in zip(self.filter_shape, self.dilation, self.strides)
+        )
+
+    def __call__(
+        self, x: Float[Array, "in *spatial"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "out ..."]:
+        """Apply the transposed convolution to one channel-first example `x`.
+
+        **Arguments:**
+
+        - `x`: one example `(in, *spatial)`.
+        - `key`: unused.
+
+        **Returns:**
+
+        The output `(out, *spatial_out)`.
+        """
+        _check_input(self, x)
+        windows = conv_transpose_windows(
+            x.shape[1:], self.filter_shape, self.strides, self.dilation, self.padding
+        )
+        y = lax.conv_general_dilated(
+            x[None],
+            self.weight,
+            (1,) * len(windows),
+            [(w.pad_lo, w.pad_hi) for w in windows],
+            lhs_dilation=self.strides,
+            rhs_dilation=self.dilation,
+        )[0]
+        for axis, w in enumerate(windows, start=1):
+            if w.fold_len is not None:
+                y = fold(y, axis, w)
+        bias = _channel_bias(self.bias, len(self.filter_shape))
+        return _affine_output(self, y, bias, self.fan_in)
+
+
+class ConvLocal(eqx.Module):
+    """A locally connected layer: a convolution with an independent filter at each position.
+
+    Like [`eqntk.nn.Conv`][] (same padding, strides and dilation), but the weights and biases are
+    not shared between output positions, so the layer is built for one input spatial shape.
+
+    Kernel rule: the output covariance between different positions vanishes (independent
+    weights and biases there), and on the spatial diagonal it is that of `Conv`. So the rule
+    only ever needs the diagonal of its input covariance, and returns a full layout by placing
+    the diagonal (zeros elsewhere) when a later layer mixes positions.
+    """
+
+    weight: Float[Array, "out in_taps *spatial_out"]
+    bias: Float[Array, "out ..."] | None
+    W_std: Float[Array, ""]
+    b_std: Float[Array, ""] | None
+    in_channels: int = eqx.field(static=True)
+    out_channels: int = eqx.field(static=True)
+    filter_shape: tuple[int, ...] = eqx.field(static=True)
+    strides: tuple[int, ...] = eqx.field(static=True)
+    padding: Padding = eqx.field(static=True)
+    dilation: tuple[int, ...] = eqx.field(static=True)
+    spatial_shape: tuple[int, ...] = eqx.field(static=True)
+    parameterization: Parameterization = eqx.field(static=True)
+    s: tuple[int, int] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        filter_shape: Sequence[int],
+        strides: Sequence[int] | None = None,
+        padding: Padding = "VALID",
+        dilation: Sequence[int] | None = None,
+        W_std: ArrayLike = 1.0,
+        b_std: ArrayLike | None = None,
+        parameterization: Parameterization = "ntk",
+        s: tuple[int, int] = (1, 1),
+        *,
+        spatial_shape: Sequence[int],
+        key: PRNGKeyArray,
+    ):
+        """**Arguments:**
+
+        - `in_channels`: the number of input channels.
+        - `out_channels`: the number of output channels (the width).
+        - `filter_shape`: the filter size along each spatial dimension.
+        - `strides`: the stride along each spatial dimension; `None` for ones.
+        - `padding`: `"VALID"`, `"SAME"` or `"CIRCULAR"`, as for `Conv`.
+        - `dilation`: the filter dilation along each spatial dimension; `None` for ones.
+        - `spatial_shape`: the spatial shape of the inputs (there is one filter per output
+          position).
+        - `W_std`: the weight standard deviation $\\sigma_W \\geq 0$.
+        - `b_std`: the bias standard deviation $\\sigma_b \\geq 0$, or `None` for no bias.
+        - `parameterization`: `"ntk"` or `"standard"`, as for [`eqntk.nn.Dense`][], with
+          fan-in `in_channels * prod(filter_shape)`.
+        - `s`: the width scales `(s0, s1)` of the standard parameterisation (must be `(1, 1)`
+          for `"ntk"`).
+        - `key`: a `jax.random` key for the initial weights.
+
+        **Example:**
+
+        ```python
+        import jax.numpy as jnp
+        import jax.random as jr
+        from eqntk import nn
+
+        local = nn.ConvLocal(3, 8, (3, 3), spatial_shape=(6, 6), key=jr.key(0))
+        assert local(jnp.ones((3, 6, 6))).shape == (8, 4, 4)
+        ```
+        """
+        check_parameterization(parameterization, s)
+        _check_sizes(in_channels, out_channels)
+        self.filter_shape, self.strides, self.dilation = check_window_args(
+            "filter_shape", filter_shape, strides, dilation, padding
+        )
+        n = len(self.filter_shape)
+        self.spatial_shape = tuple(int(v) for v in spatial_shape)
+        if len(self.spatial_shape) != n or any(v < 1 for v in self.spatial_shape):
+            raise ValueError(
+                f"`spatial_shape` must hold {n} positive sizes (one per entry of "
+                f"`filter_shape`), got {spatial_shape!r}."
+            )
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.padding, self.parameterization = padding, parameterization
+        self.s = (int(s[0]), int(s[1]))
+        self.W_std, self.b_std = _hyperparameters(W_std, b_std)
+        windows = conv_windows(
+            self, self.spatial_shape, self.filter_shape, self.strides, self.dilation, padding
+        )
+        out_spatial = tuple(w.out_len for w in windows)
+        n_out, n_in = self.s[1] * out_channels, self.s[0] * in_channels
+        self.weight, self.bias = _init_params(
+            self,
+            key,
+            (n_out, n_in * math.prod(self.filter_shape)) + out_spatial,
+            (n_out,) + out_spatial,
+            self.fan_in,
+        )
+
+    @property
+    def fan_in(self) -> int:
+        """The fan-in $C_{in} \\prod_d f_d$ (nominal widths)."""
+        return self.in_channels * math.prod(self.filter_shape)
+
+    def __call__(
+        self, x: Float[Array, "in *spatial"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "out ..."]:
+        """Apply the layer to one channel-first example `x` of shape `(in, *spatial_shape)`.
+
+        **Arguments:**
+
+        - `x`: one example.
+        - `key`: unused.
+
+        **Returns:**
+
+        The output `(out, *spatial_out)`.
+        """
+        _check_input(self, x)
+        if x.shape[1:] != self.spatial_shape:
+            raise ValueError(
+                f"`ConvLocal` was built for inputs of spatial shape {self.spatial_shape}, got "
+                f"shape {x.shape}."
+            )
+        windows = conv_windows(
+            self, x.shape[1:], self.filter_shape, self.strides, self.dilation, self.padding
+        )
+        x, pads = _pad_input(x, windows)
+        patches = lax.conv_general_dilated_patches(
+            x[None], self.filter_shape, self.strides, pads, rhs_dilation=self.dilation
+        )[0]
+        y = jnp.einsum("oj...,j...->o...", self.weight, patches)
+        return _affine_output(self, y, self.bias, self.fan_in)
