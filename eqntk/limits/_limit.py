@@ -10,7 +10,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Shaped
 
 from ._kernel import Kernel, check_get, selected
 from ._registry import Requirements, apply, conform, requirements
-from ._spatial import gram, self_gram, swap_examples
+from ._spatial import batch_diagonal, gram, self_gram, swap_examples
 
 
 Get = str | tuple[str, ...] | None
@@ -202,15 +202,19 @@ def _inputs_to_kernel(
         nngp = gram(x1, x1, diagonal)
         # Exact symmetry, so that every later map (elementwise or linear) keeps it.
         nngp = 0.5 * (nngp + swap_examples(nngp, diagonal))
+        # `cov1` is the batch diagonal of `nngp` bit for bit: correlations on the diagonal are
+        # then exactly 1, where arccos would turn a rounding error of 1e-16 into 1e-8.
+        cov1 = batch_diagonal(nngp)
         cov2 = None
         x2 = x1
     else:
         nngp = gram(x1, x2, diagonal)
+        cov1 = self_gram(x1, diagonal)
         cov2 = self_gram(x2, diagonal)
     return Kernel(
         nngp=nngp,
         ntk=jnp.zeros_like(nngp) if compute_ntk else None,
-        cov1=self_gram(x1, diagonal),
+        cov1=cov1,
         cov2=cov2,
         shape1=tuple(x1.shape[1:]),
         shape2=tuple(x2.shape[1:]),

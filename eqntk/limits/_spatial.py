@@ -103,6 +103,11 @@ def self_gram(x: Float[Array, "n c *spatial"], diagonal_spatial: bool) -> Float[
     return jnp.einsum(f"Yc{s1},Yc{s2}->Y{out}", x, x, precision="highest") / x.shape[1]
 
 
+def batch_diagonal(a: Float[Array, "n n *pairs"]) -> Float[Array, "n *pairs"]:
+    """The entries `a[i, i, ...]` of a kernel of a batch with itself."""
+    return jnp.moveaxis(jnp.diagonal(a, axis1=0, axis2=1), -1, 0)
+
+
 def swap_examples(a: Array, diagonal_spatial: bool) -> Array:
     """`K(x2, x1)` from `K(x1, x2)`: swap the batch axes and each interleaved spatial pair."""
     n_pairs = a.ndim - 2
