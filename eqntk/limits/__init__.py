@@ -8,11 +8,13 @@ from . import (
     _branching as _branching,
     _conv as _conv,
     _exponential as _exponential,
+    _graph as _graph,
     _normalization as _normalization,
     _polynomial as _polynomial,
     _pooling as _pooling,
     _quadrature as _quadrature,
     _repeat as _repeat,
+    _reshape as _reshape,
     _trigonometric as _trigonometric,
 )
 from ._kernel import Kernel as Kernel

@@ -26,6 +26,7 @@ from ._conv import Conv as Conv, ConvLocal as ConvLocal, ConvTranspose as ConvTr
 from ._dense import Dense as Dense
 from ._elementwise import Elementwise as Elementwise
 from ._exponential import Exp as Exp, ExpNormalized as ExpNormalized, Gaussian as Gaussian
+from ._graph import Aggregate as Aggregate, with_inputs as with_inputs
 from ._normalization import Dropout as Dropout, LayerNorm as LayerNorm
 from ._polynomial import (
     Hermite as Hermite,
@@ -40,5 +41,6 @@ from ._pooling import (
     SumPool as SumPool,
 )
 from ._repeat import Repeat as Repeat, repeat as repeat
+from ._reshape import DotGeneral as DotGeneral, ImageResize as ImageResize, Index as Index
 from ._structure import Flatten as Flatten, Identity as Identity, Sequential as Sequential
 from ._trigonometric import Cos as Cos, Gabor as Gabor, Rbf as Rbf, Sin as Sin

@@ -1,0 +1,166 @@
+"""`Aggregate`: message passing over a graph given with each example."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray, Shaped
+
+from ._hyperparameters import frozen
+from ._reshape import spatial_axes
+
+
+def dense_adjacency(
+    pattern: Shaped[Array, "..."], agg_shape: tuple[int, ...], dtype, name: str = "pattern"
+) -> Float[Array, "..."]:
+    """One example's graph as a dense adjacency `(*S, *S)` over the aggregated positions.
+
+    A floating (or boolean) `pattern` is already dense. An integer `pattern` is an edge list
+    `(E, 2)` (one aggregated axis) or `(E, K, 2)`, with (sender, receiver) coordinates in the
+    last axis: repeated edges add up, and an edge with any negative coordinate is padding.
+    """
+    k = len(agg_shape)
+    if not jnp.issubdtype(pattern.dtype, jnp.integer):
+        if pattern.shape != agg_shape * 2:
+            raise ValueError(
+                f"`{name}` (a dense adjacency) must have the shape (*S, *S) = {agg_shape * 2} of "
+                f"one example's aggregated positions, got {pattern.shape}. Integer arrays are "
+                f"read as edge lists (E, 2) or (E, K, 2)."
+            )
+        return pattern.astype(dtype)
+    if pattern.ndim == 2 and k == 1:
+        pattern = pattern[:, None, :]
+    if pattern.ndim != 3 or pattern.shape[1:] != (k, 2):
+        raise ValueError(
+            f"`{name}` (an integer edge list) must have shape (E, {k}, 2)"
+            + (" or (E, 2)" if k == 1 else "")
+            + f" for {k} aggregated axes, got {pattern.shape}."
+        )
+    valid = jnp.all(pattern >= 0, axis=(1, 2))
+    senders = tuple(jnp.where(valid, pattern[:, d, 0], 0) for d in range(k))
+    receivers = tuple(jnp.where(valid, pattern[:, d, 1], 0) for d in range(k))
+    adjacency = jnp.zeros(agg_shape * 2, dtype)
+    return adjacency.at[senders + receivers].add(valid.astype(dtype))
+
+
+class Aggregate(eqx.Module):
+    """Graph message passing: each position becomes the weighted sum of its predecessors.
+
+    For one example with positions $i$ (over the aggregated spatial axes, flattened in row-major
+    order) and adjacency $A$ ($A_{ij}$ the weight of the edge from $i$ to $j$):
+    $y[c, j] = \\sum_i x[c, i]\\, A_{ij}$, at every channel and at every position of the other
+    spatial axes. In the limit $\\mathcal{K}'(x_1, x_2) = A_1^\\top \\mathcal{K}(x_1, x_2) A_2$ on
+    the aggregated axes (Du et al. 2019, "Graph neural tangent kernel").
+
+    The graph belongs to the example, not to the layer:
+
+    - the kernel function takes the graphs of a batch as `pattern1`/`pattern2`:
+      `eqntk.limit(model)(x1, x2, pattern1=A1, pattern2=A2)`;
+    - the finite network gets one example's graph through [`eqntk.nn.with_inputs`][], which
+      returns the model with every `Aggregate` layer holding that graph:
+      `jax.vmap(lambda x, a: nn.with_inputs(model, pattern=a)(x))(xs, graphs)`.
+
+    A graph is either a dense adjacency of shape `(*S, *S)` (floating or boolean; `S` the sizes
+    of the aggregated axes) or an integer edge list `(E, 2)` / `(E, K, 2)` of (sender, receiver)
+    coordinates in which repeated edges add up and any negative coordinate marks a padding edge.
+    """
+
+    axes: tuple[int, ...] | None = eqx.field(static=True)
+    pattern: Shaped[Array, "..."] | None
+
+    def __init__(self, axes: int | Sequence[int] | None = None):
+        """**Arguments:**
+
+        - `axes`: the spatial axes to aggregate over (0 is the first axis after the channels),
+          or `None` for all of them. The other spatial axes are handled independently.
+
+        **Example:**
+
+        ```python
+        import jax.numpy as jnp
+        from eqntk import nn
+
+        layer = nn.with_inputs(nn.Aggregate(), pattern=jnp.ones((4, 4)))
+        assert (layer(jnp.ones((3, 4))) == 4).all()       # every vertex sums all 4
+        edges = jnp.array([[0, 1], [1, 2], [-1, -1]])      # 0 -> 1, 1 -> 2, padding
+        y = nn.with_inputs(nn.Aggregate(), pattern=edges)(jnp.arange(3.0)[None])
+        assert y.tolist() == [[0.0, 0.0, 1.0]]
+        ```
+        """
+        self.axes = None if axes is None else spatial_axes(axes)
+        self.pattern = None
+
+    def aggregated_axes(self, n_spatial: int) -> tuple[int, ...]:
+        """The aggregated spatial axes for inputs with `n_spatial` spatial axes."""
+        if self.axes is None:
+            return tuple(range(n_spatial))
+        return spatial_axes(self.axes, n_spatial)
+
+    def __call__(
+        self, x: Float[Array, "c *spatial"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "c *spatial"]:
+        """Aggregate one channel-first example `x` over the graph set by `with_inputs`.
+
+        Without a graph (`pattern` None) the layer is the identity, as if every vertex had only
+        a self-loop.
+
+        **Arguments:**
+
+        - `x`: one example `(C, *spatial)`.
+        - `key`: unused.
+
+        **Returns:**
+
+        The aggregated example, of the shape of `x`.
+        """
+        if self.pattern is None:
+            # As in neural-tangents: without a graph every vertex only keeps its own value.
+            return x
+        axes = self.aggregated_axes(x.ndim - 1)
+        agg_shape = tuple(x.shape[1 + a] for a in axes)
+        adjacency = dense_adjacency(frozen(self.pattern), agg_shape, x.dtype)
+        k = len(axes)
+        y = jnp.tensordot(x, adjacency, axes=(tuple(1 + a for a in axes), tuple(range(k))))
+        return jnp.moveaxis(y, tuple(range(y.ndim - k, y.ndim)), tuple(1 + a for a in axes))
+
+
+def with_inputs(model: Any, *, pattern: Shaped[Array, "..."] | None = None) -> Any:
+    """`model` with one example's graph set on every [`eqntk.nn.Aggregate`][] layer.
+
+    Layers are called on one example, and the graph is part of the example; call this inside
+    the function that is vmapped over the batch, so that the graph never becomes part of the
+    trained parameters.
+
+    **Arguments:**
+
+    - `model`: a network (any PyTree of layers).
+    - `pattern`: one example's graph: a dense adjacency `(*S, *S)` or an integer edge list
+      `(E, 2)` / `(E, K, 2)` (see [`eqntk.nn.Aggregate`][]).
+
+    **Returns:**
+
+    A copy of `model` whose `Aggregate` layers hold `pattern`.
+
+    **Example:**
+
+    ```python
+    import jax
+    import jax.numpy as jnp
+    import jax.random as jr
+    from eqntk import nn
+
+    model = nn.Sequential([nn.Dense(3, 8, key=jr.key(0)), nn.Relu(), nn.Aggregate()])
+    xs, graphs = jnp.ones((5, 3, 4)), jnp.ones((5, 4, 4))
+    ys = jax.vmap(lambda x, a: nn.with_inputs(model, pattern=a)(x))(xs, graphs)
+    assert ys.shape == (5, 8, 4)
+    ```
+    """
+
+    def bind(node):
+        if isinstance(node, Aggregate):
+            return eqx.tree_at(lambda n: n.pattern, node, pattern, is_leaf=lambda z: z is None)
+        return node
+
+    return jax.tree_util.tree_map(bind, model, is_leaf=lambda n: isinstance(n, Aggregate))
