@@ -93,7 +93,7 @@ class BatchedKernelFn(eqx.Module):
 
         tile1 = jax.ShapeDtypeStruct((b1, *x1.shape[1:]), x1.dtype)
         tile2 = None if x2 is None else jax.ShapeDtypeStruct((b2, *x2.shape[1:]), x2.dtype)
-        template = eqx.filter_eval_shape(_call, fn_kw, tile1, tile2, get)
+        template = eqx.filter_eval_shape(_traced_call, fn_kw, tile1, tile2, get)
         leaves = describe(template, known_mirrors(_layouts(fn_kw, tile1, template, get), get))
         check_tile(leaves, template, b1, b2)
 
@@ -125,8 +125,12 @@ class BatchedKernelFn(eqx.Module):
         paths = tuple(leaf.path for leaf in leaves)
         pending, n_done = None, 0
         for chunk, on_diagonal in steps:
-            # The last step repeats its last tile to fill every device; writes are idempotent.
-            padded = chunk + [chunk[-1]] * (n_devices - len(chunk))
+            # The last step may have fewer tiles than devices: the idle devices get a copy of
+            # the first tile's inputs, marked invalid, and skip the computation.
+            padded = chunk + [chunk[0]] * (n_devices - len(chunk))
+            valid = _stacked_tiles(
+                np.arange(n_devices) < len(chunk), list(range(n_devices)), 1, sharding
+            )
             xa = _stacked_tiles(x1, [r for r, _ in padded], b1, sharding)
             # A diagonal tile is the kernel of a block of x1 with itself: computed as such
             # (`x2=None`), it is exactly what the kernel function gives there, and symmetric.
@@ -136,11 +140,11 @@ class BatchedKernelFn(eqx.Module):
                 if on_diagonal
                 else _stacked_tiles(x1 if x2 is None else x2, cols, b2, sharding)
             )
-            tiles = _compute_step(fn_kw, xa, xb, get, paths, mesh)
+            tiles = _compute_step(fn_kw, valid, xa, xb, get, paths, mesh)
             if pending is not None:
                 outs = write(outs, *pending)
                 advance(n_done)
-            pending, n_done = (tiles, padded, on_diagonal), len(chunk)
+            pending, n_done = (tiles, chunk, on_diagonal), len(chunk)
         assert pending is not None
         outs = write(outs, *pending)
         advance(n_done)
@@ -255,6 +259,11 @@ def _call(fn_kw: Any, a: Array, b: Array | None, get: Get) -> Any:
     return fn(a, b, get=get, **kwargs)
 
 
+# Shapes come from `jax.eval_shape` through a jitted call: its trace is cached, so tracing the
+# kernel function (a large part of a small kernel's cost) happens once, not on every call.
+_traced_call = eqx.filter_jit(_call)
+
+
 def _layouts(fn_kw: Any, tile1: Any, template: Any, get: Get) -> Any:
     """An output shape carrying [`eqntk.Kernel`][] metadata, to read the layouts from."""
     if get is None:
@@ -262,28 +271,49 @@ def _layouts(fn_kw: Any, tile1: Any, template: Any, get: Get) -> Any:
     if isinstance(fn_kw[0], KernelFn):
         # A `limit` kernel function returns `Kernel`s for `get=None`, whose flags give the
         # layout of the arrays it selects; only shapes are computed.
-        return eqx.filter_eval_shape(_call, fn_kw, tile1, None, None)
+        return eqx.filter_eval_shape(_traced_call, fn_kw, tile1, None, None)
     return None
 
 
 @eqx.filter_jit
 def _compute_step(
-    fn_kw: Any, xa: Array, xb: Array | None, get: Get, paths: tuple[str, ...], mesh: Mesh
+    fn_kw: Any,
+    valid: Array,
+    xa: Array,
+    xb: Array | None,
+    get: Get,
+    paths: tuple[str, ...],
+    mesh: Mesh,
 ) -> tuple[Array, ...]:
-    """One tile per device: `kernel_fn(xa[d], xb[d])` (`xb[d] = None` when `xb` is `None`)."""
+    """One tile per device: `kernel_fn(xa[d], xb[d])` (`xb[d] = None` when `xb` is `None`).
+
+    Devices whose `valid[d]` is false return zeros without computing anything.
+    """
     dynamic, static = eqx.partition(fn_kw, eqx.is_array)
 
-    def local(dynamic: Any, a: Array, b: Array | None) -> tuple[Array, ...]:
-        out = _call(eqx.combine(dynamic, static), a[0], None if b is None else b[0], get)
-        flat = jax.tree_util.tree_flatten_with_path(out)[0]
-        by_path = {jax.tree_util.keystr(path): leaf for path, leaf in flat}
-        return tuple(by_path[path][None] for path in paths)
+    def local(dynamic: Any, valid: Array, a: Array, b: Array | None) -> tuple[Array, ...]:
+        def tile() -> tuple[Array, ...]:
+            out = _call(eqx.combine(dynamic, static), a[0], None if b is None else b[0], get)
+            by_path = {
+                jax.tree_util.keystr(path): leaf
+                for path, leaf in jax.tree_util.tree_flatten_with_path(out)[0]
+            }
+            return tuple(by_path[path][None] for path in paths)
+
+        def skip() -> tuple[Array, ...]:
+            return tuple(jnp.zeros(t.shape, t.dtype) for t in jax.eval_shape(tile))
+
+        return jax.lax.cond(valid[0, 0], tile, skip)
 
     # check_vma=False: the kernel function is arbitrary code; its result is per device anyway.
     tiles = jax.shard_map(
-        local, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)), out_specs=P(AXIS), check_vma=False
+        local,
+        mesh=mesh,
+        in_specs=(P(), P(AXIS), P(AXIS), P(AXIS)),
+        out_specs=P(AXIS),
+        check_vma=False,
     )
-    return tiles(dynamic, xa, xb)
+    return tiles(dynamic, valid, xa, xb)
 
 
 def _stacked_tiles(x: np.ndarray, starts: list[int], size: int, sharding: NamedSharding) -> Array:
@@ -346,16 +376,18 @@ def _write_on_device(
 ) -> list[Array]:
     """Write one step's tiles (and their mirror images) into the output arrays on `device`."""
     tiles = jax.device_put(_gather(tiles), device)
-    rows = jax.device_put(np.array([r for r, _ in pairs], np.int32), device)
-    cols = jax.device_put(np.array([c for _, c in pairs], np.int32), device)
+    # Indices padded to one tile per device, so that the last step reuses the compilation.
+    padded = pairs + [pairs[0]] * (tiles[0].shape[0] - len(pairs))
+    rows, cols = jax.device_put(np.array(padded, np.int32).T, device)
+    count = jax.device_put(np.int32(len(pairs)), device)
     roles = tuple(leaf.role for leaf in leaves)
     mirrors = tuple(leaf.mirror if mirrored and not on_diagonal else None for leaf in leaves)
-    return list(_update(tuple(outs), tiles, rows, cols, roles, mirrors))
+    return list(_update(tuple(outs), tiles, rows, cols, count, roles, mirrors))
 
 
 # The outputs are donated: each step updates them in place instead of copying the whole kernel.
-@ft.partial(jax.jit, static_argnums=(4, 5), donate_argnums=0)
-def _update(outs, tiles, rows, cols, roles, mirrors):
+@ft.partial(jax.jit, static_argnums=(5, 6), donate_argnums=0)
+def _update(outs, tiles, rows, cols, count, roles, mirrors):
     def one_tile(d, outs):
         r, c = rows[d], cols[d]
         new = []
@@ -372,7 +404,7 @@ def _update(outs, tiles, rows, cols, roles, mirrors):
             new.append(out)
         return tuple(new)
 
-    return jax.lax.fori_loop(0, rows.shape[0], one_tile, outs)
+    return jax.lax.fori_loop(0, count, one_tile, outs)
 
 
 def _chunks(pairs: list[tuple[int, int]], size: int) -> list[list[tuple[int, int]]]:
