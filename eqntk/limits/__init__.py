@@ -5,6 +5,7 @@ Importing this package registers the rules of every layer in [`eqntk.nn`][].
 
 from . import _activations as _activations, _dense as _dense, _structure as _structure
 from . import (
+    _attention as _attention,
     _branching as _branching,
     _conv as _conv,
     _exponential as _exponential,

@@ -14,6 +14,7 @@ from ._activations import (
     SigmoidLike as SigmoidLike,
     Sign as Sign,
 )
+from ._attention import GlobalSelfAttention as GlobalSelfAttention
 from ._branching import (
     FanInConcat as FanInConcat,
     FanInProd as FanInProd,

@@ -6,8 +6,9 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray, Shaped
+from jaxtyping import Array, Bool, Float, PRNGKeyArray, Shaped
 
+from ._attention import GlobalSelfAttention
 from ._hyperparameters import frozen
 from ._reshape import spatial_axes
 
@@ -126,22 +127,33 @@ class Aggregate(eqx.Module):
         return jnp.moveaxis(y, tuple(range(y.ndim - k, y.ndim)), tuple(1 + a for a in axes))
 
 
-def with_inputs(model: Any, *, pattern: Shaped[Array, "..."] | None = None) -> Any:
-    """`model` with one example's graph set on every [`eqntk.nn.Aggregate`][] layer.
+def with_inputs(
+    model: Any,
+    *,
+    pattern: Shaped[Array, "..."] | None = None,
+    mask: Bool[Array, "*spatial"] | None = None,
+) -> Any:
+    """`model` with one example's side inputs set on the layers that use them.
 
-    Layers are called on one example, and the graph is part of the example; call this inside
-    the function that is vmapped over the batch, so that the graph never becomes part of the
-    trained parameters.
+    The graph of an example goes to every [`eqntk.nn.Aggregate`][] layer, and its mask of
+    padded positions to every [`eqntk.nn.GlobalSelfAttention`][] layer (which then never
+    attends to them). Layers are called on one example, and these inputs belong to the example:
+    call this inside the function that is vmapped over the batch, so that they never become
+    part of the trained parameters. The kernel function takes the same inputs for whole
+    batches, as `pattern1`/`pattern2` and `mask1`/`mask2`.
 
     **Arguments:**
 
     - `model`: a network (any PyTree of layers).
     - `pattern`: one example's graph: a dense adjacency `(*S, *S)` or an integer edge list
-      `(E, 2)` / `(E, K, 2)` (see [`eqntk.nn.Aggregate`][]).
+      `(E, 2)` / `(E, K, 2)` (see [`eqntk.nn.Aggregate`][]); `None` leaves the graphs as
+      they are.
+    - `mask`: one example's mask `(*spatial)`, `True` at padded positions, for the attention
+      layers (which must see the spatial shape of the mask); `None` leaves them as they are.
 
     **Returns:**
 
-    A copy of `model` whose `Aggregate` layers hold `pattern`.
+    A copy of `model` holding these inputs.
 
     **Example:**
 
@@ -158,9 +170,17 @@ def with_inputs(model: Any, *, pattern: Shaped[Array, "..."] | None = None) -> A
     ```
     """
 
+    if mask is not None:
+        mask = jnp.asarray(mask)
+        if mask.dtype != jnp.bool_:
+            raise TypeError(f"`mask` must be a boolean array, got dtype {mask.dtype}.")
+
     def bind(node):
-        if isinstance(node, Aggregate):
+        if isinstance(node, Aggregate) and pattern is not None:
             return eqx.tree_at(lambda n: n.pattern, node, pattern, is_leaf=lambda z: z is None)
+        if isinstance(node, GlobalSelfAttention) and mask is not None:
+            return eqx.tree_at(lambda n: n.mask, node, mask, is_leaf=lambda z: z is None)
         return node
 
-    return jax.tree_util.tree_map(bind, model, is_leaf=lambda n: isinstance(n, Aggregate))
+    layers = (Aggregate, GlobalSelfAttention)
+    return jax.tree_util.tree_map(bind, model, is_leaf=lambda n: isinstance(n, layers))
