@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from ..nn import GlobalSelfAttention
-from ..nn._attention import attention_fn, MASKED_LOGIT, positional_covariance
+from ..nn._attention import MASKED_LOGIT, attention_fn, positional_covariance
 from ._kernel import Kernel
 from ._registry import AbstractRule, Requirements, register
 
