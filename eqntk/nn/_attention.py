@@ -67,8 +67,8 @@ class GlobalSelfAttention(eqx.Module):
     $\\mathcal{K}' = \\sigma_O^2\\sigma_V^2\\, G_1 \\mathcal{K}_{12} G_2^\\top + \\sigma_b^2$ and
     $\\Theta' = \\sigma_O^2\\sigma_V^2\\, G_1 \\Theta_{12} G_2^\\top
     + 2(\\mathcal{K}' - \\sigma_b^2) + \\sigma_b^2$. `linear_scaling=False` ($\\alpha = 1/2$,
-    independent queries) is the usual scaled dot-product attention; its finite network works, but its limit has no closed form
-    and the kernel rule raises `NotImplementedError`.
+    independent queries) is the usual scaled dot-product attention; its finite network
+    works, but its limit has no closed form and the kernel rule raises `NotImplementedError`.
 
     Positional embeddings $e$ are Gaussian with standard deviation `W_pos_emb_std` and
     covariance $R_{ij} = \\text{decay}(d(i, j))$ between positions. `"sum"` adds them to the
