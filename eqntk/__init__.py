@@ -10,7 +10,13 @@ from . import (
     nn as nn,
 )
 from .batching import batch as batch
-from .empirical import empirical_kernel as empirical_kernel, empirical_ntk_vp as empirical_ntk_vp
+from .empirical import (
+    empirical_kernel as empirical_kernel,
+    empirical_ntk_vp as empirical_ntk_vp,
+    linearize as linearize,
+    monte_carlo_kernel as monte_carlo_kernel,
+    taylor_expand as taylor_expand,
+)
 from .limits import Kernel as Kernel, limit as limit
 
 

@@ -269,13 +269,13 @@ def empirical_kernel(
 ):
     """The empirical NNGP and NTK of a finite network, for any Equinox module.
 
-    For a network $f_\theta$ called on one example, with parameters $\theta$ (the leaves of
+    For a network $f_\\theta$ called on one example, with parameters $\\theta$ (the leaves of
     `model` selected by `filter`; by default every floating-point array, as in
     `eqx.partition(model, eqx.is_inexact_array)`):
 
-    - NNGP: $f_\theta(x_1) \, f_\theta(x_2)^\top$;
-    - NTK: $\Theta(x_1, x_2) = \sum_p \frac{\partial f_\theta(x_1)}{\partial \theta_p}
-      \frac{\partial f_\theta(x_2)}{\partial \theta_p}^\top$.
+    - NNGP: $f_\\theta(x_1) \\, f_\\theta(x_2)^\\top$;
+    - NTK: $\\Theta(x_1, x_2) = \\sum_p \\frac{\\partial f_\\theta(x_1)}{\\partial \\theta_p}
+      \\frac{\\partial f_\\theta(x_2)}{\\partial \\theta_p}^\\top$.
 
     Both are indexed by the output entries of the two examples. The output axes of one example
     are channel-first like every eqntk layer; each is either **traced** (averaged over its
@@ -360,7 +360,7 @@ def empirical_ntk_vp(
 ) -> PyTree[Array]:
     """The product of the empirical NTK with a vector, without forming the NTK.
 
-    Computes $\Theta(x_1, x_2) \, v = J(x_1) \, (J(x_2)^\top v)$ with one vjp (through the
+    Computes $\\Theta(x_1, x_2) \\, v = J(x_1) \\, (J(x_2)^\\top v)$ with one vjp (through the
     `x2` batch) and one jvp (through the `x1` batch), where $J$ is the Jacobian of the batched
     outputs with respect to the parameters: the full NTK over all output entries, no trace.
     Useful for iterative solvers (e.g. conjugate gradients with lineax) on kernels too large
@@ -377,7 +377,7 @@ def empirical_ntk_vp(
 
     **Returns:**
 
-    $\Theta v$, with the structure and shape of the batched output on `x1` (batch axis first).
+    $\\Theta v$, with the structure and shape of the batched output on `x1` (batch axis first).
 
     **Example:**
 
