@@ -195,6 +195,11 @@ class Kernel(eqx.Module):
         if unknown:
             raise TypeError(f"`Kernel` has no field(s) {sorted(unknown)}.")
         fields.update(changes)
+        # A layer that removes every spatial axis (Flatten, global pooling) leaves no positions
+        # to mask; the masked entries it summed over were zero.
+        for i in ("1", "2"):
+            if len(fields["shape" + i]) == 1 and "mask" + i not in changes:
+                fields["mask" + i] = None
         return Kernel(**fields)
 
     def map_covariances(self, fn, ntk_fn=None) -> "Kernel":
@@ -257,5 +262,5 @@ def check_get(get: Any) -> tuple[str, ...] | None:
         if name not in KERNEL_NAMES:
             raise ValueError(f"`get` must name kernels among {KERNEL_NAMES}, got {name!r}.")
     if len(set(names)) != len(names):
-        raise ValueError(f"`get` names a kernel twice: {get!r}.")
+        raise ValueError(f"`get` must not name a kernel twice, got {get!r}.")
     return names
