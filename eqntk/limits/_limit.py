@@ -32,8 +32,9 @@ class KernelFn(eqx.Module):
 
     def __call__(
         self,
-        x1: Float[Array, "n1 c *spatial"] | Kernel,
-        x2: Float[Array, "n2 c *spatial"] | None = None,
+        # Shapes are checked by `_check_input` (a message that names the layouts), not here.
+        x1: Float[Array, "..."] | Kernel,
+        x2: Float[Array, "..."] | None = None,
         get: Get = None,
         *,
         diagonal_spatial: bool = False,

@@ -212,9 +212,10 @@ def rule_for(layer: Any) -> AbstractRule:
         rule = _RULES.get(cls)
         if rule is not None:
             return rule
-    name = type(layer).__qualname__
+    name = type(layer).__name__
     raise NotImplementedError(
-        f"`limit` has no kernel rule for layers of type `{type(layer).__module__}.{name}`. "
+        f"`limit` has no kernel rule for layers of type "
+        f"`{type(layer).__module__}.{type(layer).__qualname__}`. "
         f"Register one with\n\n"
         f"    @eqntk.limits.register({name})\n"
         f"    class {name}Rule(eqntk.limits.AbstractRule):\n"

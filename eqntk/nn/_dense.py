@@ -69,7 +69,7 @@ class Dense(eqx.Module):
         out_features: int,
         W_std: ArrayLike = 1.0,
         b_std: ArrayLike | None = None,
-        parameterization: Parameterization = "ntk",
+        parameterization: str = "ntk",
         s: tuple[int, int] = (1, 1),
         *,
         key: PRNGKeyArray,
