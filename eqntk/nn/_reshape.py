@@ -254,7 +254,7 @@ class ImageResize(eqx.Module):
     def __init__(
         self,
         shape: Sequence[int],
-        method: Literal["linear", "nearest"] = "linear",
+        method: str = "linear",
         antialias: bool = True,
     ):
         """**Arguments:**
