@@ -36,11 +36,11 @@ class Eigen(eqx.Module):
 
     def decay(self, tau: Float[Array, " t"], n: int) -> Float[Array, "t p"]:
         """$e^{-\\lambda_i \\tau / n}$ per time and eigenvalue."""
-        return jnp.exp(-self.clipped * tau[:, None] / n)
+        return jnp.exp(-self.clipped[None] * tau[:, None] / n)
 
     def expm1(self, tau: Float[Array, " t"], n: int) -> Float[Array, "t p"]:
         """$e^{-\\lambda_i \\tau / n} - 1$, accurate for small arguments."""
-        return jnp.expm1(-self.clipped * tau[:, None] / n)
+        return jnp.expm1(-self.clipped[None] * tau[:, None] / n)
 
     def growth(self, tau: Float[Array, " t"], n: int) -> Float[Array, "t p"]:
         """$(1 - e^{-\\lambda_i \\tau / n}) / \\lambda_i$, and 0 where $\\lambda_i \\leq 0$.
@@ -48,8 +48,8 @@ class Eigen(eqx.Module):
         It is $A^{-1}(I - e^{-\\tau A / n})$ in the eigenbasis: the integrated response of the
         dynamics, which tends to $A^{-1}$ (on the positive eigenspace) as $\\tau \\to \\infty$.
         """
-        positive = self.evals > 0
-        safe = jnp.where(positive, self.evals, 1)
+        positive = (self.evals > 0)[None]
+        safe = jnp.where(positive, self.evals[None], 1)
         return jnp.where(positive, -self.expm1(tau, n) / safe, 0)
 
     def inverse(self) -> Float[Array, "1 p"]:

@@ -99,58 +99,11 @@ class EnsemblePredictor(eqx.Module):
                 get=names,
             )
             return predictor(k_td, nngp_tt, get)
-        results = {g: self._finite(g, t, layout, k_dd, k_td, nngp_tt, compute_cov) for g in names}
+        setting = (self.y_train, self.learning_rate, self.diag_reg, self.diag_reg_absolute_scale)
+        results = {
+            g: _finite_time(g, t, layout, setting, k_dd, k_td, nngp_tt, compute_cov) for g in names
+        }
         return by_get(get, names, results)
-
-    def _finite(self, g, t, layout, k_dd, k_td, nngp_tt, compute_cov) -> Gaussian:
-        train = layout.points_shape
-        kernel = square_kernel("kernel_fn(x_train, None)", getattr(k_dd, g), layout)
-        dtype = kernel.dtype
-        eigen = Eigen(
-            "kernel_fn(x_train, None)",
-            regularised(kernel, self.diag_reg.astype(dtype), self.diag_reg_absolute_scale),
-        )
-        tau, t_shape = as_times(t, dtype)
-        tau = tau * self.learning_rate.astype(dtype)
-        n = self.y_train.size
-        y = layout.to_matrix(self.y_train).astype(dtype)
-        v = eigen.evecs
-        if k_td is None:
-            points, out = train, layout
-            mean = -eigen.apply(eigen.expm1(tau, n), y)
-        else:
-            td = getattr(k_td, g)
-            points = tuple(td.shape[0::2])
-            out = layout.with_points(points)
-            k_td_g = kernel_to_matrix("kernel_fn(x_test, x_train)", td, points, train)
-            kv = k_td_g @ v
-            mean = k_td_g @ eigen.apply(eigen.growth(tau, n), y)
-        mean = out.from_matrix(mean).reshape(t_shape + out.shape)
-        if not compute_cov:
-            return Gaussian(mean, None)
-        nngp_dd = (
-            kernel if g == "nngp" else square_kernel("kernel_fn(x_train, None)", k_dd.nngp, layout)
-        )
-        if k_td is None:
-            if g == "nngp":
-                coef = eigen.clipped * eigen.decay(2 * tau, n)
-                cov = jnp.einsum("ij,tj,kj->tik", v, coef, v)
-            else:
-                e = jnp.einsum("ij,tj,kj->tik", v, eigen.decay(tau, n), v)
-                cov = e @ nngp_dd @ e
-        else:
-            k_tt = kernel_to_matrix("kernel_fn(x_test, None)", nngp_tt, points, points)
-            if g == "nngp":
-                cov = k_tt - jnp.einsum("mj,tj,lj->tml", kv, eigen.growth(2 * tau, n), kv)
-            else:
-                nngp_td = kernel_to_matrix("kernel_fn(x_test, x_train)", k_td.nngp, points, train)
-                # T = Θ_td A^-1 (I - E(t)), one (M, N) matrix per time.
-                t_mat = jnp.einsum("mj,tj,kj->tmk", kv, eigen.growth(tau, n), v)
-                cross = t_mat @ nngp_td.T
-                cov = k_tt + t_mat @ nngp_dd @ jnp.swapaxes(t_mat, 1, 2)
-                cov = cov - cross - jnp.swapaxes(cross, 1, 2)
-        cov = cov_from_matrix(cov, points)
-        return Gaussian(mean, cov.reshape(t_shape + cov.shape[1:]))
 
 
 def gradient_descent_mse_ensemble(
@@ -222,3 +175,57 @@ def gradient_descent_mse_ensemble(
         diag_reg_absolute_scale,
         layout.trace_axes,
     )
+
+
+@eqx.filter_jit
+def _finite_time(g, t, layout, setting, k_dd, k_td, nngp_tt, compute_cov) -> Gaussian:
+    """The prediction `g` at finite times: the formulas of `EnsemblePredictor.__call__`."""
+    y_train, learning_rate, diag_reg, diag_reg_absolute_scale = setting
+    train = layout.points_shape
+    kernel = square_kernel("kernel_fn(x_train, None)", getattr(k_dd, g), layout)
+    dtype = kernel.dtype
+    eigen = Eigen(
+        "kernel_fn(x_train, None)",
+        regularised(kernel, diag_reg.astype(dtype), diag_reg_absolute_scale),
+    )
+    tau, t_shape = as_times(t, dtype)
+    tau = tau * learning_rate.astype(dtype)
+    n = y_train.size
+    y = layout.to_matrix(y_train).astype(dtype)
+    v = eigen.evecs
+    if k_td is None:
+        points, out = train, layout
+        mean = -eigen.apply(eigen.expm1(tau, n), y)
+    else:
+        td = getattr(k_td, g)
+        points = tuple(td.shape[0::2])
+        out = layout.with_points(points)
+        k_td_g = kernel_to_matrix("kernel_fn(x_test, x_train)", td, points, train)
+        kv = k_td_g @ v
+        mean = jnp.einsum("mp,tpc->tmc", k_td_g, eigen.apply(eigen.growth(tau, n), y))
+    mean = out.from_matrix(mean).reshape(t_shape + out.shape)
+    if not compute_cov:
+        return Gaussian(mean, None)
+    nngp_dd = (
+        kernel if g == "nngp" else square_kernel("kernel_fn(x_train, None)", k_dd.nngp, layout)
+    )
+    if k_td is None:
+        if g == "nngp":
+            coef = eigen.clipped[None] * eigen.decay(2 * tau, n)
+            cov = jnp.einsum("ij,tj,kj->tik", v, coef, v)
+        else:
+            e = jnp.einsum("ij,tj,kj->tik", v, eigen.decay(tau, n), v)
+            cov = jnp.einsum("tij,jk,tkl->til", e, nngp_dd, e)
+    else:
+        k_tt = kernel_to_matrix("kernel_fn(x_test, None)", nngp_tt, points, points)
+        if g == "nngp":
+            cov = k_tt[None] - jnp.einsum("mj,tj,lj->tml", kv, eigen.growth(2 * tau, n), kv)
+        else:
+            nngp_td = kernel_to_matrix("kernel_fn(x_test, x_train)", k_td.nngp, points, train)
+            # T = Θ_td A^-1 (I - E(t)), one (M, N) matrix per time.
+            t_mat = jnp.einsum("mj,tj,kj->tmk", kv, eigen.growth(tau, n), v)
+            cross = jnp.einsum("tmk,lk->tml", t_mat, nngp_td)
+            cov = k_tt[None] + jnp.einsum("tmj,jk,tlk->tml", t_mat, nngp_dd, t_mat)
+            cov = cov - cross - jnp.swapaxes(cross, 1, 2)
+    cov = cov_from_matrix(cov, points)
+    return Gaussian(mean, cov.reshape(t_shape + cov.shape[1:]))

@@ -68,4 +68,5 @@ class Gaussian(eqx.Module):
         evals, evecs = jnp.linalg.eigh(cov)
         root = evecs * jnp.sqrt(jnp.maximum(evals, 0))[..., None, :]
         z = jr.normal(key, shape + self.mean.shape, self.mean.dtype)
-        return self.mean + root @ z
+        root = jnp.broadcast_to(root, shape + root.shape)
+        return jnp.broadcast_to(self.mean, z.shape) + root @ z

@@ -77,6 +77,7 @@ class GPPredictor(eqx.Module):
             )
         return self.factors[self._name(name)]
 
+    @eqx.filter_jit
     def __call__(
         self,
         k_test_train: KernelLike | None = None,
@@ -162,6 +163,7 @@ class GPPredictor(eqx.Module):
         return Gaussian(mean, cov_from_matrix(cov, points))
 
 
+@eqx.filter_jit
 def gp_inference(
     k_train_train: KernelLike,
     y_train: Float[ArrayLike, "..."],

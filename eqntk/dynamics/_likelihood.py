@@ -1,5 +1,6 @@
 """`marginal_log_likelihood`: the evidence of a Gaussian-process model, for fitting it."""
 
+import equinox as eqx
 import jax.numpy as jnp
 import lineax as lx
 import numpy as np
@@ -9,6 +10,7 @@ from ._common import Axes, layout_of, nonnegative, regularised, square_kernel
 from ._solve import Factorisation
 
 
+@eqx.filter_jit
 def marginal_log_likelihood(
     k_train_train: Float[ArrayLike, "..."],
     y_train: Float[ArrayLike, "..."],

@@ -1,11 +1,13 @@
 """`max_learning_rate`: the largest stable learning rate of gradient descent on the MSE."""
 
+import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from ._common import nonnegative
 
 
+@eqx.filter_jit
 def max_learning_rate(
     k_train_train: Float[ArrayLike, "..."],
     y_train_size: int | None = None,

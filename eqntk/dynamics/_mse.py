@@ -43,6 +43,7 @@ class MSEPredictor(eqx.Module):
     learning_rate: Float[Array, ""]
     layout: Layout
 
+    @eqx.filter_jit
     def __call__(
         self,
         t: Float[ArrayLike, "*times"] | None = None,
@@ -84,7 +85,7 @@ class MSEPredictor(eqx.Module):
         else:
             tau, t_shape = as_times(t, dtype)
             tau = tau * self.learning_rate
-            fx_train = f0 - self.eigen.apply(self.eigen.expm1(tau, n), residual)
+            fx_train = f0[None] - self.eigen.apply(self.eigen.expm1(tau, n), residual)
         fx_train = self.layout.from_matrix(fx_train).reshape(t_shape + self.layout.shape)
         if fx_test_0 is None:
             return Trajectory(fx_train)
@@ -95,11 +96,14 @@ class MSEPredictor(eqx.Module):
         test = self.layout.with_points(points)
         g0 = test.to_matrix(test.check("fx_test_0", fx_test_0)).astype(dtype)
         coef = self.eigen.inverse() if tau is None else self.eigen.growth(tau, n)
-        fx_test = g0 + k_td.astype(dtype) @ self.eigen.apply(coef, residual)
+        fx_test = g0[None] + jnp.einsum(
+            "mp,tpc->tmc", k_td.astype(dtype), self.eigen.apply(coef, residual)
+        )
         fx_test = test.from_matrix(fx_test).reshape(t_shape + test.shape)
         return Trajectory(fx_train, fx_test)
 
 
+@eqx.filter_jit
 def gradient_descent_mse(
     k_train_train: Float[ArrayLike, "..."],
     y_train: Float[ArrayLike, "..."],

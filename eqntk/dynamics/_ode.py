@@ -59,6 +59,7 @@ class ODEPredictor(eqx.Module):
             out["P"], out["H"] = state["H"], g + c * state["H"]
         return out
 
+    @eqx.filter_jit
     def __call__(
         self,
         t: Float[ArrayLike, "*times"],
@@ -124,9 +125,10 @@ class ODEPredictor(eqx.Module):
 
         fx_test = qx_test = None
         if test is not None:
-            fx_test = on_test(g0 - k_td @ (ys["G"] if self.momentum is None else ys["P"]))
+            integral = ys["G"] if self.momentum is None else ys["P"]
+            fx_test = on_test(g0[None] - jnp.einsum("mp,tpc->tmc", k_td, integral))
             if self.momentum is not None:
-                qx_test = on_test(-k_td @ ys["H"])
+                qx_test = on_test(-jnp.einsum("mp,tpc->tmc", k_td, ys["H"]))
         qx_train = None if self.momentum is None else train(ys["q"])
         return Trajectory(train(ys["f"]), fx_test, qx_train, qx_test)
 

@@ -32,16 +32,18 @@ class Factorisation(eqx.Module):
         """$A^{-1} b$ for the columns of `b`, with a clear error when $A$ is not definite."""
 
         def column(v):
-            return lx.linear_solve(self.operator, v, self.solver, state=self.state).value
+            solution = lx.linear_solve(self.operator, v, self.solver, state=self.state, throw=False)
+            return solution.value, solution.result != lx.RESULTS.successful
 
-        x = jax.vmap(column, in_axes=1, out_axes=1)(b)
-        # A Cholesky factorisation of a matrix that is not positive definite yields NaNs rather
-        # than a failure code; catch those (and any other solver's) instead of returning them.
+        x, failed = jax.vmap(column, in_axes=1, out_axes=(1, 0))(b)
+        # A Cholesky factorisation of a matrix that is not positive definite yields NaNs; an
+        # iterative solver fails to converge. Either way, say what is wrong with the input.
         return eqx.error_if(
             x,
-            ~jnp.all(jnp.isfinite(x)),
-            f"The solve with `{self.name}` (+ the diagonal regulariser) gave non-finite values: "
-            "the kernel is not positive definite. Pass a positive `diag_reg`.",
+            jnp.any(failed) | ~jnp.all(jnp.isfinite(x)),
+            f"The solve with `{self.name}` (+ the diagonal regulariser) failed: the kernel is not "
+            "positive definite (or the iterative solver did not converge). Pass a positive "
+            "`diag_reg`.",
         )
 
     def logdet(self) -> Float[Array, ""]:
