@@ -38,6 +38,18 @@ def window_groups(
     return [((2 * d - 2 * n, 2 * d - 2 * n + 1), w) for d, w in enumerate(windows)]
 
 
+def map_kernel(k: Kernel, fn, **changes) -> Kernel:
+    """Apply `fn` to every covariance of `k` and change its metadata in the same step (the
+    arrays' shapes may only fit the new metadata)."""
+    return k.replace(
+        nngp=fn(k.nngp),
+        ntk=None if k.ntk is None else fn(k.ntk),
+        cov1=fn(k.cov1),
+        cov2=None if k.cov2 is None else fn(k.cov2),
+        **changes,
+    )
+
+
 def check_spatial_input(layer: object, n_spatial: int, k: Kernel) -> None:
     """Raise unless both inputs of `k` have `n_spatial` spatial dimensions."""
     check_spatial_rank(layer, n_spatial, k.shape1, "x1")
@@ -48,9 +60,13 @@ def _conv_kernel(layer, k: Kernel, windows: tuple[Window, ...]) -> Kernel:
     """Shift-and-add every covariance over the windows, then apply the affine map."""
     groups = window_groups(windows, k.diagonal_spatial)
     n_taps = math.prod(layer.filter_shape)
-    pooled = k.map_covariances(lambda a: window_sum(a, groups) / n_taps)
     spatial = tuple(w.length for w in windows)
-    pooled = pooled.replace(shape1=k.shape1[:1] + spatial, shape2=k.shape2[:1] + spatial)
+    pooled = map_kernel(
+        k,
+        lambda a: window_sum(a, groups) / n_taps,
+        shape1=k.shape1[:1] + spatial,
+        shape2=k.shape2[:1] + spatial,
+    )
     return affine_kernel(
         pooled,
         layer,
@@ -139,6 +155,4 @@ class ConvLocalRule(AbstractRule):
         if wanted.diagonal_spatial:
             return out
         n = len(windows)
-        return out.map_covariances(lambda a: _diagonal_to_full(a, n)).replace(
-            diagonal_spatial=False
-        )
+        return map_kernel(out, lambda a: _diagonal_to_full(a, n), diagonal_spatial=False)

@@ -15,7 +15,7 @@ from jaxtyping import Array
 from ..nn import AvgPool, GlobalAvgPool, GlobalSumPool, SumPool
 from ..nn._pooling import pool_scales
 from ..nn._windows import Window, conv_windows, window_sum
-from ._conv import check_spatial_input
+from ._conv import check_spatial_input, map_kernel
 from ._kernel import Kernel
 from ._registry import AbstractRule, register
 
@@ -71,8 +71,11 @@ class PoolRule(AbstractRule):
             for s in scales[1:]:
                 factor = np.multiply.outer(factor, s[:, None] * s[None, :])
         spatial = tuple(w.out_len for w in windows)
-        return k.map_covariances(lambda a: _pool_pairs(a, windows, factor)).replace(
-            shape1=k.shape1[:1] + spatial, shape2=k.shape2[:1] + spatial
+        return map_kernel(
+            k,
+            lambda a: _pool_pairs(a, windows, factor),
+            shape1=k.shape1[:1] + spatial,
+            shape2=k.shape2[:1] + spatial,
         )
 
 
@@ -93,6 +96,4 @@ class GlobalPoolRule(AbstractRule):
         def pool(a: Array) -> Array:
             return jnp.sum(a, axis=tuple(range(a.ndim - 2 * n, a.ndim))) * scale
 
-        return k.map_covariances(pool).replace(
-            shape1=k.shape1[:1], shape2=k.shape2[:1], diagonal_spatial=False
-        )
+        return map_kernel(k, pool, shape1=k.shape1[:1], shape2=k.shape2[:1], diagonal_spatial=False)

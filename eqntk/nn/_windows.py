@@ -6,11 +6,13 @@ padded input `x̃`. The finite layers and their kernel rules share these objects
 sides use exactly the same padding.
 """
 
+import functools as ft
 import itertools
 import math
 from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -204,7 +206,14 @@ def window_sum(a: Array, groups: Sequence[tuple[Sequence[int], Window]]) -> Arra
     sum is written as a sum of strided slices of one padded array, which XLA fuses into a single
     pass without transposes.
     """
-    groups = [(tuple(axis % a.ndim for axis in axes), w) for axes, w in groups]
+    groups = tuple((tuple(axis % a.ndim for axis in axes), w) for axes, w in groups)
+    return _window_sum(a, groups)
+
+
+# Compiled as one unit even when called eagerly: one fused loop instead of one dispatch (and one
+# compilation) per slice.
+@ft.partial(jax.jit, static_argnums=1)
+def _window_sum(a: Array, groups: tuple[tuple[tuple[int, ...], Window], ...]) -> Array:
     for axes, w in groups:
         for axis in axes:
             a = _pad(a, axis, w)
