@@ -30,24 +30,26 @@ def _fcn(width, out, activation):
 
 def _errors(make, x1, x2, n_samples, key):
     exact = eqntk.limit(make(jr.key(0)))(x1, x2, get=("nngp", "ntk"))
-    estimate = eqntk.monte_carlo_kernel(make, key, x1, x2, n_samples, batch_size=4)
+    estimate = eqntk.monte_carlo_kernel(make, key, x1, x2, n_samples, batch_size=8)
     return relative_error(estimate.nngp, exact.nngp), relative_error(estimate.ntk, exact.ntk)
 
 
 @pytest.mark.parametrize("activation", [nn.Relu, nn.Erf])
 def test_converges_to_limit(activation, getkey):
     # Each NNGP entry averages S * C products of jointly Gaussian outputs (C = 8 channels), whose
-    # relative standard deviation is at most sqrt(2 / (S C)): 0.125 for S = 16, 0.031 for S = 256.
-    # The NTK fluctuates less (it is a sum over width 256 units). The bounds are 3 such standard
-    # deviations; the error must also shrink by about sqrt(256 / 16) = 4 (asserted: > 2).
-    make = _fcn(256, 8, activation)
+    # relative standard deviation is at most sqrt(2 / (S C)): 0.177 for S = 8, 0.044 for S = 128.
+    # The NTK fluctuates less (a sum over 128 hidden units per layer; its finite-width bias is
+    # O(1 / 128)). The bounds are 3 such standard deviations; the error must also shrink by about
+    # sqrt(128 / 8) = 4: the 4x tighter bound at S = 128 encodes that, and one seeded draw is
+    # only asked to improve (the ratio of two random errors is itself noisy).
+    make = _fcn(128, 8, activation)
     x1, x2 = jr.normal(getkey(), (3, 3)), jr.normal(getkey(), (2, 3))
     key = getkey()
-    small = _errors(make, x1, x2, 16, key)
-    large = _errors(make, x1, x2, 256, key)
-    assert small[0] < 3 * 0.125 and large[0] < 3 * 0.031, (small, large)
-    assert small[1] < 3 * 0.125 and large[1] < 3 * 0.031, (small, large)
-    assert large[0] < small[0] / 2 and large[1] < small[1] / 2, (small, large)
+    small = _errors(make, x1, x2, 8, key)
+    large = _errors(make, x1, x2, 128, key)
+    assert small[0] < 3 * 0.177 and large[0] < 3 * 0.044, (small, large)
+    assert small[1] < 3 * 0.177 and large[1] < 3 * 0.044, (small, large)
+    assert large[0] < small[0] and large[1] < small[1], (small, large)
 
 
 @pytest.mark.slow
@@ -90,10 +92,10 @@ def test_any_network(getkey):
         np.testing.assert_allclose(k, k.T, atol=1e-12)
         assert float(jnp.linalg.eigvalsh(k).min()) > -1e-10
     # The average of the per-network kernels, one network at a time.
-    keys = jr.split(jr.key(3), 4)
-    by_hand = sum(eqntk.empirical_kernel(make(k), x) for k in keys) / 4
+    keys = jr.split(jr.key(3), 2)
+    by_hand = sum(eqntk.empirical_kernel(make(k), x) for k in keys) / 2
     np.testing.assert_allclose(
-        eqntk.monte_carlo_kernel(make, jr.key(3), x, n_samples=4, get="ntk"), by_hand, rtol=1e-10
+        eqntk.monte_carlo_kernel(make, jr.key(3), x, n_samples=2, get="ntk"), by_hand, rtol=1e-10
     )
 
 
