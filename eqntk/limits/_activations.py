@@ -10,7 +10,14 @@ from ..nn import ABRelu, Abs, Erf, Gelu, LeakyRelu, Relu, SigmoidLike, Sign
 from ..nn._activations import SIGMOID_LIKE_SCALE
 from ._elementwise import EntryMap, map_entries, require_gaussian
 from ._kernel import Kernel
-from ._math import arccos_kernel_0, arccos_kernel_1, arcsin, correlation
+from ._math import (
+    arccos_kernel_0,
+    arccos_kernel_1,
+    arcsin,
+    correlation,
+    homogeneous_correlation,
+    times_norm,
+)
 from ._registry import AbstractRule, register
 
 
@@ -29,8 +36,9 @@ def abrelu_entries(k: Kernel, a: Array | float, b: Array | float) -> EntryMap:
     ab = a * b
 
     def fn(q11, q12, q22, ntk):
-        norm, rho = correlation(q11, q12, q22)
-        nngp = half_gap * norm * arccos_kernel_1(rho) + ab * q12
+        rho, inverse_norm = homogeneous_correlation(q11, q12, q22)
+        # half_gap * norm * J1(rho) + ab * q12, with q12 = norm * rho (see `times_norm`).
+        nngp = times_norm(half_gap * arccos_kernel_1(rho) + ab * rho, inverse_norm)
         if ntk is None:
             return nngp, None
         return nngp, ntk * (half_gap * arccos_kernel_0(rho) + ab)
