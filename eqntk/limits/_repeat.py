@@ -55,7 +55,7 @@ class RepeatRule(AbstractRule):
                 )
             return out, None
 
-        k, _ = jax.lax.scan(step, k, rest)
+        k, _ = jax.lax.scan(step, k, rest, length=layer.n - 1)
         return k
 
 

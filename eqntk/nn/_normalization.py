@@ -145,8 +145,8 @@ class Dropout(eqx.Module):
         """
         self.keep_rate = hyperparameter("keep_rate", keep_rate)
         # Under `jax.vmap` or `jit` the value is a tracer and cannot be checked here.
-        if not isinstance(keep_rate, jax.core.Tracer) and not 0 < float(self.keep_rate) <= 1:
-            raise ValueError(f"`keep_rate` must be in (0, 1], got {float(self.keep_rate)}.")
+        if not isinstance(keep_rate, jax.core.Tracer) and not 0 < float(np.asarray(keep_rate)) <= 1:
+            raise ValueError(f"`keep_rate` must be in (0, 1], got {float(np.asarray(keep_rate))}.")
         self.inference = inference
 
     def __call__(

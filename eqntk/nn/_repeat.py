@@ -92,7 +92,7 @@ class Repeat(eqx.Module):
             layer_params, layer_key = inputs
             return eqx.combine(layer_params, static)(x, key=layer_key), None
 
-        x, _ = jax.lax.scan(step, x, (params, keys))
+        x, _ = jax.lax.scan(step, x, (params, keys), length=self.n)
         return x
 
 

@@ -51,7 +51,7 @@ def test_layernorm_matches_wide_networks(getkey):
 
 def test_layernorm_over_positions_matches_wide_networks(getkey):
     # Positions of different scales, so that normalising over them differs from per position.
-    x1 = jr.normal(getkey(), (2, 3, 4)) * jnp.array([0.5, 1.0, 2.0, 3.0])
+    x1 = jr.normal(getkey(), (2, 3, 4)) * jnp.array([[[0.5, 1.0, 2.0, 3.0]]])
     exact = assert_matches_monte_carlo(_layernorm_sequence, x1, None, getkey(), width=128)
     per_position = eqntk.limit(
         nn.Sequential([_layernorm_sequence(jr.key(0), 8, 1)[0], nn.LayerNorm(), nn.Relu()])
@@ -124,10 +124,10 @@ def test_dropout_kernel_scales_the_diagonal(getkey):
     dense = nn.Dense(2, 8, 1.0, 0.1, key=getkey())
     before = eqntk.limit(dense)(x)
     after = eqntk.limit(nn.Sequential([dense, nn.Dropout(0.5)]))(x)
-    same = jnp.eye(3)[:, :, None, None] * jnp.eye(4)
+    same = jnp.eye(3)[:, :, None, None] * jnp.eye(4)[None, None]
     np.testing.assert_allclose(after.nngp, before.nngp * (1 + same), rtol=1e-12)
     np.testing.assert_allclose(after.ntk, before.ntk * (1 + same), rtol=1e-12)
-    np.testing.assert_allclose(after.cov1, before.cov1 * (1 + jnp.eye(4)), rtol=1e-12)
+    np.testing.assert_allclose(after.cov1, before.cov1 * (1 + jnp.eye(4)[None]), rtol=1e-12)
     assert not after.is_gaussian
     off = eqntk.limit(nn.Sequential([dense, nn.Dropout(0.5, inference=True)]))(x)
     np.testing.assert_array_equal(off.nngp, before.nngp)
@@ -142,7 +142,7 @@ def test_normalization_errors(getkey):
     with pytest.raises(ValueError, match="`axis` must include 'channel'"):
         nn.LayerNorm(("spatial",))
     with pytest.raises(ValueError, match="`LayerNorm` axes must be"):
-        nn.LayerNorm(("channel", "batch"))
+        nn.LayerNorm(("channel", -1))
     with pytest.raises(ValueError, match="spatial axis 1, but its input has 1 spatial axes"):
         nn.LayerNorm(("channel", 1))(jnp.ones((3, 4)))
     with pytest.raises(ValueError, match=r"`keep_rate` must be in \(0, 1\], got 0.0"):
