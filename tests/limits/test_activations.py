@@ -104,7 +104,8 @@ def test_arccos_kernel_matches_integral(degree, rho):
     else:
         expected, _ = scipy.integrate.dblquad(integrand, 0, 12, -12, 12, epsabs=1e-12)
     got = float(arccos_kernel(degree, jnp.asarray(rho))) / 2
-    assert abs(got - expected) < 1e-8 * max(1.0, abs(expected))
+    # dblquad integrates across the kink at v = 0 only to about 1e-7.
+    assert abs(got - expected) < 1e-6 * max(1.0, abs(expected))
 
 
 def test_rectified_monomial_is_finite_at_correlation_one(getkey):
