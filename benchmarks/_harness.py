@@ -115,7 +115,7 @@ def _time_of(result: dict | None, key: str | tuple[str, ...] | None, statistic: 
         return None
     keys = (key,) if isinstance(key, str) else key
     found = [result["measurements"].get(k, {}) for k in keys]
-    times = [m[statistic] for m in found if statistic in m]
+    times = [m[statistic] for m in found if m.get(statistic) is not None]
     return min(times) if times else None
 
 
@@ -127,6 +127,11 @@ def evaluate(row: Row, ours: dict, theirs: dict | None) -> dict:
     else:
         t_nt = _time_of(theirs, row.nt, row.statistic)
     ratio = t_ours / t_nt if t_ours is not None and t_nt is not None and t_nt > 0 else None
+    cpu_ours, cpu_nt = _time_of(ours, row.eqntk, "cpu_median"), None
+    if row.statistic == "median":
+        reference = ours if row.versus is not None else theirs
+        cpu_nt = _time_of(reference, row.versus or row.nt, "cpu_median")
+    cpu_ratio = cpu_ours / cpu_nt if cpu_ours and cpu_nt else None
     compile_s = None
     if t_ours is not None:
         compile_s = ours["measurements"][row.eqntk].get("compile")
@@ -160,6 +165,7 @@ def evaluate(row: Row, ours: dict, theirs: dict | None) -> dict:
         "compile_s": compile_s,
         "nt_s": t_nt,
         "ratio": ratio,
+        "cpu_ratio": cpu_ratio,
         "target": target.describe() if target else "",
         "verdict": verdict,
         "eqntk_mib": mem_ours,
@@ -174,6 +180,7 @@ _HEADER = (
     "compile",
     "NT",
     "ratio",
+    "cpu ratio",
     "target",
     "pass",
     "eqntk MiB",
@@ -197,6 +204,7 @@ def table_lines(evaluations: Sequence[dict], unavailable: Sequence[tuple[str, st
                 _seconds(e["compile_s"]),
                 _seconds(e["nt_s"]) + (f" (eqntk {e['versus']})" if e["versus"] else ""),
                 "-" if e["ratio"] is None else f"{e['ratio']:.2f}x",
+                "-" if e["cpu_ratio"] is None else f"{e['cpu_ratio']:.2f}x",
                 e["target"] or "-",
                 e["verdict"],
                 mib(e["eqntk_mib"]),

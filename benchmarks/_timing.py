@@ -12,23 +12,28 @@ def measure(fn: Callable[..., Any], *args: Any, repeats: int = 5, **kwargs: Any)
 
     Every call ends with `jax.block_until_ready`, so asynchronous dispatch is not mistaken for
     speed. Returns a JSON-able dict with `first_call`, `median`, `compile` (first call minus the
-    median, the compile and trace overhead) and the individual `runs`, in seconds.
+    median, the compile and trace overhead), `cpu_median` (process CPU time per call) and the
+    individual `runs`, in seconds.
     """
     import jax
 
     start = time.perf_counter()
     jax.block_until_ready(fn(*args, **kwargs))
     first = time.perf_counter() - start
-    runs = []
+    runs, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         jax.block_until_ready(fn(*args, **kwargs))
         runs.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
     median = statistics.median(runs) if runs else first
     return {
         "first_call": first,
         "median": median,
         "compile": max(first - median, 0.0),
+        # CPU time of all threads: steadier than wall time when other processes share the
+        # cores, though it counts the work rather than the wait.
+        "cpu_median": statistics.median(cpu) if cpu else None,
         "runs": runs,
     }
 
