@@ -31,22 +31,30 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument(
-        "--arch", nargs="+", choices=("fcn", "cnn"), default=["fcn", "cnn"],
+        "--arch",
+        nargs="+",
+        choices=("fcn", "cnn"),
+        default=["fcn", "cnn"],
         help="architectures to compare (default: both)",
     )
     demo.add_argument("--n-train", type=int, default=1000, help="training images (default 1000)")
     demo.add_argument("--n-test", type=int, default=500, help="test images (default 500)")
     demo.add_argument("--depth", type=int, default=2, help="hidden layers (default 2)")
     demo.add_argument(
-        "--width", type=int, default=256, help="width of the finite networks (default 256)"
+        "--width", type=int, default=256, help="width of the finite FCNs (default 256)"
     )
     demo.add_argument(
-        "--ensemble", type=int, default=4, help="finite networks trained per architecture"
+        "--channels", type=int, default=32, help="channels of the finite CNNs (default 32)"
     )
-    demo.add_argument("--steps", type=int, default=300, help="training steps per finite network")
+    demo.add_argument(
+        "--ensemble", type=int, default=3, help="finite networks trained per architecture"
+    )
+    demo.add_argument("--steps", type=int, default=200, help="training steps per finite network")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument(
-        "--out", type=pathlib.Path, default=pathlib.Path("eqntk-demo"),
+        "--out",
+        type=pathlib.Path,
+        default=pathlib.Path("eqntk-demo"),
         help="output folder for results.json and accuracy.png (default ./eqntk-demo)",
     )
     demo.add_argument("--quiet", action="store_true", help="no progress messages")
@@ -88,7 +96,7 @@ def _log(args: argparse.Namespace, message: str) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    for name in ("n_train", "n_test", "depth", "width", "ensemble", "steps"):
+    for name in ("n_train", "n_test", "depth", "width", "channels", "ensemble", "steps"):
         if getattr(args, name) < 1:
             print(f"eqntk demo: --{name.replace('_', '-')} must be at least 1.", file=sys.stderr)
             return 2
@@ -108,6 +116,7 @@ def _demo(args: argparse.Namespace) -> int:
         n_test=args.n_test,
         depth=args.depth,
         width=args.width,
+        channels=args.channels,
         ensemble=args.ensemble,
         steps=args.steps,
         seed=args.seed,
@@ -117,8 +126,11 @@ def _demo(args: argparse.Namespace) -> int:
     print(_table(results))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    _log(args, f"wrote {args.out / 'results.json'} and {args.out / 'accuracy.png'} "
-               f"({time.perf_counter() - start:.0f} s)")
+    _log(
+        args,
+        f"wrote {args.out / 'results.json'} and {args.out / 'accuracy.png'} "
+        f"({time.perf_counter() - start:.0f} s)",
+    )
     return 0
 
 
@@ -127,10 +139,7 @@ def _table(results: dict) -> str:
     for arch, r in results["accuracy"].items():
         rows.append((arch, f"{r['nngp']:.3f}", f"{r['ntk']:.3f}", f"{r['finite']:.3f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = [
-        f"Test accuracy on {results['n_test']} digits "
-        f"({results['n_train']} training images):"
-    ]
+    lines = [f"Test accuracy on {results['n_test']} digits ({results['n_train']} training images):"]
     for i, row in enumerate(rows):
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
         if i == 0:

@@ -35,8 +35,10 @@ def load_data(n_train: int, n_test: int, seed: int):
     targets = onehot - 0.1  # centred: the mean prediction of a zero-mean prior is right
     train, test = order[:n_train], order[n_train : n_train + n_test]
     return (
-        jnp.asarray(images[train]), jnp.asarray(targets[train]),
-        jnp.asarray(images[test]), digits.target[test],
+        jnp.asarray(images[train]),
+        jnp.asarray(targets[train]),
+        jnp.asarray(images[test]),
+        digits.target[test],
     )
 
 
@@ -107,6 +109,7 @@ def run_demo(
     n_test: int,
     depth: int,
     width: int,
+    channels: int,
     ensemble: int,
     steps: int,
     seed: int,
@@ -118,20 +121,23 @@ def run_demo(
     key = jr.key(seed)
     accuracy = {}
     for arch in archs:
-        def make(k, arch=arch):
-            return make_network(arch, depth, width, k)
+        size = width if arch == "fcn" else channels
+
+        def make(k, arch=arch, size=size):
+            return make_network(arch, depth, size, k)
 
         log(f"[{arch}] NNGP and NTK of the infinite network, {n_train} x {n_train} kernels ...")
         result = kernel_accuracy(make(key), x_train, y_train, x_test, labels)
-        log(f"[{arch}] training {ensemble} finite networks of width {width} "
-            f"for {steps} steps ...")
+        log(f"[{arch}] training {ensemble} finite networks of width {size} for {steps} steps ...")
         # optax mixes its int32 step count with floats; allow that promotion here.
         with jax.numpy_dtype_promotion("standard"):
             result["finite"] = finite_accuracy(
                 make, ensemble, steps, jr.fold_in(key, 1), x_train, y_train, x_test, labels
             )
-        log(f"[{arch}] NNGP {result['nngp']:.3f}  NTK {result['ntk']:.3f}  "
-            f"finite {result['finite']:.3f}")
+        log(
+            f"[{arch}] NNGP {result['nngp']:.3f}  NTK {result['ntk']:.3f}  "
+            f"finite {result['finite']:.3f}"
+        )
         accuracy[arch] = result
     _plot(accuracy, out)
     return {"n_train": n_train, "n_test": n_test, "accuracy": accuracy}

@@ -3,11 +3,12 @@
 Importing this package registers the rules of every layer in [`eqntk.nn`][].
 """
 
-from . import _activations as _activations, _dense as _dense, _structure as _structure
 from . import (
+    _activations as _activations,
     _attention as _attention,
     _branching as _branching,
     _conv as _conv,
+    _dense as _dense,
     _exponential as _exponential,
     _graph as _graph,
     _normalization as _normalization,
@@ -16,15 +17,16 @@ from . import (
     _quadrature as _quadrature,
     _repeat as _repeat,
     _reshape as _reshape,
+    _structure as _structure,
     _trigonometric as _trigonometric,
 )
 from ._kernel import Kernel as Kernel
 from ._limit import KernelFn as KernelFn, limit as limit
 from ._registry import (
     AbstractRule as AbstractRule,
+    Requirements as Requirements,
     apply as apply,
     register as register,
-    Requirements as Requirements,
     requirements as requirements,
     rule_for as rule_for,
 )

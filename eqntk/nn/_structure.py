@@ -97,7 +97,8 @@ class Flatten(eqx.Module):
     ```
     """
 
-    def __call__(self, x: Float[Array, "c *spatial"], *, key: PRNGKeyArray | None = None
-                 ) -> Float[Array, " features"]:
+    def __call__(
+        self, x: Float[Array, "c *spatial"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, " features"]:
         """Flatten one channel-first example `x`."""
         return x.reshape(-1)

@@ -17,15 +17,15 @@ import importlib
 import pkgutil
 
 from ._core import (
-    build as build,
-    builder as builder,
     KERNEL_CALL_HOOKS as KERNEL_CALL_HOOKS,
     LAYER_BUILDERS as LAYER_BUILDERS,
+    PREDICT_OPS as PREDICT_OPS,
+    Unimplemented as Unimplemented,
+    build as build,
+    builder as builder,
     load_manifest as load_manifest,
     main as main,
-    PREDICT_OPS as PREDICT_OPS,
     run_case as run_case,
-    Unimplemented as Unimplemented,
 )
 
 

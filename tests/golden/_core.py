@@ -1,4 +1,4 @@
-"""The machinery of the reference-value checks: build eqntk models from the spec language of a golden folder.
+"""The machinery of the reference-value checks: spec builders, comparisons, the runner.
 
 A golden folder holds `manifest.json` and `cases/<id>.npz` (see `SPEC.md` beside the data). For
 each case this module builds the network described by its `spec` out of `eqntk.nn` layers, runs
@@ -13,7 +13,6 @@ case fails. Cases that use a layer or operation eqntk does not implement are rep
 
 import json
 import pathlib
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -229,4 +228,3 @@ def main(argv: list[str]) -> int:
         print(f"{counts['UNIMPLEMENTED']} unimplemented")
     print(f"{counts['PASS']} passed, {counts['FAIL']} failed")
     return 1 if counts["FAIL"] else 0
-

@@ -5,7 +5,6 @@ import math
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-import numpy as np
 import pytest
 
 import eqntk
@@ -28,14 +27,28 @@ def _fcn(key, d_in, width, d_out, activation, parameterization, b_std, n_hidden=
     n_in, scale_in = d_in, 1
     for i in range(n_hidden):
         layers += [
-            nn.Dense(n_in, width, 1.4, b_std, parameterization,
-                     s=(scale_in, s) if parameterization == "standard" else (1, 1), key=keys[i]),
+            nn.Dense(
+                n_in,
+                width,
+                1.4,
+                b_std,
+                parameterization,
+                s=(scale_in, s) if parameterization == "standard" else (1, 1),
+                key=keys[i],
+            ),
             ACTIVATIONS[activation](),
         ]
         n_in, scale_in = width, s
     layers.append(
-        nn.Dense(n_in, d_out, 1.4, b_std, parameterization,
-                 s=(scale_in, 1) if parameterization == "standard" else (1, 1), key=keys[-1])
+        nn.Dense(
+            n_in,
+            d_out,
+            1.4,
+            b_std,
+            parameterization,
+            s=(scale_in, 1) if parameterization == "standard" else (1, 1),
+            key=keys[-1],
+        )
     )
     return nn.Sequential(layers)
 
@@ -53,7 +66,9 @@ def _mc_tolerance(k: jax.Array, n_draws: int, width: int) -> jax.Array:
 
 
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
-@pytest.mark.parametrize("parameterization, b_std", [("ntk", 0.1), ("ntk", None), ("standard", 0.2)])
+@pytest.mark.parametrize(
+    "parameterization, b_std", [("ntk", 0.1), ("ntk", None), ("standard", 0.2)]
+)
 def test_one_hidden_layer_matches_wide_networks(getkey, activation, parameterization, b_std):
     width, d_out, n_samples = 1024, 16, 16
     x1 = jr.normal(getkey(), (3, 5))

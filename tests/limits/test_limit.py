@@ -106,6 +106,7 @@ def test_grad_wrt_hyperparameters_matches_finite_differences(getkey, activation)
 
     w0, b0 = jnp.asarray(1.3), jnp.asarray(0.2)
     gw, gb = jax.grad(loss, argnums=(0, 1))(w0, b0)
+
     # Fourth-order central differences (Richardson): truncation error ~ h^4 |f^(5)| / 30.
     def derivative(f, x, h=1e-3):
         return (8 * (f(x + h) - f(x - h)) - (f(x + 2 * h) - f(x - 2 * h))) / (12 * h)
@@ -222,7 +223,9 @@ def test_wrong_rank_is_an_error(getkey):
 
 def test_feature_sizes_that_differ_are_an_error(getkey):
     kernel_fn = eqntk.limit(_mlp(getkey()))
-    with pytest.raises(ValueError, match=r"`x2` must have the same channel size as `x1` \(4\), got 5"):
+    with pytest.raises(
+        ValueError, match=r"`x2` must have the same channel size as `x1` \(4\), got 5"
+    ):
         kernel_fn(jnp.ones((2, 4)), jnp.ones((3, 5)))
 
 
@@ -245,7 +248,9 @@ def test_a_layer_without_a_rule_is_an_error(getkey):
             return x
 
     model = nn.Sequential([nn.Dense(4, 8, key=getkey()), Mystery()])
-    with pytest.raises(NotImplementedError, match=r"(?s)no kernel rule for .*Mystery.*register\(Mystery\)"):
+    with pytest.raises(
+        NotImplementedError, match=r"(?s)no kernel rule for .*Mystery.*register\(Mystery\)"
+    ):
         eqntk.limit(model)(jnp.ones((2, 4)))
 
 
