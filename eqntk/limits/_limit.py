@@ -6,7 +6,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Bool, Float, Shaped
+from jaxtyping import Array, ArrayLike, Float, Shaped
 
 from ._kernel import Kernel, check_get, selected
 from ._registry import Requirements, apply, conform, requirements
@@ -38,8 +38,8 @@ class KernelFn(eqx.Module):
         get: Get = None,
         *,
         diagonal_spatial: bool = False,
-        mask1: Bool[ArrayLike, "n1 *spatial"] | None = None,
-        mask2: Bool[ArrayLike, "n2 *spatial"] | None = None,
+        mask1: Shaped[ArrayLike, "n1 *spatial"] | None = None,
+        mask2: Shaped[ArrayLike, "n2 *spatial"] | None = None,
         pattern1: Shaped[ArrayLike, "n1 ..."] | None = None,
         pattern2: Shaped[ArrayLike, "n2 ..."] | None = None,
     ):

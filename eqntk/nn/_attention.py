@@ -303,5 +303,5 @@ class GlobalSelfAttention(eqx.Module):
         scale = ov_std / math.sqrt(self.value_dim * self.heads * values_in.shape[1])
         y = scale * (heads @ self.out_weight.T)
         if self.bias is not None:
-            y = y + frozen(self.b_std) * self.bias
+            y = y + frozen(self.b_std) * self.bias[None, :]
         return y.T.reshape((self.out_channels,) + spatial)
