@@ -256,7 +256,8 @@ def batch(
 
 def _call(fn_kw: Any, a: Array, b: Array | None, get: Get) -> Any:
     fn, kwargs = fn_kw
-    return fn(a, b, get=get, **kwargs)
+    # `get=None` is left out, so that a kernel function with another default keeps it.
+    return fn(a, b, **kwargs) if get is None else fn(a, b, get=get, **kwargs)
 
 
 # Shapes come from `jax.eval_shape` through a jitted call: its trace is cached, so tracing the
@@ -433,7 +434,9 @@ def _host_batch(name: str, x: Any) -> np.ndarray:
 
 def _resolve_mesh(mesh: Mesh | None, devices: tuple[Any, ...] | None) -> Mesh:
     if mesh is not None:
-        return mesh
+        # The same devices and axes with automatic axis types: `jax.make_mesh` makes explicit
+        # ones, whose sharding would follow the tiles into the single-device output.
+        return Mesh(mesh.devices, mesh.axis_names)
     # Resolved at call time, so that `jax.distributed.initialize` may come after `batch`.
     return Mesh(np.asarray(jax.devices() if devices is None else devices), (AXIS,))
 

@@ -1,12 +1,14 @@
 """A one-line progress bar for tiled computations (no dependencies)."""
 
+import io
 import sys
 import time
 from collections.abc import Callable
-from typing import TextIO
 
 
-def progress_bar(total: int, enabled: bool, stream: TextIO | None = None) -> Callable[[int], None]:
+def progress_bar(
+    total: int, enabled: bool, stream: io.TextIOBase | None = None
+) -> Callable[[int], None]:
     """A function `advance(n)` that records `n` more finished tiles and redraws the bar.
 
     The bar shows tiles done out of `total`, the rate and the estimated time left, on one line of
