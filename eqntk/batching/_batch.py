@@ -335,7 +335,7 @@ def _gather(tiles: tuple[Array, ...]) -> Any:
     """The tiles of one step, whole, in this process (across hosts when needed)."""
     if all(t.is_fully_addressable for t in tiles):
         return tiles
-    return multihost_utils.process_allgather(tiles)
+    return multihost_utils.process_allgather(tiles, tiled=True)
 
 
 def _write_on_host(
