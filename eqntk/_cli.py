@@ -44,12 +44,14 @@ def _parser() -> argparse.ArgumentParser:
         "--width", type=int, default=256, help="width of the finite FCNs (default 256)"
     )
     demo.add_argument(
-        "--channels", type=int, default=32, help="channels of the finite CNNs (default 32)"
+        "--channels", type=int, default=16, help="channels of the finite CNNs (default 16)"
     )
     demo.add_argument(
         "--ensemble", type=int, default=3, help="finite networks trained per architecture"
     )
-    demo.add_argument("--steps", type=int, default=200, help="training steps per finite network")
+    demo.add_argument(
+        "--steps", type=int, default=150, help="training steps per finite network (default 150)"
+    )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument(
         "--out",

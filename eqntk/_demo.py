@@ -81,7 +81,7 @@ def kernel_accuracy(model, x_train, y_train, x_test, labels) -> dict[str, float]
 
 def finite_accuracy(make: Callable, n: int, steps: int, key, x_train, y_train, x_test, labels):
     """Test accuracy of the mean prediction of `n` finite networks trained with Adam on MSE."""
-    optimiser = optax.adam(1e-3)
+    optimiser = optax.adam(3e-3)
 
     def train(key):
         model = make(key)
