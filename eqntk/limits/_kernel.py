@@ -183,7 +183,8 @@ class Kernel(eqx.Module):
         **Example:**
 
         ```python
-                import eqntk
+        import jax.numpy as jnp
+        import eqntk
 
         k = eqntk.Kernel(nngp=jnp.eye(2), ntk=None, cov1=jnp.ones(2), cov2=None,
                          shape1=(3,), shape2=(3,), x1_is_x2=True)
@@ -217,7 +218,8 @@ class Kernel(eqx.Module):
         **Example:**
 
         ```python
-                import eqntk
+        import jax.numpy as jnp
+        import eqntk
 
         k = eqntk.Kernel(nngp=jnp.eye(2), ntk=jnp.eye(2), cov1=jnp.ones(2), cov2=None,
                          shape1=(3,), shape2=(3,), x1_is_x2=True)
