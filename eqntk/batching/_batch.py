@@ -76,7 +76,22 @@ class BatchedKernelFn(eqx.Module):
         **Returns:**
 
         What `kernel_fn(x1, x2, get=get, **kwargs)` returns, with JAX arrays on the first
-        device of the mesh or, with `store_on_host`, numpy arrays.
+        device of the mesh (of this process) or, with `store_on_host`, numpy arrays.
+
+        **Example:**
+
+        ```python
+        import jax.random as jr
+        import eqntk
+        from eqntk import nn
+
+        kernel_fn = eqntk.limit(nn.Sequential([nn.Dense(3, 8, key=jr.key(0)), nn.Relu()]))
+        x1, x2 = jr.normal(jr.key(1), (7, 3)), jr.normal(jr.key(2), (5, 3))
+        batched = eqntk.batch(kernel_fn, 4, store_on_host=True)
+        nngp, ntk = batched(x1, x2, get=("nngp", "ntk"))  # numpy arrays, (7, 5)
+        k = batched(x1)                                   # a Kernel of numpy arrays
+        assert nngp.shape == (7, 5) and k.nngp.shape == (7, 7)
+        ```
         """
         x1 = _host_batch("x1", x1)
         x2 = None if x2 is None else _host_batch("x2", x2)
@@ -106,9 +121,12 @@ class BatchedKernelFn(eqx.Module):
             tile_starts(n1, b1), tile_starts(n2, b2), x2 is None, mirrored
         )
         n_devices = mesh.shape[AXIS]
+        # A diagonal tile is the kernel of a block of x1 with itself: computed as such
+        # (`x2=None`), it is exactly what the kernel function gives there, and symmetric.
         steps = [(chunk, False) for chunk in _chunks(off_diagonal, n_devices)]
         steps += [(chunk, True) for chunk in _chunks(diagonal, n_devices)]
 
+        outs: list[Any]
         if self.store_on_host:
             outs = [host_array(leaf, n1, n2) for leaf in leaves]
             write = ft.partial(_write_on_host, leaves=leaves, b1=b1, b2=b2, mirrored=mirrored)
@@ -119,35 +137,32 @@ class BatchedKernelFn(eqx.Module):
         show = sys.stderr.isatty() if self.progress is None else self.progress
         advance = progress_bar(len(off_diagonal) + len(diagonal), show and jax.process_index() == 0)
 
-        # Dispatch step k + 1 before writing step k, so that the host's copying overlaps the
-        # devices' computing; at most two steps of tiles are alive at any time.
         sharding = NamedSharding(mesh, P(AXIS))
         paths = tuple(leaf.path for leaf in leaves)
-        pending, n_done = None, 0
-        for chunk, on_diagonal in steps:
+        x2_or_x1 = x1 if x2 is None else x2
+
+        def compute(chunk: list[tuple[int, int]], on_diagonal: bool) -> tuple[Array, ...]:
             # The last step may have fewer tiles than devices: the idle devices get a copy of
             # the first tile's inputs, marked invalid, and skip the computation.
             padded = chunk + [chunk[0]] * (n_devices - len(chunk))
-            valid = _stacked_tiles(
-                np.arange(n_devices) < len(chunk), list(range(n_devices)), 1, sharding
-            )
+            valid = _sharded(np.arange(n_devices) < len(chunk), sharding)
             xa = _stacked_tiles(x1, [r for r, _ in padded], b1, sharding)
-            # A diagonal tile is the kernel of a block of x1 with itself: computed as such
-            # (`x2=None`), it is exactly what the kernel function gives there, and symmetric.
             cols = [c for _, c in padded]
-            xb = (
-                None
-                if on_diagonal
-                else _stacked_tiles(x1 if x2 is None else x2, cols, b2, sharding)
-            )
-            tiles = _compute_step(fn_kw, valid, xa, xb, get, paths, mesh)
+            xb = None if on_diagonal else _stacked_tiles(x2_or_x1, cols, b2, sharding)
+            return _compute_step(fn_kw, valid, xa, xb, get, paths, mesh)
+
+        # Dispatch step k + 1 before writing step k, so that the host's copying overlaps the
+        # devices' computing; at most two steps of tiles are alive at any time.
+        pending = None
+        for chunk, on_diagonal in steps:
+            tiles = compute(chunk, on_diagonal)
             if pending is not None:
                 outs = write(outs, *pending)
-                advance(n_done)
-            pending, n_done = (tiles, chunk, on_diagonal), len(chunk)
+                advance(len(pending[1]))
+            pending = (tiles, chunk, on_diagonal)
         assert pending is not None
         outs = write(outs, *pending)
-        advance(n_done)
+        advance(len(pending[1]))
         return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), outs)
 
 
@@ -304,7 +319,7 @@ def _compute_step(
         def skip() -> tuple[Array, ...]:
             return tuple(jnp.zeros(t.shape, t.dtype) for t in jax.eval_shape(tile))
 
-        return jax.lax.cond(valid[0, 0], tile, skip)
+        return jax.lax.cond(valid[0], tile, skip)
 
     # check_vma=False: the kernel function is arbitrary code; its result is per device anyway.
     tiles = jax.shard_map(
@@ -324,11 +339,16 @@ def _stacked_tiles(x: np.ndarray, starts: list[int], size: int, sharding: NamedS
     that lives on one device, which also works when some devices belong to other processes.
     """
 
-    def one_shard(index: tuple[slice, ...]) -> np.ndarray:
+    def one_shard(index: Any) -> np.ndarray:
         return np.stack([x[s : s + size] for s in starts[index[0]]])
 
     shape = (len(starts), size, *x.shape[1:])
     return jax.make_array_from_callback(shape, sharding, one_shard)
+
+
+def _sharded(flags: np.ndarray, sharding: NamedSharding) -> Array:
+    """One flag per device, sharded like the stacked tiles."""
+    return jax.make_array_from_callback(flags.shape, sharding, lambda index: flags[index])
 
 
 def _gather(tiles: tuple[Array, ...]) -> Any:

@@ -15,7 +15,7 @@ def progress_bar(
     `stream` (default `sys.stderr`), and ends the line when the last tile is done. When
     `enabled` is false, `advance` does nothing, so callers never branch on it.
     """
-    stream = sys.stderr if stream is None else stream
+    out = sys.stderr if stream is None else stream
     start = time.perf_counter()
     done = 0
     last_draw = -1.0
@@ -30,8 +30,8 @@ def progress_bar(
         if not enabled or (now - last_draw < 0.2 and not finished):
             return
         last_draw = now
-        stream.write("\r" + _line(done, total, now - start) + ("\n" if finished else ""))
-        stream.flush()
+        out.write("\r" + _line(done, total, now - start) + ("\n" if finished else ""))
+        out.flush()
 
     return advance
 
