@@ -274,7 +274,7 @@ class GlobalSelfAttention(eqx.Module):
                 r = positional_covariance(spatial, self.pos_emb_p_norm, self.pos_emb_decay, x.dtype)
                 # A symmetric square root of R (robust where R is only semi-definite).
                 eigvals, eigvecs = jnp.linalg.eigh(r)
-                emb = (eigvecs * jnp.sqrt(jnp.maximum(eigvals, 0))) @ eigvecs.T @ emb
+                emb = (eigvecs * jnp.sqrt(jnp.maximum(eigvals, 0))[None, :]) @ eigvecs.T @ emb
             if mask is not None:
                 emb = jnp.where(mask[:, None], 0, emb)
             emb = frozen(self.W_pos_emb_std) * emb

@@ -48,7 +48,16 @@ def _net(key, config, width=64, length=4):
     )
 
 
-@pytest.mark.parametrize("name", CONFIGS, ids=list(CONFIGS))
+@pytest.mark.parametrize(
+    "name",
+    [
+        "softmax",
+        "relu_sum_exp",
+        # Concatenated embeddings of 32 channels estimate R with ~1/sqrt(32) error inside a
+        # nonlinear attention map: a finite-width bias that needs wider networks.
+        pytest.param("abs_concat_values", marks=pytest.mark.slow),
+    ],
+)
 def test_monte_carlo(name, getkey):
     x1, x2 = jr.normal(getkey(), (2, 2, 4)), jr.normal(getkey(), (3, 2, 4))
     exact = eqntk.limit(_net(getkey(), CONFIGS[name]))(x1, x2)
