@@ -89,8 +89,10 @@ def main(
             linear = training_curve(eqntk.linearize(model), x, y, learning_rate, steps)
             distance = float(jnp.max(jnp.abs(finite - linear)) / finite[0])
             results[width] = {"finite": finite, "linear": linear, "distance": distance}
-            print(f"width {width:5d}: final loss finite {float(finite[-1]):.4f}, "
-                  f"linearised {float(linear[-1]):.4f}; largest gap {distance:.3f} of L(0)")
+            print(
+                f"width {width:5d}: final loss finite {float(finite[-1]):.4f}, "
+                f"linearised {float(linear[-1]):.4f}; largest gap {distance:.3f} of L(0)"
+            )
 
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)

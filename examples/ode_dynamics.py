@@ -86,8 +86,10 @@ def main(
 
     train_accuracy = accuracy(trajectory.fx_train, y_train)
     test_accuracy = accuracy(trajectory.fx_test, y_test)
-    print(f"t = {float(times[-1]):g}: training loss {float(loss[-1]):.4f}, "
-          f"accuracy train {float(train_accuracy[-1]):.3f}, test {float(test_accuracy[-1]):.3f}")
+    print(
+        f"t = {float(times[-1]):g}: training loss {float(loss[-1]):.4f}, "
+        f"accuracy train {float(train_accuracy[-1]):.3f}, test {float(test_accuracy[-1]):.3f}"
+    )
 
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
