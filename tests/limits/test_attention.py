@@ -62,10 +62,12 @@ def test_monte_carlo(name, getkey):
     x1, x2 = jr.normal(getkey(), (2, 2, 4)), jr.normal(getkey(), (3, 2, 4))
     exact = eqntk.limit(_net(getkey(), CONFIGS[name]))(x1, x2)
     nngp, ntk = mc_kernels(lambda k: _net(k, CONFIGS[name]), getkey(), x1, x2, n_samples=32)
-    # 32 networks of width 64 (4 heads of width 64): the attention logits converge at rate
-    # 1/sqrt(width * key_dim) and the kernels at ~1/sqrt(32 * 64); 0.15 is ~4 standard errors.
-    assert relative_error(nngp, exact.nngp) < 0.15
-    assert relative_error(ntk, exact.ntk) < 0.15
+    # All channels of one network share its attention weights, whose logits (averages over
+    # key_dim = 64 features) deviate by ~sqrt(2 / 64) ~ 0.18; 32 networks x 4 heads give a
+    # standard error ~0.18 / sqrt(128) ~ 0.02 on the weights, amplified by the (unnormalised)
+    # attention maps and the hidden kernels' own ~0.03: 0.25 is ~3 standard errors.
+    assert relative_error(nngp, exact.nngp) < 0.25
+    assert relative_error(ntk, exact.ntk) < 0.25
 
 
 @pytest.mark.slow

@@ -47,10 +47,11 @@ def test_monte_carlo(getkey):
     a1, a2 = _graphs(getkey(), 3), _graphs(getkey(), 2)
     exact = eqntk.limit(_gnn(getkey()))(x1, x2, pattern1=a1, pattern2=a2)
     nngp, ntk = mc_kernels(lambda k: _Graphed(_gnn(k)), getkey(), (x1, a1), (x2, a2), 32)
-    # The estimate averages 32 networks x 64 outputs of products f(x1) f(x2), whose relative
-    # spread is ~sqrt(2) per sample: standard error ~ sqrt(2 / (32 * 64)) ~ 0.03; 0.1 is ~3.
-    assert relative_error(nngp, exact.nngp) < 0.1
-    assert relative_error(ntk, exact.ntk) < 0.1
+    # The outputs of one network share its hidden layers, whose empirical kernels (width 64)
+    # deviate by ~sqrt(2 / 64) ~ 0.18 and are summed over neighbours; averaged over 32
+    # networks that is ~0.03-0.05, so 0.15 is ~3-4 standard errors.
+    assert relative_error(nngp, exact.nngp) < 0.15
+    assert relative_error(ntk, exact.ntk) < 0.15
 
 
 def test_edge_lists_match_dense(getkey):
