@@ -16,17 +16,21 @@ from eqntk.limits import AbstractRule, Requirements, register, requirements
 from tests.helpers import mc_kernels
 
 
-def mc_tolerance(k: jax.Array, variance: jax.Array, n_draws: int, width: int) -> jax.Array:
+def mc_tolerance(
+    k: jax.Array, scale: jax.Array, n_samples: int, n_draws: int, width: int
+) -> jax.Array:
     """Entrywise tolerance for a Monte Carlo estimate of the kernel `k`.
 
-    Sampling: each draw of `f(x1)_i f(x2)_j` has variance `K11_ii K22_jj + K12_ij^2`, at most
-    `2 * variance` where `variance` bounds the variances `K11`, `K22`. The mean of `n_draws` draws
-    (samples times output channels) has standard deviation below `sqrt(2 variance / n_draws)`;
-    we allow 5 of those. Finite width: the kernel of a width-`n` network deviates from the limit
-    by O(1/sqrt(n)) per draw (inside the sampling term) plus an O(1/n) bias; we allow `4/n` of
-    the kernel's scale.
+    `scale` bounds the variances `K11`, `K22` of the output entries. Sampling: each draw of
+    `f(x1)_i f(x2)_j` has standard deviation `sqrt(K11_ii K22_jj + K12_ij^2) <= sqrt(2) scale`,
+    so the mean of `n_draws` draws (samples times output channels) has standard deviation below
+    `sqrt(2 / n_draws) scale`. The output channels of one network share its hidden layers,
+    whose empirical kernel deviates from the limit by O(1/sqrt(width)) (about
+    `sqrt(2 / width)` relative) and only averages over the `n_samples` networks. We allow 5
+    standard deviations of each, plus an O(1/n) finite-width bias of `4/width`.
     """
-    return 5 * jnp.sqrt(2 * variance / n_draws) + 4 / width * jnp.max(jnp.abs(k))
+    sampling = math.sqrt(2 / n_draws) + math.sqrt(2 / (width * n_samples))
+    return 5 * sampling * scale + 4 / width * jnp.max(jnp.abs(k))
 
 
 def assert_matches_monte_carlo(make, x1, x2, n_samples, width, d_out, key, with_ntk=False):
@@ -35,14 +39,15 @@ def assert_matches_monte_carlo(make, x1, x2, n_samples, width, d_out, key, with_
     n_draws = n_samples * d_out
     assert nngp_mc.shape == k.nngp.shape
     # The largest variance of one output entry (a covariance is largest on its diagonal).
-    variance = jnp.sqrt(jnp.max(jnp.abs(k.cov1)) * jnp.max(jnp.abs(k.cov2_or_cov1)))
+    scale = jnp.sqrt(jnp.max(jnp.abs(k.cov1)) * jnp.max(jnp.abs(k.cov2_or_cov1)))
     err = jnp.max(jnp.abs(nngp_mc - k.nngp))
-    assert err < mc_tolerance(k.nngp, variance, n_draws, width), (err, variance)
+    assert err < mc_tolerance(k.nngp, scale, n_samples, n_draws, width), (err, scale)
     if with_ntk:
         # The empirical NTK averages over the hidden units, so its fluctuation per draw is
         # O(1/sqrt(width)) of its scale rather than O(1): this bound is loose but sound.
         ntk_scale = jnp.max(jnp.abs(k.ntk))
-        assert jnp.max(jnp.abs(ntk_mc - k.ntk)) < mc_tolerance(k.ntk, ntk_scale**2, n_draws, width)
+        tolerance = mc_tolerance(k.ntk, ntk_scale, n_samples, n_draws, width)
+        assert jnp.max(jnp.abs(ntk_mc - k.ntk)) < tolerance
 
 
 def _cnn_1d(key, filter_shape, strides, padding, dilation, width, d_out, head=None):
