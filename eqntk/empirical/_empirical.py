@@ -261,7 +261,8 @@ def empirical_kernel(
     x2: PyTree[Array] | None = None,
     get: str | tuple[str, ...] = "ntk",
     *,
-    implementation: Implementation = "auto",
+    # One of `Implementation`; checked with a message of its own.
+    implementation: str = "auto",
     trace_axes: int | Sequence[int] = (0,),
     diagonal_axes: int | Sequence[int] = (),
     vmap_axes: int = 0,

@@ -5,7 +5,7 @@ from collections.abc import Callable
 from jaxtyping import Array
 
 from ._kernel import Kernel
-from ._spatial import cross_variances, self_variances, variances
+from ._spatial import cross_variances, self_variances, swap_examples, variances
 
 
 # `fn(q11, q12, q22, ntk)` -> `(nngp', ntk')`: the NNGP and NTK after the nonlinearity, entry by
@@ -23,12 +23,22 @@ def require_gaussian(k: Kernel, layer: object) -> None:
         )
 
 
+def symmetrized(a: Array, diagonal_spatial: bool) -> Array:
+    """The symmetric part of a kernel of a batch with itself."""
+    return 0.5 * a + 0.5 * swap_examples(a, diagonal_spatial)  # no overflow near the max
+
+
 def map_entries(k: Kernel, fn: EntryMap) -> Kernel:
     """Apply an elementwise nonlinearity's kernel map to every covariance in `k`."""
     var1 = variances(k.cov1, k)
     var2 = variances(k.cov2_or_cov1, k)
     q11, q22 = cross_variances(var1, var2, k.diagonal_spatial)
     nngp, ntk = fn(q11, k.nngp, q22, k.ntk)
+    if k.x1_is_x2:
+        # Entry maps built from per-example factors can round differently at (a, b) and (b, a);
+        # K(x, x) stays exactly symmetric.
+        nngp = symmetrized(nngp, k.diagonal_spatial)
+        ntk = None if ntk is None else symmetrized(ntk, k.diagonal_spatial)
     c11, c22 = self_variances(var1, k.diagonal_spatial)
     cov1, _ = fn(c11, k.cov1, c22, None)
     cov2 = None

@@ -36,14 +36,20 @@ def correlation(q11: Array, q12: Array, q22: Array, clip: bool = True) -> tuple[
     rho = jnp.where(positive, q12 / jnp.where(positive, norm, 1), 0)
     if not clip:
         return norm, rho
-    # A straight-through clip: rounding can push |rho| a hair above 1, and the clip must not
-    # zero the gradient there. Within a few ulps of +-1 the correlation is snapped to +-1:
-    # arccos(1 - d) ~ sqrt(2 d) turns the rounding error of rho (identical inputs give 1 - 1 ulp)
-    # into an error of sqrt(ulp) (1e-4 in float32), while the snap changes a genuine
-    # correlation in that band by no more than that same amount.
-    snap = 1 - 4 * jnp.finfo(rho.dtype).eps
-    clipped = jnp.where(jnp.abs(rho) >= snap, jnp.sign(rho), rho)
-    return norm, rho + jax.lax.stop_gradient(clipped - rho)
+    return norm, snap_clip(rho)
+
+
+def snap_clip(rho: Array) -> Array:
+    """Clip a correlation to [-1, 1], snapping values within a few ulps of +-1 to +-1.
+
+    The clip is straight-through: rounding can push |rho| a hair above 1, and the clip must not
+    zero the gradient there. The snap: arccos(1 - d) ~ sqrt(2 d) turns the rounding error of
+    rho (identical inputs give 1 - 1 ulp or so) into an error of sqrt(ulp) (1e-4 in float32),
+    while snapping changes a genuine correlation in that band by no more than that amount.
+    """
+    snap = 1 - 16 * jnp.finfo(rho.dtype).eps
+    clipped = jnp.where(jnp.abs(rho) >= snap, jnp.sign(rho), jnp.clip(rho, -1, 1))
+    return rho + jax.lax.stop_gradient(clipped - rho)
 
 
 def homogeneous_correlation(q11: Array, q12: Array, q22: Array) -> tuple[Array, Array]:
@@ -57,8 +63,7 @@ def homogeneous_correlation(q11: Array, q12: Array, q22: Array) -> tuple[Array, 
     at least that large (or infinite), `times_norm` gives 0 up to that float's reciprocal, and
     products in the gradient meet no `0 * inf`.
     """
-    rho = q12 * (_inverse_sqrt(q11, 0.0) * _inverse_sqrt(q22, 0.0))
-    rho = rho + jax.lax.stop_gradient(jnp.clip(rho, -1, 1) - rho)
+    rho = snap_clip(q12 * (_inverse_sqrt(q11, 0.0) * _inverse_sqrt(q22, 0.0)))
     largest = float(jnp.finfo(q12.dtype).max)
     return rho, _inverse_sqrt(q11, largest) * _inverse_sqrt(q22, largest)
 

@@ -222,7 +222,7 @@ def test_bad_inputs(getkey):
         eqntk.empirical_kernel(nn.Relu(), x)
     with pytest.raises(ValueError, match="`implementation` must be one of"):
         eqntk.empirical_kernel(model, x, implementation="fast")
-    with pytest.raises(ValueError, match=r"`x2` must have the same per-example shape .* \(3,\)"):
+    with pytest.raises(ValueError, match=r"`x2` must have the same per-example shape .*\(3,\)"):
         eqntk.empirical_kernel(model, x, jnp.ones((2, 4)))
     with pytest.raises(ValueError, match="`trace_axes` must be axes of one example's output"):
         eqntk.empirical_kernel(model, x, trace_axes=(1,))
