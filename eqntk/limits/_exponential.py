@@ -1,5 +1,6 @@
 """Kernel rules of the exponential nonlinearities: `Exp`, `Gaussian`, `ExpNormalized`."""
 
+import equinox as eqx
 import jax.numpy as jnp
 
 from ..nn import Exp, ExpNormalized, Gaussian
@@ -39,7 +40,17 @@ class GaussianRule(AbstractElementwiseRule):
             nngp = a2 * inverse
             return nngp, None if ntk is None else ntk * (4 * b**2 * q12 * nngp * inverse**2)
 
-        return map_entries(k, fn)
+        out = map_entries(k, fn)
+        variances = [k.cov1] if k.cov2 is None else [k.cov1, k.cov2]
+        largest = jnp.max(jnp.stack([jnp.max(v) for v in variances]))
+        diverges = (b > 0) & (4 * b * largest >= 1)
+        nngp = eqx.error_if(
+            out.nngp,
+            diverges,
+            "nn.Gaussian(b > 0): its kernel is infinite where 4 * b * (input variance) >= 1 "
+            "(E[phi(u)^2] diverges); lower `b` or the variance of the layer's input.",
+        )
+        return out.replace(nngp=nngp)
 
 
 @register(ExpNormalized)

@@ -1,5 +1,6 @@
 """Kernel rule of `Elementwise`: a user-supplied closed form, or Gauss–Hermite quadrature."""
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -74,6 +75,24 @@ def quadrature_entries(phi: Callable, deg: int) -> EntryMap:
     return fn
 
 
+@functools.lru_cache(maxsize=64)
+def _compiled_quadrature_entries(phi: Callable, deg: int) -> EntryMap:
+    return jax.jit(quadrature_entries(phi, deg))
+
+
+def compiled_quadrature_entries(phi: Callable, deg: int) -> EntryMap:
+    """`quadrature_entries` under `jax.jit`, one compiled function per `(phi, deg)`.
+
+    The quadrature's loop body is a fresh closure at each call, so without this every eager
+    kernel evaluation would trace and compile it again (seconds); under an outer `jit` the
+    inner one is inlined. A `phi` that cannot be hashed gets a jitted map of its own.
+    """
+    try:
+        return _compiled_quadrature_entries(phi, deg)
+    except TypeError:  # `phi` is unhashable (e.g. a module holding arrays)
+        return jax.jit(quadrature_entries(phi, deg))
+
+
 @register(Elementwise)
 class ElementwiseRule(AbstractElementwiseRule):
     """Kernel rule of [`eqntk.nn.Elementwise`][]."""
@@ -82,4 +101,4 @@ class ElementwiseRule(AbstractElementwiseRule):
         require_gaussian(k, layer)
         if layer.nngp_fn is not None:
             return map_entries(k, closed_form_entries(layer.nngp_fn, layer.d_nngp_fn))
-        return map_entries(k, quadrature_entries(layer.fn, layer.deg))
+        return map_entries(k, compiled_quadrature_entries(layer.fn, layer.deg))

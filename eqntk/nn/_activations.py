@@ -34,6 +34,10 @@ class ABRelu(eqx.Module):
           their largest entry before the map and multiplies the result back, which keeps the
           intermediate products in floating-point range. The map is positively homogeneous,
           so the result is the same up to rounding (the finite network is unaffected).
+          eqntk's maps never multiply two variances together (they scale by reciprocal
+          square roots of each), so deep float32 networks stay accurate without it as long
+          as the kernel itself is representable (variances up to about 1e38); past that
+          range no rescaling of one layer helps and the kernel overflows to `inf`.
 
         **Example:**
 

@@ -172,16 +172,22 @@ def test_do_stabilize_changes_nothing_but_range(getkey):
             np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=1e-7)
 
 
-@pytest.mark.xfail(
-    reason="known problem: this float32 depth-60 network (variances x8 per layer) comes out "
-    "all zero or NaN with do_stabilize; the range handling of do_stabilize needs work",
-    strict=False,
-)
-def test_do_stabilize_keeps_very_deep_float32_networks_finite(getkey):
+@pytest.mark.parametrize("stabilize", [False, True])
+@pytest.mark.parametrize("w_std", [4.0, 0.5])
+def test_very_deep_float32_relu_networks_match_float64(getkey, stabilize, w_std):
+    # 30 layers multiply the variances by (w_std^2 / 2)^30: about 1e28 for w_std 4 and 1e-28
+    # for w_std 0.5. Both are representable in float32, but the product of two such variances
+    # (which a naive correlation q12 / sqrt(q11 q22) forms) overflows or underflows; the maps
+    # never form it, with or without `do_stabilize`. Each layer adds a few float32 ulps
+    # (6e-8) of relative error, amplified up to ~10x by the NTK recursion's sum over layers:
+    # 30 layers stay well inside rtol 1e-4.
     x = _scaled_inputs(getkey(), 4)
-    deep = _network(nn.Relu(do_stabilize=True), getkey(), depth=60, w_std=4.0, b_std=None)
-    k = eqntk.limit(deep)(x.astype(jnp.float32))
-    assert jnp.all(jnp.isfinite(k.nngp / jnp.max(k.nngp)))
+    deep = _network(nn.Relu(do_stabilize=stabilize), getkey(), depth=30, w_std=w_std, b_std=None)
+    k32 = eqntk.limit(deep)(x.astype(jnp.float32))
+    k64 = eqntk.limit(deep)(x)
+    assert 1e27 < jnp.max(k64.nngp) or jnp.max(k64.nngp) < 1e-27
+    for field in ("nngp", "ntk", "cov1"):
+        np.testing.assert_allclose(getattr(k32, field), getattr(k64, field), rtol=1e-4)
 
 
 # Monte Carlo: the layers whose finite networks are cheap to sample (bounded or low-degree).
@@ -325,3 +331,13 @@ def test_nonlinearity_needs_gaussian_input(getkey):
     model = nn.Sequential([nn.Dense(4, 3, key=getkey()), nn.Gelu(), nn.Sin()])
     with pytest.raises(ValueError, match="`Sin` needs Gaussian inputs"):
         eqntk.limit(model)(jnp.ones((2, 4)))
+
+
+def test_gaussian_with_positive_b_raises_where_its_kernel_diverges(getkey):
+    x = _scaled_inputs(getkey(), 3)
+    key = getkey()
+    # Input variance after Dense(w_std=1.2, b_std=0.2) on these inputs is about 0.9.
+    finite = eqntk.limit(_network(nn.Gaussian(1.0, 0.05), key))(x)
+    assert jnp.all(jnp.isfinite(finite.nngp))
+    with pytest.raises(Exception, match=r"nn.Gaussian\(b > 0\).*4 \* b"):
+        eqntk.limit(_network(nn.Gaussian(1.0, 2.0), key))(x)
