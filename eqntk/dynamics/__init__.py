@@ -17,5 +17,9 @@ from ._gp import GPPredictor as GPPredictor, gp_inference as gp_inference
 from ._likelihood import marginal_log_likelihood as marginal_log_likelihood
 from ._lr import max_learning_rate as max_learning_rate
 from ._mse import MSEPredictor as MSEPredictor, gradient_descent_mse as gradient_descent_mse
-from ._ode import ODEPredictor as ODEPredictor, gradient_descent as gradient_descent
+from ._ode import (
+    ODEPredictor as ODEPredictor,
+    ODESolution as ODESolution,
+    gradient_descent as gradient_descent,
+)
 from ._trajectory import Trajectory as Trajectory

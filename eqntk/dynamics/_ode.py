@@ -1,6 +1,7 @@
 """`gradient_descent`: function-space gradient-descent dynamics for any loss, with diffrax."""
 
 from collections.abc import Callable
+from typing import Any
 
 import diffrax as dfx
 import equinox as eqx
@@ -19,6 +20,122 @@ from ._common import (
 )
 from ._mse import as_times
 from ._trajectory import Trajectory
+
+
+# The default `fn` of diffrax's `SaveAt`: save the state itself.
+_SAVE_STATE = dfx.SubSaveAt(t1=True).fn
+
+
+class _Readout(eqx.Module):
+    """Network outputs from saved solver states: the training outputs are states; the test
+    outputs are linear in the integrated loss gradients (see `ODEPredictor._field`)."""
+
+    layout: Layout
+    test: Layout | None
+    k_td: Float[Array, "m p"] | None
+    g0: Float[Array, "m c"] | None
+    momentum: bool = eqx.field(static=True)
+
+    def __call__(self, ys: dict, t_shape: tuple[int, ...]) -> Trajectory:
+        def train(a):
+            return self.layout.from_matrix(a).reshape(t_shape + self.layout.shape)
+
+        fx_test = qx_test = None
+        if self.test is not None:
+            on_test = lambda a: self.test.from_matrix(a).reshape(t_shape + self.test.shape)
+            integral = ys["P"] if self.momentum else ys["G"]
+            fx_test = on_test(self.g0[None] - jnp.einsum("mp,tpc->tmc", self.k_td, integral))
+            if self.momentum:
+                qx_test = on_test(-jnp.einsum("mp,tpc->tmc", self.k_td, ys["H"]))
+        qx_train = train(ys["q"]) if self.momentum else None
+        return Trajectory(train(ys["f"]), fx_test, qx_train, qx_test)
+
+
+class ODESolution(eqx.Module):
+    """The result of an [`eqntk.dynamics.ODEPredictor`][] called with `saveat=`: the outputs
+    at the saved times and, with `SaveAt(dense=True)`, outputs at any time in between.
+
+    **Fields:**
+
+    - `ts`: the training times $t$ of the saved outputs, in the order of diffrax (`t0`, the
+      requested `ts`, the solver's steps, `t1`); with `steps=True` the unused slots at the end
+      are `inf`. `None` when only the dense output was asked for.
+    - `outputs`: a [`eqntk.dynamics.Trajectory`][] with a leading axis matching `ts`, or
+      `None` with `ts`.
+    - `solution`: the diffrax `Solution` itself (its times are $\tau = \eta t$, or
+      $\sqrt\eta\, t$ with momentum; its states hold integrals instead of test outputs), for
+      `stats` and `result`.
+    """
+
+    ts: Float[Array, " saved"] | None
+    outputs: Trajectory | None
+    solution: dfx.Solution
+    scale: Float[Array, ""]
+    readout: _Readout
+
+    @eqx.filter_jit
+    def evaluate(self, t: Float[ArrayLike, "*times"]) -> Trajectory:
+        """The outputs at time(s) `t` from the dense interpolation of the solve.
+
+        **Arguments:**
+
+        - `t`: a time or an array of times of any shape, between 0 and the end time of the
+          solve.
+
+        **Returns:**
+
+        A [`eqntk.dynamics.Trajectory`][] with leading axes `t.shape`.
+
+        **Example:**
+
+        ```python
+        import diffrax
+        import jax.numpy as jnp
+        from eqntk.dynamics import gradient_descent
+
+        loss = lambda f, y: 0.5 * jnp.mean((f - y) ** 2)
+        ode = gradient_descent(loss, jnp.eye(3) + 1.0, jnp.ones((3, 1)))
+        sol = ode(10.0, saveat=diffrax.SaveAt(dense=True))
+        assert sol.evaluate(jnp.array([1.0, 2.5])).fx_train.shape == (2, 3, 1)
+        ```
+        """
+        if self.solution.interpolation is None:
+            raise ValueError(
+                "`evaluate` needs the dense output of the solve: call the predictor with "
+                "`saveat=diffrax.SaveAt(..., dense=True)`."
+            )
+        times, t_shape = as_times(t, self.scale.dtype)
+        taus = eqx.error_if(
+            times * self.scale,
+            jnp.any(times * self.scale > self.solution.t1),
+            "`t` must not exceed the end time of the solve.",
+        )
+        return self.readout(jax.vmap(self.solution.evaluate)(taus), t_shape)
+
+
+def _solver_saveat(saveat: Any, t_end: Array, scale: Array) -> dfx.SaveAt:
+    """The user's `SaveAt` (training times) checked and moved to solver time $\tau$."""
+    if not isinstance(saveat, dfx.SaveAt):
+        raise TypeError(f"`saveat` must be a `diffrax.SaveAt` or None, got {type(saveat)}.")
+    if saveat.subs is None:
+        return saveat
+    if not isinstance(saveat.subs, dfx.SubSaveAt):
+        raise ValueError(
+            "`saveat` must save one set of times (`t0`, `t1`, `ts`, `steps`); a PyTree of "
+            f"`subs` is not supported, got {saveat.subs!r}."
+        )
+    if saveat.subs.fn is not _SAVE_STATE:
+        raise ValueError(
+            "`saveat` must not set `fn`: the solver's states are integrals, not the outputs; "
+            "save the outputs and compute statistics from them."
+        )
+    if saveat.subs.ts is None:
+        return saveat
+    ts = saveat.subs.ts.astype(scale.dtype)
+    ts = eqx.error_if(
+        ts, jnp.any((ts < 0) | (ts > t_end)), "`saveat.ts` must lie between 0 and `t`."
+    )
+    return eqx.tree_at(lambda s: s.subs.ts, saveat, ts * scale)
 
 
 class ODEPredictor(eqx.Module):
@@ -66,30 +183,68 @@ class ODEPredictor(eqx.Module):
         fx_train_0: Float[ArrayLike, "..."] = 0.0,
         fx_test_0: Float[ArrayLike, "..."] | None = None,
         k_test_train: Float[ArrayLike, "..."] | None = None,
-    ) -> Trajectory:
-        """The outputs at time(s) `t`, from one ODE solve that saves at every requested time.
+        *,
+        saveat: dfx.SaveAt | None = None,
+    ) -> Trajectory | ODESolution:
+        """The outputs at time(s) `t`, from one ODE solve that saves at every requested time;
+        or, with `saveat`, what it asks for up to the end time `t`.
 
         **Arguments:**
 
-        - `t`: a time or an array of non-decreasing times of any shape (continuous steps).
+        - `t`: a time or an array of non-decreasing times of any shape (continuous steps);
+          with `saveat`, the end time of the solve (a scalar).
         - `fx_train_0`: the outputs on the training set at $t = 0$ (broadcast to the shape of
           `y_train`).
         - `fx_test_0`: the outputs on the test set at $t = 0$, or `None` for no test set.
         - `k_test_train`: the test-train kernel `(M, N)`, needed with `fx_test_0`.
 
+        - `saveat`: `None` to save at the times `t`; or a `diffrax.SaveAt` with its times in
+          the units of `t` (not scaled by the learning rate): `SaveAt(ts=...)` with times in
+          $[0, t]$, `SaveAt(t0=True, t1=True)`, `SaveAt(steps=True)` (every solver step; at most
+          `max_steps`), and/or `dense=True` for outputs at any time. `fn` and PyTrees of `subs`
+          are not supported. Needs a positive learning rate.
+
         **Returns:**
 
-        A [`eqntk.dynamics.Trajectory`][] with leading axes `t.shape` (and `qx_train`,
-        `qx_test` with momentum).
+        Without `saveat`, a [`eqntk.dynamics.Trajectory`][] with leading axes `t.shape` (and
+        `qx_train`, `qx_test` with momentum). With `saveat`, an
+        [`eqntk.dynamics.ODESolution`][]: `.ts` and `.outputs` (a `Trajectory` with one leading
+        axis) at the saved times, and `.evaluate(t)` with `dense=True`.
+
+        **Example:**
+
+        ```python
+        import diffrax
+        import jax.numpy as jnp
+        from eqntk.dynamics import gradient_descent
+
+        loss = lambda f, y: 0.5 * jnp.mean((f - y) ** 2)
+        ode = gradient_descent(loss, jnp.eye(3) + 1.0, jnp.ones((3, 1)), learning_rate=0.5)
+        out = ode(jnp.array([1.0, 4.0]))                      # a Trajectory at t = 1, 4
+        sol = ode(4.0, saveat=diffrax.SaveAt(t1=True, dense=True))
+        assert jnp.allclose(sol.outputs.fx_train[0], out.fx_train[1])
+        assert jnp.allclose(sol.evaluate(1.0).fx_train, out.fx_train[0])
+        ```
         """
         dtype = self.k.dtype
         f0 = self.layout.to_matrix(self.layout.check("fx_train_0", fx_train_0)).astype(dtype)
         times, t_shape = as_times(t, dtype)
         scale = self.learning_rate if self.momentum is None else jnp.sqrt(self.learning_rate)
         taus = times * scale
+        if saveat is None:
+            solver_saveat = dfx.SaveAt(ts=taus)
+        else:
+            if t_shape != ():
+                raise ValueError(
+                    f"With `saveat`, `t` must be the end time of the solve (a scalar), got "
+                    f"shape {t_shape}; put the times to save in `saveat` instead."
+                )
+            # Saved solver times are divided by the scale to give training times.
+            scale = eqx.error_if(scale, scale <= 0, "`saveat` needs a positive `learning_rate`.")
+            solver_saveat = _solver_saveat(saveat, times[0], scale)
         zeros = jnp.zeros_like(f0)
         state = {"f": f0} if self.momentum is None else {"f": f0, "q": zeros}
-        test = None
+        test = k_td = g0 = None
         if fx_test_0 is not None:
             if k_test_train is None:
                 raise ValueError(
@@ -109,28 +264,23 @@ class ODEPredictor(eqx.Module):
             t1=jnp.max(taus),
             dt0=self.dt0,
             y0=state,
-            saveat=dfx.SaveAt(ts=taus),
+            saveat=solver_saveat,
             stepsize_controller=self.stepsize_controller,
             adjoint=self.adjoint,
             max_steps=self.max_steps,
             progress_meter=self.progress_meter,
         )
-        ys = solution.ys
-
-        def train(a):
-            return self.layout.from_matrix(a).reshape(t_shape + self.layout.shape)
-
-        def on_test(a):
-            return test.from_matrix(a).reshape(t_shape + test.shape)
-
-        fx_test = qx_test = None
-        if test is not None:
-            integral = ys["G"] if self.momentum is None else ys["P"]
-            fx_test = on_test(g0[None] - jnp.einsum("mp,tpc->tmc", k_td, integral))
-            if self.momentum is not None:
-                qx_test = on_test(-jnp.einsum("mp,tpc->tmc", k_td, ys["H"]))
-        qx_train = None if self.momentum is None else train(ys["q"])
-        return Trajectory(train(ys["f"]), fx_test, qx_train, qx_test)
+        readout = _Readout(self.layout, test, k_td, g0, self.momentum is not None)
+        if saveat is None:
+            return readout(solution.ys, t_shape)
+        saved = solution.ts is not None
+        return ODESolution(
+            ts=solution.ts / scale if saved else None,
+            outputs=readout(solution.ys, solution.ts.shape) if saved else None,
+            solution=solution,
+            scale=scale,
+            readout=readout,
+        )
 
 
 def gradient_descent(
@@ -188,7 +338,10 @@ def gradient_descent(
     **Returns:**
 
     An [`eqntk.dynamics.ODEPredictor`][], called as
-    `predictor(t, fx_train_0=0., fx_test_0=None, k_test_train=None)`.
+    `predictor(t, fx_train_0=0., fx_test_0=None, k_test_train=None)` for a
+    [`eqntk.dynamics.Trajectory`][] at the times `t`, or with `saveat=diffrax.SaveAt(...)`
+    (dense output, `t1`, solver steps...) up to the end time `t` for an
+    [`eqntk.dynamics.ODESolution`][].
 
     **Example:**
 

@@ -389,8 +389,9 @@ def test_sqrt_identity_monte_carlo_gaussian(getkey):
     x1, x2 = _correlated_inputs(getkey(), 16)
     exact = eqntk.limit(net(getkey()))(x1, x2, "nngp")
     nngp, _ = mc_kernels(net, getkey(), x1, x2, 128, with_ntk=False)
-    # TOLERANCE_PLACEHOLDER
-    assert relative_error(nngp, exact) < 0.1
+    # Two seeds gave errors 0.020 and 0.026 (the embeddings, one draw of 256 channels per
+    # network, dominate the spread): a standard error ~0.025 over 128 networks; 0.08 is ~3.
+    assert relative_error(nngp, exact) < 0.08
 
 
 def test_sqrt_identity_mask_drops_positions(getkey):
