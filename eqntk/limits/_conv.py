@@ -5,6 +5,9 @@ the diagonal of the pair of axes `(i, i')`: `K'[o, o'] = (1/f) Σ_k K̃[s o + d 
 with the padded input covariance `K̃` (zeros for `SAME`, wrapped around for `CIRCULAR`). The
 diagonal layout is the same map on one axis. All dimensions are done in one pass (a sum of
 strided slices of the padded array, see `window_sum`), and the affine map of `Dense` follows.
+With masks, the masked entries of the input covariance are zero, and each batch's masks go to
+the output positions (`layer.output_mask`: the window centres, or for `ConvTranspose` every
+output that a masked input reaches).
 """
 
 import dataclasses
@@ -23,6 +26,7 @@ from ..nn._windows import (
 )
 from ._dense import affine_kernel, check_channels
 from ._kernel import Kernel
+from ._masking import output_masks
 from ._registry import AbstractRule, register
 from ._spatial import to_diagonal_spatial
 
@@ -57,7 +61,8 @@ def check_spatial_input(layer: object, n_spatial: int, k: Kernel) -> None:
 
 
 def _conv_kernel(layer, k: Kernel, windows: tuple[Window, ...]) -> Kernel:
-    """Shift-and-add every covariance over the windows, then apply the affine map."""
+    """Shift-and-add every covariance over the windows, then apply the affine map; the masks
+    go to the output positions (`layer.output_mask`)."""
     groups = window_groups(windows, k.diagonal_spatial)
     n_taps = math.prod(layer.filter_shape)
     spatial = tuple(w.length for w in windows)
@@ -66,6 +71,7 @@ def _conv_kernel(layer, k: Kernel, windows: tuple[Window, ...]) -> Kernel:
         lambda a: window_sum(a, groups) / n_taps,
         shape1=k.shape1[:1] + spatial,
         shape2=k.shape2[:1] + spatial,
+        **output_masks(layer, k),
     )
     return affine_kernel(
         pooled,

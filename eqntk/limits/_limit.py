@@ -59,9 +59,15 @@ class KernelFn(eqx.Module):
         - `diagonal_spatial`: for networks whose output has spatial axes, return only the
           spatial diagonal of the covariance (see [`eqntk.Kernel`][] for the layouts).
         - `mask1`, `mask2`: variable-length inputs: boolean arrays of shape `(N1, *spatial)` and
-          `(N2, *spatial)`, `True` at the positions of `x1` / `x2` that are padding. Masked
-          positions contribute nothing: their input values are ignored, pooling and attention
-          skip them, and every kernel entry that involves one is zero. `None` masks nothing.
+          `(N2, *spatial)`, `True` at the positions of `x1` / `x2` that are padding (one entry
+          per position, shared by all channels). Masked positions contribute nothing: their
+          input values are ignored (zero at the input of every layer), attention skips them,
+          `GlobalAvgPool` averages over the unmasked positions only (window pooling divides by
+          its window size, as in neural-tangents), and every kernel entry that involves one is
+          zero. Layers that change the positions take the masks along: strided and `VALID`
+          convolutions and pooling keep the mask at each window's centre, and a transposed
+          convolution masks every output that a masked input reaches. The finite network gets
+          the same semantics from [`eqntk.nn.with_inputs`][]. `None` masks nothing.
         - `pattern1`, `pattern2`: the graphs of `x1` and `x2`, one per example, for networks
           with [`eqntk.nn.Aggregate`][] layers: a dense adjacency `(N, *S, *S)` or an integer
           edge list `(N, E, 2)` / `(N, E, K, 2)` (see [`eqntk.nn.Aggregate`][]). `pattern2`
@@ -235,9 +241,10 @@ def _check_mask(name: str, mask: Any, x: Array, x_name: str) -> Array | None:
     mask = jnp.asarray(mask)
     expected = (x.shape[0],) + x.shape[2:]
     if mask.shape != expected:
+        hint = " (one entry per position; per-channel masks are not supported)"
         raise ValueError(
             f"`{name}` must have shape (N, *spatial) = {expected} to match `{x_name}` of shape "
-            f"{x.shape}, got {mask.shape}."
+            f"{x.shape}, got {mask.shape}{hint if mask.shape == x.shape else ''}."
         )
     if mask.dtype != jnp.bool_:
         raise TypeError(f"`{name}` must be a boolean array, got dtype {mask.dtype}.")

@@ -5,7 +5,8 @@ input value is replaced by zero, every layer sees zeros there (so a convolution 
 window near padding only sums real entries), attention never attends to it, averages count
 only the unmasked positions, and every kernel entry that involves a masked position is zero.
 `limit` re-applies the masks after every layer (`remask`), so a layer's rule only has to say
-how its masks change when it changes the positions (`map_mask`, or indexing for `Index`).
+how its masks change when it changes the positions (`map_mask`, indexing for `Index`, or the
+layer's own `output_mask` for convolutions and pooling, see `output_masks`).
 """
 
 import string
@@ -78,3 +79,18 @@ def mask_count(mask: Bool[Array, "n *spatial"], dtype) -> Float[Array, " n"]:
     """The number of unmasked positions of each example (at least 1, to avoid 0/0)."""
     axes = tuple(range(1, mask.ndim))
     return jnp.maximum(jnp.sum(~mask, axis=axes), 1).astype(dtype)
+
+
+def output_masks(layer, k: Kernel) -> dict[str, Bool[Array, "..."] | None]:
+    """`mask1=` and `mask2=` for the kernel of `layer`'s output: each batch's mask mapped to
+    the output positions by `layer.output_mask` (a convolution or pooling layer)."""
+    if layer.mask is not None:
+        raise ValueError(
+            f"This `{type(layer).__name__}` layer holds one example's mask (set by "
+            f"`nn.with_inputs`), which is for the finite network; pass the masks of the batches "
+            f"to the kernel function as `mask1=` / `mask2=` instead."
+        )
+    return {
+        name: None if mask is None else layer.output_mask(mask)
+        for name, mask in (("mask1", k.mask1), ("mask2", k.mask2))
+    }

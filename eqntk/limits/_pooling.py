@@ -3,6 +3,10 @@
 Pooling mixes positions, so these rules need the full spatial covariance of their input. Along
 each spatial dimension a window layer with pooling matrix `P` maps the pair of axes `(i, i')` to
 `P K Pᵀ`: one window sum along `i` and one along `i'`, then the scale of each output entry.
+
+Masks: the entries at masked positions are zero (`remask`), so window sums skip them; window
+layers take each batch's masks to the output positions (the window centres, `output_mask`),
+and `GlobalAvgPool` divides by the numbers of unmasked positions instead of all of them.
 """
 
 import dataclasses
@@ -17,6 +21,7 @@ from ..nn._pooling import pool_scales
 from ..nn._windows import Window, conv_windows, window_sum
 from ._conv import check_spatial_input, map_kernel
 from ._kernel import Kernel
+from ._masking import mask_count, output_masks
 from ._registry import AbstractRule, register
 
 
@@ -76,13 +81,16 @@ class PoolRule(AbstractRule):
             lambda a: _pool_pairs(a, windows, factor),
             shape1=k.shape1[:1] + spatial,
             shape2=k.shape2[:1] + spatial,
+            **output_masks(layer, k),
         )
 
 
 @register(GlobalAvgPool, GlobalSumPool)
 class GlobalPoolRule(AbstractRule):
-    """Kernel rule of [`eqntk.nn.GlobalAvgPool`][] and [`eqntk.nn.GlobalSumPool`][]: the mean
-    (or sum) of the full spatial covariance over all pairs of positions."""
+    """Kernel rule of [`eqntk.nn.GlobalAvgPool`][] and [`eqntk.nn.GlobalSumPool`][]: the sum of
+    the full spatial covariance over all pairs of positions, divided for the mean by the
+    numbers of unmasked positions of the two examples, $|U_1| |U_2|$ (the entries at masked
+    positions are zero)."""
 
     def requirements(self, layer, wanted):
         return dataclasses.replace(wanted, diagonal_spatial=False)
@@ -90,10 +98,35 @@ class GlobalPoolRule(AbstractRule):
     def __call__(self, layer: GlobalAvgPool | GlobalSumPool, k: Kernel, wanted) -> Kernel:
         _require_full(layer, k)
         n = k.spatial_ndim
-        n_positions = math.prod(k.shape1[1:])
-        scale = 1.0 / n_positions**2 if isinstance(layer, GlobalAvgPool) else 1.0
 
         def pool(a: Array) -> Array:
-            return jnp.sum(a, axis=tuple(range(a.ndim - 2 * n, a.ndim))) * scale
+            return jnp.sum(a, axis=tuple(range(a.ndim - 2 * n, a.ndim)))
 
-        return map_kernel(k, pool, shape1=k.shape1[:1], shape2=k.shape2[:1], diagonal_spatial=False)
+        # The output has no positions: its masks are None.
+        out = map_kernel(
+            k,
+            pool,
+            shape1=k.shape1[:1],
+            shape2=k.shape2[:1],
+            diagonal_spatial=False,
+            **output_masks(layer, k),
+        )
+        if isinstance(layer, GlobalSumPool):
+            return out
+        n1, n2 = k.nngp.shape[:2]
+        count1 = _unmasked_counts(k.mask1, n1, k.shape1, k.nngp.dtype)
+        count2 = _unmasked_counts(k.mask2_or_mask1, n2, k.shape2, k.nngp.dtype)
+        pair = count1[:, None] * count2[None, :]
+        return out.replace(
+            nngp=out.nngp / pair,
+            ntk=None if out.ntk is None else out.ntk / pair,
+            cov1=out.cov1 / count1**2,
+            cov2=None if out.cov2 is None else out.cov2 / count2**2,
+        )
+
+
+def _unmasked_counts(mask, n: int, shape: tuple[int, ...], dtype) -> Array:
+    """The number of unmasked positions of each of `n` examples (all of them without a mask)."""
+    if mask is None:
+        return jnp.full((n,), math.prod(shape[1:]), dtype)
+    return mask_count(mask, dtype)

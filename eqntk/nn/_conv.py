@@ -7,18 +7,21 @@ import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 from jax import lax
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
 from ._dense import Parameterization, check_parameterization
 from ._hyperparameters import frozen, hyperparameter
 from ._windows import (
     Padding,
     Window,
+    centre_mask,
     check_spatial_rank,
     check_window_args,
     conv_transpose_windows,
     conv_windows,
     fold,
+    mask_inputs,
+    reach_mask,
 )
 
 
@@ -77,6 +80,15 @@ def _pad_input(x: Array, windows: tuple[Window, ...]) -> tuple[Array, list[tuple
     return x, [(w.pad_lo, w.pad_hi) for w in windows]
 
 
+def _conv_output_mask(layer: "Conv | ConvLocal", mask: Array) -> Array:
+    """The mask at each window's centre (see `centre_mask`)."""
+    n = len(layer.filter_shape)
+    windows = conv_windows(
+        layer, mask.shape[-n:], layer.filter_shape, layer.strides, layer.dilation, layer.padding
+    )
+    return centre_mask(mask, windows)
+
+
 def _channel_bias(bias: Array | None, n_spatial: int) -> Array | None:
     return None if bias is None else bias.reshape((-1,) + (1,) * n_spatial)
 
@@ -98,12 +110,17 @@ class Conv(eqx.Module):
     $\\Theta' = \\sigma_W^2 \\Theta_{pooled} + \\mathcal{K}'$ (NTK parameterisation) or
     $\\sigma_W^2 \\Theta_{pooled} + n \\mathcal{K}_{pooled} + [\\text{bias}]$ (standard).
     It keeps the spatial layout, so a CNN that ends in `Flatten` only ever holds the diagonal.
+
+    Masks (variable-length inputs): with a mask set by [`eqntk.nn.with_inputs`][] the layer
+    zeroes its input at masked positions; an output position is masked when the input position
+    at the centre of its window is (`output_mask`), as in neural-tangents.
     """
 
     weight: Float[Array, "out in *filter"]
     bias: Float[Array, " out"] | None
     W_std: Float[Array, ""]
     b_std: Float[Array, ""] | None
+    mask: Bool[Array, "*spatial"] | None
     in_channels: int = eqx.field(static=True)
     out_channels: int = eqx.field(static=True)
     filter_shape: tuple[int, ...] = eqx.field(static=True)
@@ -165,6 +182,7 @@ class Conv(eqx.Module):
         self.padding, self.parameterization = padding, parameterization
         self.s = (int(s[0]), int(s[1]))
         self.W_std, self.b_std = _hyperparameters(W_std, b_std)
+        self.mask = None
         n_out, n_in = self.s[1] * out_channels, self.s[0] * in_channels
         self.weight, self.bias = _init_params(
             self, key, (n_out, n_in) + self.filter_shape, (n_out,), self.fan_in
@@ -174,6 +192,33 @@ class Conv(eqx.Module):
     def fan_in(self) -> int:
         """The fan-in $C_{in} \\prod_d f_d$ of one output unit (nominal widths)."""
         return self.in_channels * math.prod(self.filter_shape)
+
+    def output_mask(self, mask: Bool[Array, "..."]) -> Bool[Array, "..."]:
+        """The mask of the layer's output: each output position takes the mask of the input
+        position at the centre of its window (the identity for `SAME` with stride 1).
+
+        **Arguments:**
+
+        - `mask`: `True` at masked positions; its trailing axes are the input's spatial axes
+          (leading axes, e.g. a batch, are kept).
+
+        **Returns:**
+
+        The mask over the output positions.
+
+        **Example:**
+
+        ```python
+        import jax.numpy as jnp
+        import jax.random as jr
+        from eqntk import nn
+
+        conv = nn.Conv(1, 4, (3,), strides=(2,), padding="SAME", key=jr.key(0))
+        mask = jnp.arange(5) >= 3                  # length 3 of 5
+        assert conv.output_mask(mask).tolist() == [False, False, True]
+        ```
+        """
+        return _conv_output_mask(self, mask)
 
     def __call__(
         self, x: Float[Array, "in *spatial"], *, key: PRNGKeyArray | None = None
@@ -190,6 +235,7 @@ class Conv(eqx.Module):
         The output `(out, *spatial_out)`.
         """
         _check_input(self, x)
+        x = mask_inputs(self, self.mask, x)
         windows = conv_windows(
             self, x.shape[1:], self.filter_shape, self.strides, self.dilation, self.padding
         )
@@ -215,12 +261,17 @@ class ConvTranspose(eqx.Module):
     spatial pair, summed along the diagonal over the filter taps and divided by $f$, folded for
     `CIRCULAR`, then mapped by the affine rule of `Conv`. The diagonal layout suffices except for
     `CIRCULAR` padding with a filter wider than the stride, whose folding mixes positions.
+
+    Masks: with a mask set by [`eqntk.nn.with_inputs`][] the layer zeroes its input at masked
+    positions; an output position is masked when any masked input position reaches it
+    (`output_mask`), as in neural-tangents.
     """
 
     weight: Float[Array, "out in *filter"]
     bias: Float[Array, " out"] | None
     W_std: Float[Array, ""]
     b_std: Float[Array, ""] | None
+    mask: Bool[Array, "*spatial"] | None
     in_channels: int = eqx.field(static=True)
     out_channels: int = eqx.field(static=True)
     filter_shape: tuple[int, ...] = eqx.field(static=True)
@@ -281,6 +332,7 @@ class ConvTranspose(eqx.Module):
         self.padding, self.parameterization = padding, parameterization
         self.s = (int(s[0]), int(s[1]))
         self.W_std, self.b_std = _hyperparameters(W_std, b_std)
+        self.mask = None
         n_out, n_in = self.s[1] * out_channels, self.s[0] * in_channels
         self.weight, self.bias = _init_params(
             self, key, (n_out, n_in) + self.filter_shape, (n_out,), self.fan_in
@@ -298,6 +350,38 @@ class ConvTranspose(eqx.Module):
             (f - 1) * d + 1 > s for f, d, s in zip(self.filter_shape, self.dilation, self.strides)
         )
 
+    def output_mask(self, mask: Bool[Array, "..."]) -> Bool[Array, "..."]:
+        """The mask of the layer's output: an output position is masked when any masked input
+        position reaches it (`CIRCULAR` as `SAME`, without the folding), as in neural-tangents.
+
+        **Arguments:**
+
+        - `mask`: `True` at masked positions; its trailing axes are the input's spatial axes
+          (leading axes, e.g. a batch, are kept).
+
+        **Returns:**
+
+        The mask over the output positions.
+
+        **Example:**
+
+        ```python
+        import jax.numpy as jnp
+        import jax.random as jr
+        from eqntk import nn
+
+        up = nn.ConvTranspose(1, 4, (3,), strides=(2,), padding="SAME", key=jr.key(0))
+        mask = jnp.array([False, False, True])
+        assert up.output_mask(mask).tolist() == [False] * 4 + [True] * 2
+        ```
+        """
+        padding = "SAME" if self.padding == "CIRCULAR" else self.padding
+        n = len(self.filter_shape)
+        windows = conv_transpose_windows(
+            mask.shape[-n:], self.filter_shape, self.strides, self.dilation, padding
+        )
+        return reach_mask(mask, windows)
+
     def __call__(
         self, x: Float[Array, "in *spatial"], *, key: PRNGKeyArray | None = None
     ) -> Float[Array, "out ..."]:
@@ -313,6 +397,7 @@ class ConvTranspose(eqx.Module):
         The output `(out, *spatial_out)`.
         """
         _check_input(self, x)
+        x = mask_inputs(self, self.mask, x)
         windows = conv_transpose_windows(
             x.shape[1:], self.filter_shape, self.strides, self.dilation, self.padding
         )
@@ -340,13 +425,14 @@ class ConvLocal(eqx.Module):
     Kernel rule: the output covariance between different positions vanishes (independent
     weights and biases there), and on the spatial diagonal it is that of `Conv`. So the rule
     only ever needs the diagonal of its input covariance, and returns a full layout by placing
-    the diagonal (zeros elsewhere) when a later layer mixes positions.
+    the diagonal (zeros elsewhere) when a later layer mixes positions. Masks as for `Conv`.
     """
 
     weight: Float[Array, "out in_taps *spatial_out"]
     bias: Float[Array, "out ..."] | None
     W_std: Float[Array, ""]
     b_std: Float[Array, ""] | None
+    mask: Bool[Array, "*spatial"] | None
     in_channels: int = eqx.field(static=True)
     out_channels: int = eqx.field(static=True)
     filter_shape: tuple[int, ...] = eqx.field(static=True)
@@ -418,6 +504,7 @@ class ConvLocal(eqx.Module):
         self.padding, self.parameterization = padding, parameterization
         self.s = (int(s[0]), int(s[1]))
         self.W_std, self.b_std = _hyperparameters(W_std, b_std)
+        self.mask = None
         windows = conv_windows(
             self, self.spatial_shape, self.filter_shape, self.strides, self.dilation, padding
         )
@@ -436,6 +523,19 @@ class ConvLocal(eqx.Module):
         """The fan-in $C_{in} \\prod_d f_d$ (nominal widths)."""
         return self.in_channels * math.prod(self.filter_shape)
 
+    def output_mask(self, mask: Bool[Array, "..."]) -> Bool[Array, "..."]:
+        """The mask of the layer's output, as for [`eqntk.nn.Conv.output_mask`][].
+
+        **Arguments:**
+
+        - `mask`: `True` at masked positions; its trailing axes are the input's spatial axes.
+
+        **Returns:**
+
+        The mask over the output positions.
+        """
+        return _conv_output_mask(self, mask)
+
     def __call__(
         self, x: Float[Array, "in *spatial"], *, key: PRNGKeyArray | None = None
     ) -> Float[Array, "out ..."]:
@@ -451,6 +551,7 @@ class ConvLocal(eqx.Module):
         The output `(out, *spatial_out)`.
         """
         _check_input(self, x)
+        x = mask_inputs(self, self.mask, x)
         if x.shape[1:] != self.spatial_shape:
             raise ValueError(
                 f"`ConvLocal` was built for inputs of spatial shape {self.spatial_shape}, got "

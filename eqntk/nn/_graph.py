@@ -9,8 +9,25 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray, Shaped
 
 from ._attention import GlobalSelfAttention
+from ._conv import Conv, ConvLocal, ConvTranspose
 from ._hyperparameters import frozen
+from ._pooling import AvgPool, GlobalAvgPool, GlobalSumPool, SumPool
 from ._reshape import spatial_axes
+from ._structure import Flatten, Sequential
+
+
+# The layers that hold a mask: they zero their input at masked positions (attention skips them)
+# and, except attention, say where the positions of their output are masked (`output_mask`).
+MASKED_LAYERS = (
+    GlobalSelfAttention,
+    Conv,
+    ConvTranspose,
+    ConvLocal,
+    AvgPool,
+    SumPool,
+    GlobalAvgPool,
+    GlobalSumPool,
+)
 
 
 def dense_adjacency(
@@ -136,11 +153,28 @@ def with_inputs(
     """`model` with one example's side inputs set on the layers that use them.
 
     The graph of an example goes to every [`eqntk.nn.Aggregate`][] layer, and its mask of
-    padded positions to every [`eqntk.nn.GlobalSelfAttention`][] layer (which then never
-    attends to them). Layers are called on one example, and these inputs belong to the example:
-    call this inside the function that is vmapped over the batch, so that they never become
-    part of the trained parameters. The kernel function takes the same inputs for whole
-    batches, as `pattern1`/`pattern2` and `mask1`/`mask2`.
+    padded positions to every layer that mixes positions: [`eqntk.nn.GlobalSelfAttention`][]
+    (which then never attends to them), the convolutions ([`eqntk.nn.Conv`][],
+    [`eqntk.nn.ConvTranspose`][], [`eqntk.nn.ConvLocal`][]) and the pooling layers
+    ([`eqntk.nn.AvgPool`][], [`eqntk.nn.SumPool`][], [`eqntk.nn.GlobalAvgPool`][],
+    [`eqntk.nn.GlobalSumPool`][]), which zero their input at masked positions, and
+    `GlobalAvgPool` averages over the unmasked positions only. These are the semantics of the
+    kernel function's `mask1`/`mask2`, so Monte Carlo estimates agree with the limit (at the
+    unmasked positions of the output; the finite outputs at masked positions are meaningless).
+
+    Each layer holds the mask of *its own input*: through a [`eqntk.nn.Sequential`][] the mask
+    follows the layers, each convolution or pooling layer mapping it to its output positions
+    (`layer.output_mask`: strided and `VALID` layers keep the mask at each window's centre), so
+    a layer after a strided convolution gets the mask at its own resolution; a `Flatten` or a
+    global pooling ends it. Every other container (e.g. [`eqntk.nn.Parallel`][]) passes the
+    mask it receives to each of its children unchanged, as do layers without `output_mask`
+    (elementwise layers, `Dense`); a layer that then sees a mask of the wrong spatial shape
+    raises an error when called.
+
+    Layers are called on one example, and these inputs belong to the example: call this inside
+    the function that is vmapped over the batch, so that they never become part of the trained
+    parameters. The kernel function takes the same inputs for whole batches, as
+    `pattern1`/`pattern2` and `mask1`/`mask2`; a model holding them has no kernel.
 
     **Arguments:**
 
@@ -148,8 +182,8 @@ def with_inputs(
     - `pattern`: one example's graph: a dense adjacency `(*S, *S)` or an integer edge list
       `(E, 2)` / `(E, K, 2)` (see [`eqntk.nn.Aggregate`][]); `None` leaves the graphs as
       they are.
-    - `mask`: one example's mask `(*spatial)`, `True` at padded positions, for the attention
-      layers (which must see the spatial shape of the mask); `None` leaves them as they are.
+    - `mask`: one example's mask `(*spatial)` over the positions of the network's input, `True`
+      at padded positions (one mask for all channels); `None` leaves the masks as they are.
 
     **Returns:**
 
@@ -167,6 +201,12 @@ def with_inputs(
     xs, graphs = jnp.ones((5, 3, 4)), jnp.ones((5, 4, 4))
     ys = jax.vmap(lambda x, a: nn.with_inputs(model, pattern=a)(x))(xs, graphs)
     assert ys.shape == (5, 8, 4)
+
+    cnn = nn.Sequential([nn.Conv(3, 8, (3,), strides=(2,), padding="SAME", key=jr.key(1)),
+                         nn.Relu(), nn.AvgPool((2,)), nn.GlobalAvgPool()])
+    masks = jnp.arange(4)[None, :] >= jnp.array([4, 3, 2, 2, 1])[:, None]   # lengths
+    ys = jax.vmap(lambda x, m: nn.with_inputs(cnn, mask=m)(x))(xs, masks)
+    assert ys.shape == (5, 8)
     ```
     """
 
@@ -176,11 +216,36 @@ def with_inputs(
             raise TypeError(f"`mask` must be a boolean array, got dtype {mask.dtype}.")
 
     def bind(node):
-        if isinstance(node, Aggregate) and pattern is not None:
+        if isinstance(node, Aggregate):
             return eqx.tree_at(lambda n: n.pattern, node, pattern, is_leaf=lambda z: z is None)
-        if isinstance(node, GlobalSelfAttention) and mask is not None:
-            return eqx.tree_at(lambda n: n.mask, node, mask, is_leaf=lambda z: z is None)
         return node
 
-    layers = (Aggregate, GlobalSelfAttention)
-    return jax.tree_util.tree_map(bind, model, is_leaf=lambda n: isinstance(n, layers))
+    if pattern is not None:
+        model = jax.tree_util.tree_map(bind, model, is_leaf=lambda n: isinstance(n, Aggregate))
+    if mask is not None:
+        model, _ = _bind_mask(model, mask)
+    return model
+
+
+def _bind_mask(node: Any, mask: Array | None) -> tuple[Any, Array | None]:
+    """`node` with `mask` (over the positions of its input) on its masked layers, and the mask
+    over the positions of its output."""
+    if isinstance(node, Sequential):
+        layers = []
+        for layer in node.layers:
+            layer, mask = _bind_mask(layer, mask)
+            layers.append(layer)
+        return eqx.tree_at(lambda s: s.layers, node, tuple(layers)), mask
+    if isinstance(node, MASKED_LAYERS):
+        node = eqx.tree_at(lambda n: n.mask, node, mask, is_leaf=lambda z: z is None)
+        has_map = hasattr(node, "output_mask")
+        return node, node.output_mask(mask) if has_map and mask is not None else mask
+    if isinstance(node, Flatten):
+        return node, None
+    kinds = (Sequential,) + MASKED_LAYERS
+
+    def inner(child):
+        return _bind_mask(child, mask)[0] if isinstance(child, kinds) else child
+
+    children = jax.tree_util.tree_map(inner, node, is_leaf=lambda n: isinstance(n, kinds))
+    return children, mask

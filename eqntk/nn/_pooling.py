@@ -6,14 +6,16 @@ from collections.abc import Sequence
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from ._windows import (
     Padding,
     Window,
+    centre_mask,
     check_spatial_rank,
     check_window_args,
     conv_windows,
+    mask_inputs,
     tap_counts,
     window_sum,
 )
@@ -32,6 +34,7 @@ def pool_scales(layer: "AvgPool | SumPool", windows: tuple[Window, ...]) -> list
 
 def _pool(layer: "AvgPool | SumPool", x: Array) -> Array:
     check_spatial_rank(layer, len(layer.window_shape), x.shape, "x")
+    x = mask_inputs(layer, layer.mask, x)
     ones = (1,) * len(layer.window_shape)
     windows = conv_windows(
         layer, x.shape[1:], layer.window_shape, layer.strides, ones, layer.padding, "window_shape"
@@ -43,6 +46,21 @@ def _pool(layer: "AvgPool | SumPool", x: Array) -> Array:
     return y
 
 
+def _pool_output_mask(layer: "AvgPool | SumPool", mask: Array) -> Array:
+    """The mask at each window's centre (see `centre_mask`)."""
+    n = len(layer.window_shape)
+    windows = conv_windows(
+        layer,
+        mask.shape[-n:],
+        layer.window_shape,
+        layer.strides,
+        (1,) * n,
+        layer.padding,
+        "window_shape",
+    )
+    return centre_mask(mask, windows)
+
+
 class AvgPool(eqx.Module):
     """Average pooling over spatial windows, for any number of spatial dimensions.
 
@@ -52,12 +70,17 @@ class AvgPool(eqx.Module):
     Kernel rule: the pooling matrix $P$ of each spatial axis acts on both axes of the pair,
     $K' = P K P^\\top$ (one window sum along each axis, then the scale), which mixes positions:
     it needs the full spatial covariance of its input.
+
+    Masks: with a mask set by [`eqntk.nn.with_inputs`][] the layer zeroes its input at masked
+    positions, which still count towards the window size (as in neural-tangents); an output
+    position is masked when the input position at the centre of its window is (`output_mask`).
     """
 
     window_shape: tuple[int, ...] = eqx.field(static=True)
     strides: tuple[int, ...] = eqx.field(static=True)
     padding: Padding = eqx.field(static=True)
     normalize_edges: bool = eqx.field(static=True)
+    mask: Bool[Array, "*spatial"] | None
 
     def __init__(
         self,
@@ -88,6 +111,32 @@ class AvgPool(eqx.Module):
         )
         self.padding = padding
         self.normalize_edges = bool(normalize_edges)
+        self.mask = None
+
+    def output_mask(self, mask: Bool[Array, "..."]) -> Bool[Array, "..."]:
+        """The mask of the layer's output: each output position takes the mask of the input
+        position at the centre of its window (the identity for `SAME` with stride 1).
+
+        **Arguments:**
+
+        - `mask`: `True` at masked positions; its trailing axes are the input's spatial axes
+          (leading axes, e.g. a batch, are kept).
+
+        **Returns:**
+
+        The mask over the output positions.
+
+        **Example:**
+
+        ```python
+        import jax.numpy as jnp
+        from eqntk import nn
+
+        pool = nn.AvgPool((2,), strides=(2,))
+        assert pool.output_mask(jnp.arange(5) >= 2).tolist() == [False, True]
+        ```
+        """
+        return _pool_output_mask(self, mask)
 
     def __call__(
         self,
@@ -113,12 +162,13 @@ class SumPool(eqx.Module):
     """Sum pooling over spatial windows, for any number of spatial dimensions.
 
     Kernel rule: as [`eqntk.nn.AvgPool`][] without the scale; it needs the full spatial
-    covariance of its input.
+    covariance of its input. Masks as for `AvgPool`.
     """
 
     window_shape: tuple[int, ...] = eqx.field(static=True)
     strides: tuple[int, ...] = eqx.field(static=True)
     padding: Padding = eqx.field(static=True)
+    mask: Bool[Array, "*spatial"] | None
 
     def __init__(
         self,
@@ -145,6 +195,20 @@ class SumPool(eqx.Module):
             "window_shape", window_shape, strides, None, padding
         )
         self.padding = padding
+        self.mask = None
+
+    def output_mask(self, mask: Bool[Array, "..."]) -> Bool[Array, "..."]:
+        """The mask of the layer's output, as for [`eqntk.nn.AvgPool.output_mask`][].
+
+        **Arguments:**
+
+        - `mask`: `True` at masked positions; its trailing axes are the input's spatial axes.
+
+        **Returns:**
+
+        The mask over the output positions.
+        """
+        return _pool_output_mask(self, mask)
 
     def __call__(
         self,
@@ -159,8 +223,12 @@ class SumPool(eqx.Module):
 class GlobalAvgPool(eqx.Module):
     """The mean over all spatial positions: `(C, *spatial) -> (C,)`.
 
-    Kernel rule: the mean of the full spatial covariance over all pairs of positions,
-    $K' = \\frac{1}{S^2}\\sum_{i, i'} K[i, i']$; it needs the full layout.
+    With a mask (set by [`eqntk.nn.with_inputs`][]) the mean is over the unmasked positions
+    only, $y_c = \\frac{1}{|U|}\\sum_{i \\in U} x_c[i]$ (zero when every position is masked).
+
+    Kernel rule: the mean of the full spatial covariance over all pairs of unmasked positions,
+    $K'(x_1, x_2) = \\frac{1}{|U_1| |U_2|}\\sum_{i \\in U_1, i' \\in U_2} K[i, i']$ ($|U| = S$,
+    the number of positions, without masks); it needs the full layout.
 
     **Example:**
 
@@ -169,8 +237,25 @@ class GlobalAvgPool(eqx.Module):
     from eqntk import nn
 
     assert nn.GlobalAvgPool()(jnp.ones((3, 4, 4))).shape == (3,)
+    pool = nn.with_inputs(nn.GlobalAvgPool(), mask=jnp.arange(4) >= 1)
+    assert pool(jnp.arange(4.0)[None]).tolist() == [0.0]   # the mean of the first entry
     ```
     """
+
+    mask: Bool[Array, "*spatial"] | None = None
+
+    def output_mask(self, mask: Bool[Array, "..."]) -> None:
+        """`None`: the output has no positions left to mask.
+
+        **Arguments:**
+
+        - `mask`: the mask of the input.
+
+        **Returns:**
+
+        `None`.
+        """
+        return None
 
     def __call__(
         self,
@@ -178,15 +263,21 @@ class GlobalAvgPool(eqx.Module):
         *,
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, " c"]:
-        """Average one channel-first example `x` over its spatial axes."""
-        return jnp.mean(x, axis=tuple(range(1, x.ndim)))
+        """Average one channel-first example `x` over its (unmasked) spatial positions."""
+        axes = tuple(range(1, x.ndim))
+        if self.mask is None:
+            return jnp.mean(x, axis=axes)
+        total = jnp.sum(mask_inputs(self, self.mask, x), axis=axes)
+        return total / jnp.maximum(jnp.sum(~self.mask), 1).astype(x.dtype)
 
 
 class GlobalSumPool(eqx.Module):
     """The sum over all spatial positions: `(C, *spatial) -> (C,)`.
 
-    Kernel rule: $K' = \\sum_{i, i'} K[i, i']$ over all pairs of positions; it needs the full
-    layout.
+    With a mask (set by [`eqntk.nn.with_inputs`][]) the masked positions count as zeros.
+
+    Kernel rule: $K' = \\sum_{i, i'} K[i, i']$ over all pairs of positions (the entries at
+    masked positions are zero); it needs the full layout.
 
     **Example:**
 
@@ -198,11 +289,27 @@ class GlobalSumPool(eqx.Module):
     ```
     """
 
+    mask: Bool[Array, "*spatial"] | None = None
+
+    def output_mask(self, mask: Bool[Array, "..."]) -> None:
+        """`None`: the output has no positions left to mask.
+
+        **Arguments:**
+
+        - `mask`: the mask of the input.
+
+        **Returns:**
+
+        `None`.
+        """
+        return None
+
     def __call__(
         self,
         x: Float[Array, "c ..."],
         *,
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, " c"]:
-        """Sum one channel-first example `x` over its spatial axes."""
+        """Sum one channel-first example `x` over its spatial axes (zeros where masked)."""
+        x = mask_inputs(self, self.mask, x)
         return jnp.sum(x, axis=tuple(range(1, x.ndim)))

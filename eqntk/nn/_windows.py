@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jaxtyping import Array
+from jaxtyping import Array, Bool
 
 
 Padding = Literal["SAME", "VALID", "CIRCULAR"]
@@ -249,3 +249,47 @@ def tap_counts(w: Window) -> np.ndarray:
     i = w.stride * o + w.dilation * k - w.pad_lo
     real = (i >= 0) & (i < w.in_len)
     return real.sum(1)
+
+
+def centre_mask(mask: Bool[Array, "..."], windows: Sequence[Window]) -> Bool[Array, "..."]:
+    """The mask of a convolution's or pooling layer's output (the trailing axes are spatial).
+
+    Each output position takes the mask of the input position at the centre of its window,
+    `stride * o + (extent - 1) // 2 - pad_lo` with `extent = (size - 1) * dilation + 1`:
+    neural-tangents' convention for strided and `VALID` layers. It is the identity when the
+    layer keeps the positions (`SAME` or `CIRCULAR` with stride 1), and the centre is always a
+    real position (never padding).
+    """
+    index: list[slice] = [slice(None)] * (mask.ndim - len(windows))
+    for w in windows:
+        start = ((w.size - 1) * w.dilation) // 2 - w.pad_lo
+        index.append(slice(start, start + w.stride * (w.out_len - 1) + 1, w.stride))
+    return mask[tuple(index)]
+
+
+def reach_mask(mask: Bool[Array, "..."], windows: Sequence[Window]) -> Bool[Array, "..."]:
+    """The mask of a transposed convolution's output (the trailing axes are spatial): an output
+    position is masked when any masked input position reaches it, as neural-tangents does."""
+    n = len(windows)
+    reach = window_sum(mask.astype(jnp.int32), [((d - n,), w) for d, w in enumerate(windows)])
+    return reach > 0
+
+
+def check_mask(layer: object, mask: Bool[Array, "..."], spatial: tuple[int, ...]) -> None:
+    """Raise unless the mask that `layer` holds covers the positions `spatial` of its input."""
+    if mask.shape != spatial:
+        raise ValueError(
+            f"The `mask` of this `{type(layer).__name__}` layer must have the spatial shape "
+            f"{spatial} of its input (one entry per position, shared by all channels), got "
+            f"{mask.shape}. `nn.with_inputs` maps a mask through the layers of a `Sequential`; "
+            f"give it the mask of the network's input."
+        )
+
+
+def mask_inputs(layer: object, mask: Bool[Array, "*spatial"] | None, x: Array) -> Array:
+    """`x` `(C, *spatial)` with zeros at the masked positions that `layer` holds (see
+    `eqntk.nn.with_inputs`); `x` itself when the layer holds no mask."""
+    if mask is None:
+        return x
+    check_mask(layer, mask, x.shape[1:])
+    return jnp.where(mask, jnp.zeros((), x.dtype), x)

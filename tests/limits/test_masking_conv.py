@@ -1,0 +1,294 @@
+"""Masks through convolutions and pooling: masks follow strides, averages count only unmasked
+positions, in the limit and in finite networks (bound with `nn.with_inputs`)."""
+
+import equinox as eqx
+import hypothesis
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import eqntk
+from eqntk import nn
+from tests.helpers import mc_kernels
+from tests.limits.test_conv import mc_tolerance
+
+
+LENGTH = 20
+
+
+def _strided_cnn(key, width=8, d_out=1):
+    """Conv SAME stride 2 (20 -> 10), Conv VALID stride 2 (-> 4), AvgPool stride 2 (-> 2)."""
+    k1, k2, k3 = jr.split(key, 3)
+    return nn.Sequential(
+        [
+            nn.Conv(2, width, (3,), (2,), "SAME", W_std=1.3, b_std=0.2, key=k1),
+            nn.Relu(),
+            nn.Conv(width, width, (3,), (2,), "VALID", W_std=1.1, b_std=0.1, key=k2),
+            nn.Relu(),
+            nn.AvgPool((2,), (2,), "SAME"),
+            nn.GlobalAvgPool(),
+            nn.Dense(width, d_out, W_std=1.2, b_std=0.05, key=k3),
+        ]
+    )
+
+
+def _transpose_cnn(key, width=8):
+    """Conv CIRCULAR stride 2 (20 -> 10), ConvTranspose SAME stride 2 (-> 20), SumPool VALID
+    stride 2 (-> 9)."""
+    k1, k2, k3 = jr.split(key, 3)
+    return nn.Sequential(
+        [
+            nn.Conv(2, width, (3,), (2,), "CIRCULAR", W_std=1.3, b_std=0.2, key=k1),
+            nn.Relu(),
+            nn.ConvTranspose(width, width, (3,), (2,), "SAME", W_std=1.1, b_std=0.1, key=k2),
+            nn.Relu(),
+            nn.SumPool((3,), (2,), "VALID"),
+            nn.GlobalAvgPool(),
+            nn.Dense(width, 1, W_std=1.2, b_std=0.05, key=k3),
+        ]
+    )
+
+
+def _reference_inputs():
+    rng = np.random.default_rng(0)
+    x1 = rng.normal(size=(3, 2, LENGTH))
+    x2 = rng.normal(size=(2, 2, LENGTH))
+    m1 = np.zeros((3, LENGTH), bool)
+    m1[0, 14:], m1[1, 5:], m1[2, 3:7] = True, True, True  # two lengths and a hole
+    m2 = np.zeros((2, LENGTH), bool)
+    m2[1, 9:] = True
+    return tuple(jnp.asarray(a) for a in (x1, x2, m1, m2))
+
+
+# Produced by neural-tangents 0.6.5 (jax 0.4.23, float64) with the script in the docstring of
+# `test_matches_neural_tangents`: (nngp, ntk) of `_strided_cnn` and `_transpose_cnn`.
+REFERENCE = {
+    "strided": (
+        [
+            [0.21745526883099495, 0.15210219186017201],
+            [0.13498644355715006, 0.12634448077551458],
+            [0.2852470439057362, 0.21530054562543904],
+        ],
+        [
+            [0.3322798545762705, 0.16998931470364476],
+            [0.16823998858353384, 0.15794406984903953],
+            [0.4277228358935592, 0.2581482697992036],
+        ],
+    ),
+    "transpose": (
+        [
+            [1.1723949499117858, 0.9354623123146272],
+            [1.23307271975649, 1.0403469556982912],
+            [1.1313133171056025, 0.8779815462836804],
+        ],
+        [
+            [1.7272998530688848, 1.292975865656774],
+            [1.6475694528103215, 1.3490316612181275],
+            [1.6338248950485297, 1.1012700269685363],
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("name, make", [("strided", _strided_cnn), ("transpose", _transpose_cnn)])
+def test_matches_neural_tangents(name, make):
+    """The reference values came from this script (neural-tangents' masks are set through
+    `mask_constant`, at every channel of a masked position; its layers are channel-last):
+
+    ```python
+    import os; os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import jax; jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp, numpy as np
+    from neural_tangents import stax
+    x1, x2, m1, m2 = _reference_inputs()            # the same numpy arrays
+    C = 1e9
+    def nt_input(x, m):
+        return jnp.asarray(np.moveaxis(np.where(m[:, None, :], C, x), 1, -1))
+    strided = stax.serial(
+        stax.Conv(8, (3,), strides=(2,), padding="SAME", W_std=1.3, b_std=0.2), stax.Relu(),
+        stax.Conv(8, (3,), strides=(2,), padding="VALID", W_std=1.1, b_std=0.1), stax.Relu(),
+        stax.AvgPool((2,), strides=(2,), padding="SAME"),
+        stax.GlobalAvgPool(), stax.Dense(1, W_std=1.2, b_std=0.05))
+    transpose = stax.serial(
+        stax.Conv(8, (3,), strides=(2,), padding="CIRCULAR", W_std=1.3, b_std=0.2), stax.Relu(),
+        stax.ConvTranspose(8, (3,), strides=(2,), padding="SAME", W_std=1.1, b_std=0.1),
+        stax.Relu(), stax.SumPool((3,), strides=(2,), padding="VALID"),
+        stax.GlobalAvgPool(), stax.Dense(1, W_std=1.2, b_std=0.05))
+    for net in (strided, transpose):
+        k = net[2](nt_input(x1, m1), nt_input(x2, m2), ("nngp", "ntk"), mask_constant=C)
+        print(repr(np.asarray(k.nngp)), repr(np.asarray(k.ntk)))
+    ```
+    """
+    x1, x2, m1, m2 = _reference_inputs()
+    k = eqntk.limit(make(jr.key(0)))(x1, x2, ("nngp", "ntk"), mask1=m1, mask2=m2)
+    nngp, ntk = REFERENCE[name]
+    np.testing.assert_allclose(k.nngp, nngp, rtol=1e-9)
+    np.testing.assert_allclose(k.ntk, ntk, rtol=1e-9)
+
+
+def _masks(lengths, length=LENGTH):
+    return jnp.arange(length)[None, :] >= jnp.asarray(lengths)[:, None]
+
+
+@hypothesis.settings(max_examples=5, deadline=None)
+@hypothesis.given(
+    seed=st.integers(0, 2**16), lengths=st.lists(st.integers(1, LENGTH), min_size=3, max_size=3)
+)
+def test_kernel_ignores_masked_values(seed, lengths):
+    key = jr.key(seed)
+    x = jr.normal(key, (3, 2, LENGTH))
+    mask = _masks(lengths)
+    noise = jnp.where(mask[:, None], 100 * jr.normal(jr.fold_in(key, 1), x.shape), 0.0)
+    kernel_fn = eqntk.limit(_strided_cnn(jr.key(0)))
+    a = kernel_fn(x, x[:2], mask1=mask, mask2=mask[:2])
+    b = kernel_fn(x + noise, x[:2], mask1=mask, mask2=mask[:2])
+    np.testing.assert_allclose(a.nngp, b.nngp, rtol=1e-12)
+    np.testing.assert_allclose(a.ntk, b.ntk, rtol=1e-12)
+
+
+@hypothesis.settings(max_examples=5, deadline=None)
+@hypothesis.given(seed=st.integers(0, 2**16), length=st.integers(1, LENGTH))
+def test_finite_network_ignores_masked_values(seed, length):
+    key = jr.key(seed)
+    x = jr.normal(key, (2, LENGTH))
+    mask = jnp.arange(LENGTH) >= length
+    noise = jnp.where(mask, 100 * jr.normal(jr.fold_in(key, 1), x.shape), 0.0)
+    model = nn.with_inputs(_strided_cnn(jr.key(0), width=16, d_out=4), mask=mask)
+    np.testing.assert_allclose(model(x), model(x + noise), rtol=1e-10)
+
+
+def test_masks_follow_strides(getkey):
+    """Masks after SAME and VALID strided layers are the input masks at the windows' centres,
+    and every kernel entry at a masked position is zero."""
+    x = jr.normal(getkey(), (3, 2, LENGTH))
+    lengths = jnp.array([20, 7, 2])
+    mask = _masks(lengths)
+    body = _strided_cnn(getkey())[:5]  # up to the AvgPool
+    for depth, size, centre in [(1, 10, lambda o: 2 * o + 1), (3, 4, lambda o: 4 * o + 3)]:
+        k = eqntk.limit(body[:depth])(x, mask1=mask)
+        # SAME, filter 3, stride 2, padding (0, 1): centre 2 o + 1; then VALID: 2 (2 o + 1) + 1.
+        expected = centre(jnp.arange(size))[None, :] >= lengths[:, None]
+        np.testing.assert_array_equal(k.mask1, expected)
+        keep = ~expected
+        pairs = keep[:, None, :, None] & keep[None, :, None, :]
+        assert (k.nngp[~pairs] == 0).all() and (k.ntk[~pairs] == 0).all()
+        assert (k.cov1[~(keep[:, :, None] & keep[:, None, :])] == 0).all()
+        assert (k.nngp[pairs] != 0).all()
+    k = eqntk.limit(body)(x, mask1=mask)  # AvgPool SAME stride 2 on 4: centres 0, 2
+    np.testing.assert_array_equal(k.mask1, jnp.array([3, 11])[None, :] >= lengths[:, None])
+    assert eqntk.limit(_strided_cnn(getkey()))(x, mask1=mask).mask1 is None
+
+
+def test_conv_transpose_mask(getkey):
+    """A transposed convolution masks the outputs that any masked input reaches."""
+    up = nn.ConvTranspose(2, 4, (3,), (2,), "VALID", key=getkey())
+    x = jr.normal(getkey(), (2, 2, 4))
+    mask = _masks([4, 2], 4)
+    k = eqntk.limit(up)(x, mask1=mask)
+    # VALID: output 2 i + t (t < 3) reads input i; input 1 reaches outputs 2..4, input 2 4..6.
+    assert k.mask1.shape == (2, 9)
+    np.testing.assert_array_equal(k.mask1[1], jnp.arange(9) >= 4)
+    assert not k.mask1[0].any()
+
+
+def test_diagonal_layout_is_the_diagonal_of_the_full_layout(getkey):
+    body = _strided_cnn(getkey())[:4]
+    x1, x2 = jr.normal(getkey(), (3, 2, LENGTH)), jr.normal(getkey(), (2, 2, LENGTH))
+    m1, m2 = _masks([20, 9, 4]), _masks([13, 1])
+    kernel_fn = eqntk.limit(body)
+    full = kernel_fn(x1, x2, mask1=m1, mask2=m2)
+    diag = kernel_fn(x1, x2, mask1=m1, mask2=m2, diagonal_spatial=True)
+    np.testing.assert_allclose(diag.nngp, jnp.diagonal(full.nngp, axis1=2, axis2=3), rtol=1e-12)
+    np.testing.assert_allclose(diag.ntk, jnp.diagonal(full.ntk, axis1=2, axis2=3), rtol=1e-12)
+    np.testing.assert_array_equal(diag.mask1, full.mask1)
+
+
+def test_global_avg_pool_averages_unmasked_positions(getkey):
+    """GlobalAvgPool divides by the unmasked counts: a mask after it equals cropping."""
+    x = jr.normal(getkey(), (2, 3, 6))
+    mask = _masks([6, 4], 6)
+    k = eqntk.limit(nn.GlobalAvgPool())(x, mask1=mask)
+    assert k.nngp[1, 1] == pytest.approx(float(jnp.mean(x[1, :, :4].mean(1) ** 2)), rel=1e-12)
+    y = nn.with_inputs(nn.GlobalAvgPool(), mask=mask[1])(x[1])
+    np.testing.assert_allclose(y, x[1, :, :4].mean(1), rtol=1e-12)
+    everything = nn.with_inputs(nn.GlobalAvgPool(), mask=jnp.ones(6, bool))(x[1])
+    assert (everything == 0).all()
+
+
+def test_with_inputs_maps_masks_through_sequential(getkey):
+    model = nn.with_inputs(
+        nn.Parallel([_strided_cnn(getkey()), nn.Identity()]), mask=jnp.arange(LENGTH) >= 7
+    )
+    cnn = model.layers[0]
+    expected = {0: 20, 2: 10, 4: 4, 5: 2}  # the input length of each masked layer
+    for i, size in expected.items():
+        assert cnn.layers[i].mask.shape == (size,)
+    np.testing.assert_array_equal(cnn.layers[2].mask, 2 * jnp.arange(10) + 1 >= 7)
+    np.testing.assert_array_equal(cnn.layers[4].mask, 4 * jnp.arange(4) + 3 >= 7)
+    flat = nn.with_inputs(nn.Sequential([nn.Flatten(), nn.GlobalAvgPool()]), mask=jnp.ones(3, bool))
+    assert flat.layers[1].mask is None
+
+
+def test_monte_carlo(getkey):
+    """Wide finite CNNs with masks bound by `with_inputs` agree with the limit."""
+    _assert_monte_carlo(getkey, width=64, d_out=32, n_samples=16)
+
+
+@pytest.mark.slow
+def test_monte_carlo_closely(getkey):
+    _assert_monte_carlo(getkey, width=256, d_out=128, n_samples=64)
+
+
+class _Masked(eqx.Module):
+    body: nn.Sequential
+
+    def __call__(self, inputs, *, key=None):
+        x, mask = inputs
+        return nn.with_inputs(self.body, mask=mask)(x)
+
+
+def _assert_monte_carlo(getkey, width, d_out, n_samples):
+    x1, x2 = jr.normal(getkey(), (3, 2, LENGTH)), jr.normal(getkey(), (2, 2, LENGTH))
+    m1, m2 = _masks([20, 8, 3]), _masks([12, 5])
+
+    def make(key):
+        return _Masked(_strided_cnn(key, width, d_out))
+
+    nngp, ntk = mc_kernels(make, getkey(), (x1, m1), (x2, m2), n_samples)
+    k = eqntk.limit(_strided_cnn(getkey()))(x1, x2, mask1=m1, mask2=m2)
+    n_draws = n_samples * d_out
+    scale = jnp.sqrt(jnp.max(k.cov1) * jnp.max(k.cov2))
+    assert jnp.max(jnp.abs(nngp - k.nngp)) < mc_tolerance(k.nngp, scale, n_samples, n_draws, width)
+    # The empirical NTK averages over the hidden units: its fluctuation per draw is
+    # O(1/sqrt(width)) of its scale, so the same bound with the NTK's scale is loose but sound.
+    ntk_scale = jnp.max(jnp.abs(k.ntk))
+    tolerance = mc_tolerance(k.ntk, ntk_scale, n_samples, n_draws, width)
+    assert jnp.max(jnp.abs(ntk - k.ntk)) < tolerance
+
+
+def test_bad_masks(getkey):
+    x = jr.normal(getkey(), (3, 2, LENGTH))
+    model = _strided_cnn(getkey())
+    kernel_fn = eqntk.limit(model)
+    with pytest.raises(
+        ValueError,
+        match=r"`mask1` must have shape \(N, \*spatial\) = \(3, 20\).*"
+        r"per-channel masks are not supported",
+    ):
+        kernel_fn(x, mask1=jnp.zeros((3, 2, LENGTH), bool))
+    with pytest.raises(ValueError, match=r"`mask1` must have shape \(N, \*spatial\) = \(3, 20\)"):
+        kernel_fn(x, mask1=jnp.zeros((3, 19), bool))
+    with pytest.raises(
+        ValueError,
+        match=r"The `mask` of this `Conv` layer must have the spatial "
+        r"shape \(20,\) of its input .* got \(2, 20\)",
+    ):
+        nn.with_inputs(model, mask=jnp.zeros((2, LENGTH), bool))(x[0])
+    with pytest.raises(ValueError, match=r"`Conv` layer must have the spatial shape \(20,\)"):
+        nn.with_inputs(model, mask=jnp.zeros(19, bool))(x[0])
+    with pytest.raises(ValueError, match="holds one example's mask .* `mask1=` / `mask2=`"):
+        eqntk.limit(nn.with_inputs(model, mask=jnp.zeros(LENGTH, bool)))(x, mask1=x[:, 0] > 0)
+    jax.block_until_ready(kernel_fn(x, mask1=jnp.zeros((3, LENGTH), bool), get="nngp"))
