@@ -62,8 +62,8 @@ class ODESolution(eqx.Module):
       are `inf`. `None` when only the dense output was asked for.
     - `outputs`: a [`eqntk.dynamics.Trajectory`][] with a leading axis matching `ts`, or
       `None` with `ts`.
-    - `solution`: the diffrax `Solution` itself (its times are $\tau = \eta t$, or
-      $\sqrt\eta\, t$ with momentum; its states hold integrals instead of test outputs), for
+    - `solution`: the diffrax `Solution` itself (its times are $\\tau = \\eta t$, or
+      $\\sqrt\\eta\\, t$ with momentum; its states hold integrals instead of test outputs), for
       `stats` and `result`.
     """
 
@@ -114,7 +114,7 @@ class ODESolution(eqx.Module):
 
 
 def _solver_saveat(saveat: Any, t_end: Array, scale: Array) -> dfx.SaveAt:
-    """The user's `SaveAt` (training times) checked and moved to solver time $\tau$."""
+    """The user's `SaveAt` (training times) checked and moved to solver time $\\tau$."""
     if not isinstance(saveat, dfx.SaveAt):
         raise TypeError(f"`saveat` must be a `diffrax.SaveAt` or None, got {type(saveat)}.")
     if saveat.subs is None:

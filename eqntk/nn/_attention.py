@@ -66,9 +66,23 @@ class GlobalSelfAttention(eqx.Module):
     with $G = \\phi(\\sigma_Q\\sigma_K \\mathcal{K}_{11})$ per example,
     $\\mathcal{K}' = \\sigma_O^2\\sigma_V^2\\, G_1 \\mathcal{K}_{12} G_2^\\top + \\sigma_b^2$ and
     $\\Theta' = \\sigma_O^2\\sigma_V^2\\, G_1 \\Theta_{12} G_2^\\top
-    + 2(\\mathcal{K}' - \\sigma_b^2) + \\sigma_b^2$. `linear_scaling=False` ($\\alpha = 1/2$,
-    independent queries) is the usual scaled dot-product attention; its finite network
-    works, but its limit has no closed form and the kernel rule raises `NotImplementedError`.
+    + 2(\\mathcal{K}' - \\sigma_b^2) + \\sigma_b^2$.
+
+    `linear_scaling=False` ($\\alpha = 1/2$, independent queries) is the usual scaled
+    dot-product attention: the logits stay random, Gaussian with covariance
+    $\\sigma_Q^2\\sigma_K^2 \\mathcal{K}_{ii'}\\mathcal{K}_{jj'}$, and the limit (with the
+    number of heads growing too) has a closed form only for identity attention:
+    $\\mathcal{K}'_{ii'} = \\sigma_Q^2\\sigma_K^2\\sigma_O^2\\sigma_V^2
+    \\langle \\mathcal{K}, \\mathcal{K} \\rangle \\mathcal{K}_{ii'} + \\sigma_b^2$ and
+    $\\Theta'_{ii'} = \\sigma_Q^2\\sigma_K^2\\sigma_O^2\\sigma_V^2 [2 \\langle \\Theta, \\mathcal{K}
+    \\rangle \\mathcal{K}_{ii'} + \\langle \\mathcal{K}, \\mathcal{K} \\rangle (\\Theta_{ii'} +
+    4\\mathcal{K}_{ii'})] + \\sigma_b^2$, with $\\langle A, B \\rangle = \\sum_{jj'} A_{jj'}
+    B_{jj'}$ over all position pairs of the two examples (embeddings replace $\\mathcal{K}$,
+    $\\Theta$ by their mixtures below, for values only with `val_pos_emb`). The outputs are
+    Gaussian in this limit: given the logits, the heads add independent terms, and the
+    central limit theorem over the heads applies (with few heads they are a Gaussian scale
+    mixture). Other mechanisms work in the finite network, but their kernel rule raises
+    `NotImplementedError`.
 
     Positional embeddings $e$ are Gaussian with standard deviation `W_pos_emb_std` and
     covariance $R_{ij} = \\text{decay}(d(i, j))$ between positions. `"sum"` adds them to the
@@ -136,7 +150,7 @@ class GlobalSelfAttention(eqx.Module):
         - `heads`: the number of heads $H$.
         - `linear_scaling`: `True` scales the logits by $1/d_k$ and ties queries to keys (the
           variant with a closed-form limit); `False` scales by $1/\\sqrt{d_k}$ with independent
-          queries (finite network only).
+          queries (in the limit only with `attention="identity"`).
         - `W_key_std`, `W_query_std`, `W_value_std`, `W_out_std`: weight standard deviations;
           in the limit only $\\sigma_Q\\sigma_K$ and $\\sigma_O\\sigma_V$ matter.
         - `b_std`: the bias standard deviation, or `None` for no bias.
