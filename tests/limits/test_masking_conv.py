@@ -194,6 +194,21 @@ def test_conv_transpose_mask(getkey):
     assert not k.mask1[0].any()
 
 
+def test_conv_local_masks(getkey):
+    """`ConvLocal` maps masks as `Conv` does (from the diagonal layout it works in)."""
+    local = nn.ConvLocal(2, 8, (3,), (2,), "SAME", b_std=0.1, spatial_shape=(LENGTH,), key=getkey())
+    model = nn.Sequential([local, nn.Relu(), nn.AvgPool((2,)), nn.GlobalAvgPool()])
+    x = jr.normal(getkey(), (2, 2, LENGTH))
+    mask = _masks([LENGTH, 6])
+    noise = jnp.where(mask[:, None], 100 * jr.normal(getkey(), x.shape), 0.0)
+    kernel_fn = eqntk.limit(model)
+    np.testing.assert_allclose(kernel_fn(x, mask1=mask).ntk, kernel_fn(x + noise, mask1=mask).ntk)
+    k = eqntk.limit(local)(x, mask1=mask)
+    np.testing.assert_array_equal(
+        k.mask1, eqntk.limit(_strided_cnn(getkey())[:1])(x, mask1=mask).mask1
+    )
+
+
 def test_diagonal_layout_is_the_diagonal_of_the_full_layout(getkey):
     body = _strided_cnn(getkey())[:4]
     x1, x2 = jr.normal(getkey(), (3, 2, LENGTH)), jr.normal(getkey(), (2, 2, LENGTH))
