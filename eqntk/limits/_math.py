@@ -82,9 +82,19 @@ def times_norm(g: Array, inverse_norm: Array) -> Array:
 
 
 def _inverse_sqrt(x: Array, at_zero: float) -> Array:
-    """$1/\\sqrt{x}$ for $x > 0$, `at_zero` (with derivative 0) for $x = 0$."""
+    """$1/\\sqrt{x}$ for $x > 0$, `at_zero` (with derivative 0) for $x = 0$.
+
+    The test for $x = 0$ reads the stored reciprocal square root, never `x` itself: `x` is
+    often a cheap expression (e.g. a convolution's window sum of the per-example variances)
+    that XLA:CPU would otherwise recompute for every kernel entry of the fusion that consumes
+    the result, N2 times per example. The gradient stays finite: the `where`s route the
+    non-finite derivative of `rsqrt` at the replaced entries to constants, not to `x`.
+    """
     positive = x > 0
-    return jnp.where(positive, jax.lax.rsqrt(jnp.where(positive, x, 1)), at_zero)
+    if at_zero == 0.0:
+        return jax.lax.rsqrt(jnp.where(positive, x, jnp.inf))  # rsqrt(inf) = 0
+    r = jax.lax.rsqrt(jnp.where(positive, x, 0))  # inf where x = 0
+    return jnp.where(r < jnp.inf, r, at_zero)
 
 
 # Abramowitz & Stegun 4.4.46: arccos(x) = sqrt(1 - x) * p(x) on [0, 1], |error| <= 2e-8.
