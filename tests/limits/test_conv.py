@@ -108,9 +108,19 @@ def _flat_size(layers, shape):
     return math.prod(out.shape[1:])
 
 
-@pytest.mark.parametrize("head", ["flatten", "global_avg_pool"])
+SLOW = pytest.mark.slow  # the other parametrizations cover the same code at a lower cost
+
+
 @pytest.mark.parametrize(
-    "padding, strides", [("SAME", (1, 1)), ("VALID", (2, 1)), ("CIRCULAR", (1, 2))]
+    "head, padding, strides",
+    [
+        ("global_avg_pool", "SAME", (1, 1)),
+        ("flatten", "CIRCULAR", (1, 2)),
+        pytest.param("flatten", "SAME", (1, 1), marks=SLOW),
+        pytest.param("flatten", "VALID", (2, 1), marks=SLOW),
+        pytest.param("global_avg_pool", "VALID", (2, 1), marks=SLOW),
+        pytest.param("global_avg_pool", "CIRCULAR", (1, 2), marks=SLOW),
+    ],
 )
 def test_conv_2d_heads_match_wide_networks(getkey, head, padding, strides):
     width, d_out, n_samples = 128, 64, 8
@@ -156,7 +166,9 @@ def test_conv_transpose_matches_wide_networks(getkey, padding, filter_size, stri
     assert_matches_monte_carlo(make, x1, None, n_samples, width, d_out, getkey())
 
 
-@pytest.mark.parametrize("padding", ["SAME", "VALID", "CIRCULAR"])
+@pytest.mark.parametrize(
+    "padding", ["CIRCULAR", pytest.param("SAME", marks=SLOW), pytest.param("VALID", marks=SLOW)]
+)
 def test_conv_local_matches_wide_networks(getkey, padding):
     width, d_out, n_samples = 256, 32, 8
     x1 = jr.normal(getkey(), (2, 2, 5, 4))
@@ -312,6 +324,7 @@ def test_jit_vmap_and_grad_with_respect_to_W_std(getkey):
         m = eqx.tree_at(lambda m: m.layers[2].W_std, model, w)
         return eqntk.limit(m)(x, get="nngp").sum()
 
+    nngp_sum = jax.jit(nngp_sum)  # eager evaluation of a CNN kernel is dispatch-bound
     w0 = jnp.asarray(1.3)
     grad = jax.grad(nngp_sum)(w0)
     eps = 1e-5
