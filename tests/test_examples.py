@@ -98,6 +98,8 @@ def test_ode_dynamics(tmp_path):
     assert (tmp_path / "ode_dynamics.png").stat().st_size > 0
 
 
+# tests/nn/test_conv.py trains a WideResNet by default; golden cases check its kernel.
+@pytest.mark.slow
 def test_wide_resnet():
     load("wide_resnet").main()
 
@@ -133,6 +135,7 @@ def test_cli_help():
         assert expected in result.stdout
 
 
+@pytest.mark.slow  # CI runs `eqntk demo` itself, as the README says
 def test_cli_demo_end_to_end(tmp_path):
     args = ["demo", "--n-train", "200", "--n-test", "100", "--ensemble", "1", "--steps", "50"]
     result = subprocess.run(

@@ -51,7 +51,8 @@ def _net(key, config, width=64, length=4):
 @pytest.mark.parametrize(
     "name",
     [
-        "softmax",
+        # Softmax attention is also checked by the golden cases by default.
+        pytest.param("softmax", marks=pytest.mark.slow),
         "relu_sum_exp",
         # Concatenated embeddings of 32 channels estimate R with ~1/sqrt(32) error inside a
         # nonlinear attention map: a finite-width bias that needs wider networks.

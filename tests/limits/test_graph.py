@@ -42,6 +42,7 @@ def _graphs(key, n, v=5):
     return jr.bernoulli(key, 0.4, (n, v, v)).astype(jnp.float64)
 
 
+@pytest.mark.slow  # the golden graph cases check the rule by default
 def test_monte_carlo(getkey):
     x1, x2 = jr.normal(getkey(), (3, 3, 5)), jr.normal(getkey(), (2, 3, 5))
     a1, a2 = _graphs(getkey(), 3), _graphs(getkey(), 2)

@@ -84,6 +84,7 @@ def test_masked_entries_are_zero(getkey):
     assert (k.cov1[2, 3:, :] == 0).all()
 
 
+@pytest.mark.slow  # masks through attention; tests/limits/test_masking_conv.py has a default one
 def test_monte_carlo(getkey):
     x1, x2 = jr.normal(getkey(), (2, 2, LENGTH)), jr.normal(getkey(), (2, 2, LENGTH))
     m1, m2 = _masks([3, 5]), _masks([4, 2])

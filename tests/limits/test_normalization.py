@@ -49,6 +49,7 @@ def test_layernorm_matches_wide_networks(getkey):
     assert_matches_monte_carlo(_layernorm_mlp, x1, x2, getkey(), width=256)
 
 
+@pytest.mark.slow  # the golden LayerNorm-over-positions cases check it by default
 def test_layernorm_over_positions_matches_wide_networks(getkey):
     # Positions of different scales, so that normalising over them differs from per position.
     x1 = jr.normal(getkey(), (2, 3, 4)) * jnp.array([[[0.5, 1.0, 2.0, 3.0]]])
