@@ -21,9 +21,7 @@ class KernelFn(eqx.Module):
 
     It is an `eqx.Module` that holds the network, so it can be passed through `eqx.filter_jit`,
     `jax.vmap`, `jax.grad` (with respect to the hyperparameters inside the network) like any
-    other PyTree. Each call is compiled (`eqx.filter_jit`) and the compiled program is cached
-    per network structure, `get`, layout and input shapes, so repeated eager calls cost only the
-    computation; inside a user's `jit`, `vmap` or `grad` it is inlined.
+    other PyTree.
 
     **Fields:**
 
@@ -96,40 +94,27 @@ class KernelFn(eqx.Module):
         assert nngp.shape == (3, 4) and k.nngp.shape == (3, 3)
         ```
         """
-        return _compiled_kernel(
-            self, x1, x2, get, diagonal_spatial, mask1, mask2, pattern1, pattern2
+        names = check_get(get)
+        compute_ntk = names is None or "ntk" in names
+        wanted_out = Requirements(diagonal_spatial=diagonal_spatial)
+        wanted_in = requirements(self.model, wanted_out)
+        side = dict(mask1=mask1, mask2=mask2, pattern1=pattern1, pattern2=pattern2)
+        if isinstance(x1, Kernel):
+            if x2 is not None:
+                raise ValueError("`x2` must be None when `x1` is a `Kernel`.")
+            given = [name for name, value in side.items() if value is not None]
+            if given:
+                raise ValueError(
+                    f"`{given[0]}` must be None when `x1` is a `Kernel`; set it on the kernel "
+                    f"instead, e.g. `k.replace({given[0]}=...)`."
+                )
+            k = _continue_from(x1, wanted_in, compute_ntk)
+        else:
+            k = _inputs_to_kernel(x1, x2, wanted_in, compute_ntk, **side)
+        out = apply(self.model, k, wanted_out)
+        return jax.tree_util.tree_map(
+            lambda leaf: selected(leaf, get), out, is_leaf=lambda z: isinstance(z, Kernel)
         )
-
-
-# One compiled program per network structure, `get`, layout and input shapes (`eqx.filter_jit`
-# caches them): evaluated eagerly, a CNN kernel would dispatch, and compile, hundreds of small
-# operations one by one, which costs seconds per call; inside a user's `jit`, `vmap` or `grad`
-# this is inlined.
-@eqx.filter_jit
-def _compiled_kernel(
-    kernel_fn: KernelFn, x1, x2, get, diagonal_spatial, mask1, mask2, pattern1, pattern2
-):
-    names = check_get(get)
-    compute_ntk = names is None or "ntk" in names
-    wanted_out = Requirements(diagonal_spatial=diagonal_spatial)
-    wanted_in = requirements(kernel_fn.model, wanted_out)
-    side = dict(mask1=mask1, mask2=mask2, pattern1=pattern1, pattern2=pattern2)
-    if isinstance(x1, Kernel):
-        if x2 is not None:
-            raise ValueError("`x2` must be None when `x1` is a `Kernel`.")
-        given = [name for name, value in side.items() if value is not None]
-        if given:
-            raise ValueError(
-                f"`{given[0]}` must be None when `x1` is a `Kernel`; set it on the kernel "
-                f"instead, e.g. `k.replace({given[0]}=...)`."
-            )
-        k = _continue_from(x1, wanted_in, compute_ntk)
-    else:
-        k = _inputs_to_kernel(x1, x2, wanted_in, compute_ntk, **side)
-    out = apply(kernel_fn.model, k, wanted_out)
-    return jax.tree_util.tree_map(
-        lambda leaf: selected(leaf, get), out, is_leaf=lambda z: isinstance(z, Kernel)
-    )
 
 
 def limit(model: Any) -> KernelFn:

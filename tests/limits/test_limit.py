@@ -39,10 +39,9 @@ def test_get_selects_fields(getkey):
 def test_ntk_is_only_computed_when_asked(getkey):
     kernel_fn = eqntk.limit(_mlp(getkey()))
     x = jr.normal(getkey(), (3, 4))
-    # The printed program (the compiled call and everything inside it) is longer with the NTK.
-    jaxpr_nngp = str(jax.make_jaxpr(lambda x: kernel_fn(x, get="nngp"))(x))
-    jaxpr_both = str(jax.make_jaxpr(lambda x: kernel_fn(x, get=("nngp", "ntk")))(x))
-    assert len(jaxpr_nngp) + 200 < len(jaxpr_both)
+    jaxpr_nngp = jax.make_jaxpr(lambda x: kernel_fn(x, get="nngp"))(x)
+    jaxpr_both = jax.make_jaxpr(lambda x: kernel_fn(x, get=("nngp", "ntk")))(x)
+    assert len(jaxpr_nngp.eqns) < len(jaxpr_both.eqns)
 
 
 def test_x2_none_is_exactly_symmetric_and_equals_x2_given(getkey):
@@ -187,7 +186,8 @@ def test_edges_give_finite_values_and_gradients(getkey, dtype, activation):
         assert all(jnp.all(jnp.isfinite(g)) for g in grads)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+# float32 depth is also covered by test_activations' 30-layer float32 vs float64 comparison.
+@pytest.mark.parametrize("dtype", [pytest.param(jnp.float32, marks=pytest.mark.slow), jnp.float64])
 def test_depth_50_stays_finite(getkey, dtype):
     model = _mlp(getkey(), depth=50, W_std=2**0.5, b_std=0.05)
     model = jax.tree_util.tree_map(
