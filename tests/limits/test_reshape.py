@@ -43,10 +43,7 @@ SLOW_MC_HEADS = {"resize_linear_up", "resize_nearest"}
 
 @pytest.mark.parametrize(
     "head",
-    [
-        pytest.param(h, marks=pytest.mark.slow) if n in SLOW_MC_HEADS else h
-        for n, h in HEADS.items()
-    ],
+    [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_MC_HEADS else n for n in HEADS],
     ids=list(HEADS),
 )
 def test_monte_carlo(head, getkey):
