@@ -95,3 +95,13 @@ def mc_kernels(
 def relative_error(estimate: jax.Array, exact: jax.Array) -> float:
     """Frobenius-norm relative error `||estimate - exact|| / ||exact||`."""
     return float(jnp.linalg.norm(estimate - exact) / jnp.linalg.norm(exact))
+
+
+def assert_kernel_ignores_masked_values(kernel_fn: Any, x: jax.Array, mask: jax.Array, key) -> None:
+    """Large noise at the masked positions of `x` (N, C, *spatial) leaves the kernel of `x`
+    against its first two examples unchanged."""
+    noise = jnp.where(mask[:, None], 100 * jr.normal(key, x.shape), 0.0)
+    a = kernel_fn(x, x[:2], mask1=mask, mask2=mask[:2])
+    b = kernel_fn(x + noise, x[:2], mask1=mask, mask2=mask[:2])
+    np.testing.assert_allclose(a.nngp, b.nngp, rtol=1e-12)
+    np.testing.assert_allclose(a.ntk, b.ntk, rtol=1e-12)
