@@ -8,6 +8,7 @@ from jaxtyping import Array
 from ..nn import GlobalSelfAttention
 from ..nn._attention import MASKED_LOGIT, attention_fn, positional_covariance
 from ._kernel import Kernel
+from ._masking import reject_bound_mask
 from ._registry import AbstractRule, Requirements, register
 
 
@@ -77,12 +78,7 @@ class GlobalSelfAttentionRule(AbstractRule):
                 f"infinite-width limit; use attention='identity' or `linear_scaling=True` for "
                 f"`eqntk.limit`."
             )
-        if layer.mask is not None:
-            raise ValueError(
-                "This `GlobalSelfAttention` layer holds one example's mask (set by "
-                "`nn.with_inputs`), which is for the finite network; pass the masks of the "
-                "batches to the kernel function as `mask1=` / `mask2=` instead."
-            )
+        reject_bound_mask(layer)
         for name, shape in (("x1", k.shape1), ("x2", k.shape2)):
             if shape[0] != layer.in_channels:
                 raise ValueError(

@@ -84,13 +84,19 @@ def mask_count(mask: Bool[Array, "n *spatial"], dtype) -> Float[Array, " n"]:
 def output_masks(layer, k: Kernel) -> dict[str, Bool[Array, "..."] | None]:
     """`mask1=` and `mask2=` for the kernel of `layer`'s output: each batch's mask mapped to
     the output positions by `layer.output_mask` (a convolution or pooling layer)."""
+    reject_bound_mask(layer)
+    return {
+        name: None if mask is None else layer.output_mask(mask)
+        for name, mask in (("mask1", k.mask1), ("mask2", k.mask2))
+    }
+
+
+def reject_bound_mask(layer) -> None:
+    """Raise if `layer` holds one example's mask (set by `nn.with_inputs` for the finite
+    network): the kernel function takes the masks of whole batches instead."""
     if layer.mask is not None:
         raise ValueError(
             f"This `{type(layer).__name__}` layer holds one example's mask (set by "
             f"`nn.with_inputs`), which is for the finite network; pass the masks of the batches "
             f"to the kernel function as `mask1=` / `mask2=` instead."
         )
-    return {
-        name: None if mask is None else layer.output_mask(mask)
-        for name, mask in (("mask1", k.mask1), ("mask2", k.mask2))
-    }
