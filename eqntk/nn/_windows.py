@@ -210,18 +210,34 @@ def window_sum(a: Array, groups: Sequence[tuple[Sequence[int], Window]]) -> Arra
     tap, so a group of two axes (`i`, `i'`) is the "diagonal" shift-and-add
     `out[o, o'] = Σ_k ã[s o + d k, s o' + d k]` of a covariance, and a group of one axis is a
     plain window sum. The taps of different groups are combined in all ways (a product). The
-    sum is written as a sum of strided slices of one padded array, which XLA fuses into a single
-    pass without transposes.
+    sum is written as a sum of slices of one padded array, which XLA fuses into a single pass
+    without transposes.
     """
     groups = tuple((tuple(axis % a.ndim for axis in axes), w) for axes, w in groups)
     return _window_sum(a, groups)
 
 
+Groups = tuple[tuple[tuple[int, ...], Window], ...]
+
+
 # Compiled as one unit even when called eagerly: one fused loop instead of one dispatch (and one
 # compilation) per slice.
 @ft.partial(jax.jit, static_argnums=1)
-def _window_sum(a: Array, groups: tuple[tuple[tuple[int, ...], Window], ...]) -> Array:
-    a = _pad(a, groups)
+def _window_sum(a: Array, groups: Groups) -> Array:
+    padded = _pad(a, groups)
+    if all(w.stride == 1 for _, w in groups):
+        total = _unit_stride_taps(padded, groups)
+    else:
+        total = _strided_taps(padded, groups)
+    for axes, w in groups:
+        if w.fold_len is not None:
+            for axis in axes:
+                total = fold(total, axis, w)
+    return total
+
+
+def _strided_taps(a: Array, groups: Groups) -> Array:
+    """The sum of the taps as strided slices of the padded array."""
     total = None
     for taps in itertools.product(*(range(w.size) for _, w in groups)):
         start, limit, step = [0] * a.ndim, list(a.shape), [1] * a.ndim
@@ -233,11 +249,43 @@ def _window_sum(a: Array, groups: tuple[tuple[tuple[int, ...], Window], ...]) ->
         piece = lax.slice(a, start, limit, step)
         total = piece if total is None else total + piece
     assert total is not None
-    for axes, w in groups:
-        if w.fold_len is not None:
-            for axis in axes:
-                total = fold(total, axis, w)
     return total
+
+
+def _unit_stride_taps(a: Array, groups: Groups) -> Array:
+    """The sum of the taps as shifted slices of the padded array flattened over its window axes.
+
+    Same sum as `_strided_taps` with stride 1, written so that no tap is a slice of the padded
+    array that XLA can recognise as its unpadded input. Were it one (the centre tap of a `SAME`
+    window is), XLA would read that tap straight from the input's producer and fuse the producer
+    in: a stack of convolutions then recomputes every earlier layer's NTK inside each later
+    layer's fusion, a cost quadratic in depth (2.5x the time of the 8-layer CNN benchmark).
+    Each tap is instead one contiguous slice of the flattened array, at the tap's flat offset;
+    the rows past each output row are cropped at the end.
+    """
+    first = min(axis for axes, _ in groups for axis in axes)
+    # One extra row at the end of the first window axis keeps every tap's slice in bounds.
+    a = jnp.pad(a, [(0, 0)] * first + [(0, 1)] + [(0, 0)] * (a.ndim - first - 1))
+    lead, padded = a.shape[:first], a.shape[first:]
+    flat_strides = [math.prod(padded[i + 1 :]) for i in range(len(padded))]
+    out = [padded[0] - 1] + list(padded[1:])
+    for axes, w in groups:
+        for axis in axes:
+            out[axis - first] = w.out_len
+    flat = a.reshape(lead + (math.prod(padded),))
+    length = out[0] * flat_strides[0]
+    total = None
+    for taps in itertools.product(*(range(w.size) for _, w in groups)):
+        offset = sum(
+            w.dilation * k * flat_strides[axis - first]
+            for (axes, w), k in zip(groups, taps)
+            for axis in axes
+        )
+        piece = lax.slice_in_dim(flat, offset, offset + length, axis=first)
+        total = piece if total is None else total + piece
+    assert total is not None
+    total = total.reshape(lead + (out[0],) + tuple(padded[1:]))
+    return total[(...,) + tuple(slice(0, n) for n in out)]
 
 
 def tap_counts(w: Window) -> np.ndarray:
