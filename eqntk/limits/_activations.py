@@ -34,9 +34,11 @@ def abrelu_entries(k: Kernel, a: Array | float, b: Array | float) -> EntryMap:
     a, b = k.cast(a), k.cast(b)
     half_gap = (a - b) ** 2 / 2
     ab = a * b
+    # With spatial axes, the covariances usually come from a window sum (see `store`).
+    store = k.spatial_ndim > 0
 
     def fn(q11, q12, q22, ntk):
-        rho, inverse_norm = homogeneous_correlation(q11, q12, q22)
+        rho, inverse_norm = homogeneous_correlation(q11, q12, q22, store)
         # half_gap * norm * J1(rho) + ab * q12, with q12 = norm * rho (see `times_norm`).
         nngp = times_norm(half_gap * arccos_kernel_1(rho) + ab * rho, inverse_norm)
         if ntk is None:

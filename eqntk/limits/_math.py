@@ -52,20 +52,42 @@ def snap_clip(rho: Array) -> Array:
     return rho + jax.lax.stop_gradient(clipped - rho)
 
 
-def homogeneous_correlation(q11: Array, q12: Array, q22: Array) -> tuple[Array, Array]:
+def homogeneous_correlation(
+    q11: Array, q12: Array, q22: Array, store: bool = False
+) -> tuple[Array, Array]:
     """Return `(rho, inverse_norm)`: the correlation, as `correlation` defines it (0 where a
     variance is 0, clipped straight-through), and $1/\\sqrt{q_{11} q_{22}}$, for the maps of
     positively homogeneous nonlinearities (see `times_norm`).
 
-    Both come from reciprocal square roots of the per-example variances, so the only
-    operations on full kernel-shaped arrays are one product and the clip. Where a variance is
-    0, its reciprocal square root is taken as the largest finite float: `inverse_norm` is then
-    at least that large (or infinite), `times_norm` gives 0 up to that float's reciprocal, and
-    products in the gradient meet no `0 * inf`.
+    Both come from square roots of the per-example variances, so the only operations on full
+    kernel-shaped arrays are a product (or, with `store`, a division) and the clip. Where a
+    variance is 0, its reciprocal square root is taken as the largest finite float:
+    `inverse_norm` is then at least that large (or infinite), `times_norm` gives 0 up to that
+    float's reciprocal, and products in the gradient meet no `0 * inf`.
+
+    `store=True` computes the correlation as a division, for a `q12` that is costly to
+    recompute. XLA:CPU stores the result of an expensive operation that has several consumers
+    once, but copies a cheap one into each of them. The map of a ReLU reads `rho` in three
+    fusions (the NNGP, the NTK factor, the square root of 1 - rho^2); after a convolution `q12`
+    is a window sum, which each of them would otherwise recompute (a CNN-Flatten kernel was
+    1.7x slower). After a `Dense` layer `q12` is one multiply-add of a stored array, and the
+    product is faster (storing made an FCN kernel 2x slower).
     """
-    rho = snap_clip(q12 * (_inverse_sqrt(q11, 0.0) * _inverse_sqrt(q22, 0.0)))
+    if store:
+        rho = snap_clip(q12 / (_sqrt_or_inf(q11) * _sqrt_or_inf(q22)))
+    else:
+        rho = snap_clip(q12 * (_inverse_sqrt(q11, 0.0) * _inverse_sqrt(q22, 0.0)))
     largest = float(jnp.finfo(q12.dtype).max)
     return rho, _inverse_sqrt(q11, largest) * _inverse_sqrt(q22, largest)
+
+
+def _sqrt_or_inf(x: Array) -> Array:
+    """$\\sqrt{x}$ for $x > 0$, infinity (with derivative 0) for $x = 0$: dividing by it gives
+    the correlation 0 where a variance is 0. Like `_inverse_sqrt`, it tests the stored
+    reciprocal square root, not `x`."""
+    r = _inverse_sqrt(x, 0.0)
+    positive = r > 0
+    return jnp.where(positive, 1 / jnp.where(positive, r, 1), jnp.inf)
 
 
 def times_norm(g: Array, inverse_norm: Array) -> Array:
