@@ -25,8 +25,8 @@ OUTPUTS = 10
 def _sizes(name: str, quick: bool) -> tuple[int, tuple[int, ...], int, int]:
     """(examples per side, per-example input shape (channel-first), width, timing repeats)."""
     if name == "fcn":
-        return (2, (8,), 8, 1) if quick else (32, (784,), 512, 3)
-    return (2, (3, 4, 4), 4, 1) if quick else (32, (3, 16, 16), 64, 1)
+        return (2, (8,), 8, 1) if quick else (32, (784,), 512, 7)
+    return (2, (3, 4, 4), 4, 1) if quick else (32, (3, 16, 16), 64, 3)
 
 
 def _eqntk_model(name: str, shape: tuple[int, ...], width: int, key):
