@@ -86,7 +86,11 @@ def _spatial_model(key, n_spatial):
     return nn.Sequential([first, nn.Relu(), nn.Dense(8, 2, W_std=1.1, key=k2)])
 
 
-@pytest.mark.parametrize("spatial, store_on_host", [((5,), False), ((4, 3), True)])
+@pytest.mark.parametrize(
+    "spatial, store_on_host",
+    # The 2-D case (same code path, one more interleaved pair) runs with -m slow.
+    [((5,), False), pytest.param((4, 3), True, marks=pytest.mark.slow)],
+)
 def test_images_full_spatial_layout(getkey, spatial, store_on_host):
     kernel_fn = eqntk.limit(_spatial_model(getkey(), len(spatial)))
     x1 = jr.normal(getkey(), (7, 3, *spatial))

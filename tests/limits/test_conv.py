@@ -66,8 +66,22 @@ def _cnn_1d(key, filter_shape, strides, padding, dilation, width, d_out, head=No
     return nn.Sequential(layers)
 
 
-@pytest.mark.parametrize("padding", ["SAME", "VALID", "CIRCULAR"])
-@pytest.mark.parametrize("strides, dilation", [((1,), (1,)), ((2,), (1,)), ((1,), (2,))])
+def _diagonal_of_grid(first: list, second: list) -> list:
+    """All pairs of `first` x `second`; off the diagonal marked slow (every value of each axis
+    stays in the default run)."""
+    return [
+        pytest.param(*a, *b, marks=() if i == j else pytest.mark.slow)
+        for i, a in enumerate(first)
+        for j, b in enumerate(second)
+    ]
+
+
+@pytest.mark.parametrize(
+    "padding, strides, dilation",
+    _diagonal_of_grid(
+        [("SAME",), ("VALID",), ("CIRCULAR",)], [((1,), (1,)), ((2,), (1,)), ((1,), (2,))]
+    ),
+)
 def test_conv_1d_matches_wide_networks(getkey, padding, strides, dilation):
     # Output with a spatial axis: the full spatial covariance (N1, N2, L, L') is compared.
     width, d_out, n_samples = 256, 32, 8
@@ -145,8 +159,10 @@ def test_conv_2d_heads_match_wide_networks_closely(getkey, head):
     assert_matches_monte_carlo(make, x1, None, n_samples, width, d_out, getkey())
 
 
-@pytest.mark.parametrize("padding", ["SAME", "VALID", "CIRCULAR"])
-@pytest.mark.parametrize("filter_size, stride", [(3, 2), (2, 3), (4, 1)])
+@pytest.mark.parametrize(
+    "padding, filter_size, stride",
+    _diagonal_of_grid([("SAME",), ("VALID",), ("CIRCULAR",)], [(3, 2), (2, 3), (4, 1)]),
+)
 def test_conv_transpose_matches_wide_networks(getkey, padding, filter_size, stride):
     width, d_out, n_samples = 256, 32, 8
     x1 = jr.normal(getkey(), (2, 2, 4))
