@@ -85,7 +85,7 @@ def main(
     seed: int = 0,
     out: str | pathlib.Path = "examples-output/function_space_dynamics",
 ) -> dict:
-    """Train a finite network and predict its outputs in closed form; plot both.
+    r"""Train a finite network and predict its outputs in closed form; plot both.
 
     Returns the snapshot times, the initial test outputs `(n_test, 1)`, the real and predicted
     test outputs `(n_snapshots, n_test, 1)` and the distance between the two relative to the
