@@ -89,7 +89,9 @@ def _conv_output_mask(layer: "Conv | ConvLocal", mask: Array) -> Array:
     return centre_mask(mask, windows)
 
 
-def _conv_one_example(x: Array, weight: Array, padding, **options) -> Array:
+def _conv_one_example(
+    x: Array, weight: Array, window_strides: Sequence[int], padding, **options
+) -> Array:
     """`lax.conv_general_dilated` of one channel-first example `(in, *spatial)` with a weight
     `(out, in, *filter)`, computed channel-last.
 
@@ -102,8 +104,9 @@ def _conv_one_example(x: Array, weight: Array, padding, **options) -> Array:
     numbers = lax.ConvDimensionNumbers(lhs_spec=spec, rhs_spec=(n + 1, n, *range(n)), out_spec=spec)
     lhs = jnp.moveaxis(x, 0, -1)[None]
     rhs = jnp.moveaxis(weight, (0, 1), (-1, -2))  # (*filter, in, out)
-    strides = options.pop("window_strides", (1,) * n)
-    y = lax.conv_general_dilated(lhs, rhs, strides, padding, dimension_numbers=numbers, **options)
+    y = lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, dimension_numbers=numbers, **options
+    )
     return jnp.moveaxis(y[0], -1, 0)
 
 
@@ -258,9 +261,7 @@ class Conv(eqx.Module):
             self, x.shape[1:], self.filter_shape, self.strides, self.dilation, self.padding
         )
         x, pads = _pad_input(x, windows)
-        y = _conv_one_example(
-            x, self.weight, pads, window_strides=self.strides, rhs_dilation=self.dilation
-        )
+        y = _conv_one_example(x, self.weight, self.strides, pads, rhs_dilation=self.dilation)
         bias = _channel_bias(self.bias, len(self.filter_shape))
         return _affine_output(self, y, bias, self.fan_in)
 
@@ -422,6 +423,7 @@ class ConvTranspose(eqx.Module):
         y = _conv_one_example(
             x,
             self.weight,
+            (1,) * len(windows),
             [(w.pad_lo, w.pad_hi) for w in windows],
             lhs_dilation=self.strides,
             rhs_dilation=self.dilation,
