@@ -44,6 +44,11 @@ class Layout(eqx.Module):
     def points_shape(self) -> tuple[int, ...]:
         return tuple(self.shape[a] for a in self.non_trace_axes)
 
+    @property
+    def n_points(self) -> int:
+        """The number of rows `P` of the matrix form."""
+        return math.prod(self.points_shape)
+
     def with_points(self, points_shape: tuple[int, ...]) -> "Layout":
         """The layout of outputs on other inputs (e.g. the test set): new non-trace sizes."""
         shape = list(self.shape)
@@ -54,7 +59,7 @@ class Layout(eqx.Module):
     def to_matrix(self, f: Array) -> Float[Array, "p c"]:
         """`(*shape)` -> `(P, C)`: non-trace axes to rows, trace axes to columns."""
         f = jnp.transpose(f, self.non_trace_axes + self.trace_axes)
-        return f.reshape(math.prod(self.points_shape), math.prod(self.trace_shape))
+        return f.reshape(self.n_points, math.prod(self.trace_shape))
 
     def from_matrix(self, f: Array) -> Array:
         """`(*lead, P, C)` -> `(*lead, *shape)`."""

@@ -27,8 +27,7 @@ _SAVE_STATE = dfx.SubSaveAt(t1=True).fn
 
 
 class _Readout(eqx.Module):
-    """Network outputs from saved solver states: the training outputs are states; the test
-    outputs are linear in the integrated loss gradients (see `ODEPredictor._field`)."""
+    """Network outputs from saved solver states (see `_Field` for what the states hold)."""
 
     layout: Layout
     test: Layout | None
@@ -36,19 +35,67 @@ class _Readout(eqx.Module):
     g0: Float[Array, "m c"] | None
     momentum: bool = eqx.field(static=True)
 
-    def __call__(self, ys: dict, t_shape: tuple[int, ...]) -> Trajectory:
+    def __call__(self, ys, t_shape: tuple[int, ...]) -> Trajectory:
+        outputs, velocities = ys if self.momentum else (ys, None)
+        n_train = self.layout.n_points
+
+        def read(rows, layout):
+            return layout.from_matrix(rows).reshape(t_shape + layout.shape)
+
         def train(a):
-            return self.layout.from_matrix(a).reshape(t_shape + self.layout.shape)
+            return read(a[..., :n_train, :], self.layout)
+
+        def test(a, offset=None):
+            rows = a[..., n_train:, :]
+            if self.k_td is not None:
+                # The integral `G` of the loss gradient: `f_test = f_test_0 - k_td G` (and
+                # `q_test = -k_td H` for its velocity `H`).
+                rows = -jnp.einsum("mp,tpc->tmc", self.k_td, rows)
+                if offset is not None:
+                    rows = rows + offset[None]
+            return read(rows, self.test)
 
         fx_test = qx_test = None
         if self.test is not None:
-            on_test = lambda a: self.test.from_matrix(a).reshape(t_shape + self.test.shape)
-            integral = ys["P"] if self.momentum else ys["G"]
-            fx_test = on_test(self.g0[None] - jnp.einsum("mp,tpc->tmc", self.k_td, integral))
+            fx_test = test(outputs, self.g0)
             if self.momentum:
-                qx_test = on_test(-jnp.einsum("mp,tpc->tmc", self.k_td, ys["H"]))
-        qx_train = train(ys["q"]) if self.momentum else None
-        return Trajectory(train(ys["f"]), fx_test, qx_train, qx_test)
+                qx_test = test(velocities)
+        qx_train = train(velocities) if self.momentum else None
+        return Trajectory(train(outputs), fx_test, qx_train, qx_test)
+
+
+class _Field(eqx.Module):
+    """The vector field of the solve. Its state stacks, below the `N` training outputs, the
+    test outputs when there are at most as many test points as training points; otherwise
+    the integral `G` of the loss gradient, from which the test outputs are
+    `f_test = f_test_0 - k_td G` at the saved times (they never feed back into the dynamics).
+    Whichever has fewer rows is carried: the solver's work per step (stages, error norm,
+    interpolation at saved times) is proportional to the state's size, and one stacked array
+    is cheaper for it than several (measured on the benchmark problem, 500 training and 100
+    test points: 30% faster than carrying the integral in its own array). With momentum the
+    state is `(outputs, velocities)`, both stacked alike.
+    """
+
+    loss: Callable = eqx.field(static=True)
+    y_train: Float[Array, "..."]
+    layout: Layout
+    rows: Float[Array, "r p"]
+    integral: bool = eqx.field(static=True)
+    momentum_decay: Float[Array, ""] | None
+
+    def _force(self, outputs: Float[Array, "n c"]) -> Float[Array, "n c"]:
+        # `rows` is `k` (no test set or with the integral) or `[k; k_td]`.
+        n_train = self.layout.n_points
+        loss = lambda f: self.loss(self.layout.from_matrix(f), self.y_train)
+        g = jax.grad(loss)(outputs[:n_train])
+        force = -(self.rows @ g)
+        return jnp.concatenate([force, g]) if self.integral else force
+
+    def __call__(self, tau, state, args):
+        if self.momentum_decay is None:
+            return self._force(state)
+        outputs, velocities = state
+        return velocities, self._force(outputs) + self.momentum_decay * velocities
 
 
 class ODESolution(eqx.Module):
@@ -63,7 +110,8 @@ class ODESolution(eqx.Module):
     - `outputs`: a [`eqntk.dynamics.Trajectory`][] with a leading axis matching `ts`, or
       `None` with `ts`.
     - `solution`: the diffrax `Solution` itself (its times are $\\tau = \\eta t$, or
-      $\\sqrt\\eta\\, t$ with momentum; its states hold integrals instead of test outputs), for
+      $\\sqrt\\eta\\, t$ with momentum; its states stack the training outputs and either the
+      test outputs or, with more test than training points, the integrated loss gradient), for
       `stats` and `result`.
     """
 
@@ -155,33 +203,6 @@ class ODEPredictor(eqx.Module):
     dt0: float | None = eqx.field(static=True)
     max_steps: int | None = eqx.field(static=True)
 
-    def _grad(self, f: Float[Array, "p c"]) -> Float[Array, "p c"]:
-        loss = lambda f: self.loss(self.layout.from_matrix(f), self.y_train)
-        return jax.grad(loss)(f)
-
-    def _kernel_times(self, g: Float[Array, "p c"]) -> Float[Array, "p c"]:
-        # `k @ g` computed as `(g^T k)^T` (`k` is symmetric): XLA:CPU's matrix product with a
-        # few right-hand columns is 2.7x slower than with as many left-hand rows, and this
-        # product is most of the cost of a field evaluation.
-        return (g.T @ self.k).T
-
-    def _field(self, tau, state, args):
-        # The test outputs never feed back into the dynamics: they are linear functionals
-        # `f_test = f_test_0 - k_td G` of the integrated loss gradient `G` (and `q_test =
-        # -k_td H` with momentum), so the solve carries (N, K) integrals instead of test
-        # outputs and applies `k_td` once, at the saved times.
-        g = self._grad(state["f"])
-        if self.momentum is None:
-            out = {"f": -self._kernel_times(g)}
-            if "G" in state:
-                out["G"] = g
-            return out
-        c = (self.momentum - 1) / jnp.sqrt(self.learning_rate)
-        out = {"f": state["q"], "q": -self._kernel_times(g) + c * state["q"]}
-        if "P" in state:
-            out["P"], out["H"] = state["H"], g + c * state["H"]
-        return out
-
     @eqx.filter_jit
     def __call__(
         self,
@@ -248,8 +269,7 @@ class ODEPredictor(eqx.Module):
             # Saved solver times are divided by the scale to give training times.
             scale = eqx.error_if(scale, scale <= 0, "`saveat` needs a positive `learning_rate`.")
             solver_saveat = _solver_saveat(saveat, times[0], scale)
-        zeros = jnp.zeros_like(f0)
-        state = {"f": f0} if self.momentum is None else {"f": f0, "q": zeros}
+        rows, offset, integral = self.k, f0, False
         test = k_td = g0 = None
         if fx_test_0 is not None:
             if k_test_train is None:
@@ -262,9 +282,25 @@ class ODEPredictor(eqx.Module):
                 "k_test_train", k_test_train, points, self.layout.points_shape
             ).astype(dtype)
             g0 = test.to_matrix(test.check("fx_test_0", fx_test_0)).astype(dtype)
-            state.update({"G": zeros} if self.momentum is None else {"P": zeros, "H": zeros})
+            integral = k_td.shape[0] > self.k.shape[0]
+            if integral:
+                offset = jnp.concatenate([f0, jnp.zeros_like(f0)])
+            else:
+                rows, offset = jnp.concatenate([self.k, k_td]), jnp.concatenate([f0, g0])
+                k_td = g0 = None
+        field = _Field(
+            loss=self.loss,
+            y_train=self.y_train,
+            layout=self.layout,
+            rows=rows,
+            integral=integral,
+            momentum_decay=None
+            if self.momentum is None
+            else (self.momentum - 1) / jnp.sqrt(self.learning_rate),
+        )
+        state = offset if self.momentum is None else (offset, jnp.zeros_like(offset))
         solution = dfx.diffeqsolve(
-            dfx.ODETerm(self._field),
+            dfx.ODETerm(field),
             self.solver,
             t0=jnp.zeros((), dtype),
             t1=jnp.max(taus),

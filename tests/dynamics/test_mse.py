@@ -40,9 +40,12 @@ def test_closed_form_is_the_matrix_exponential(getkey):
         np.testing.assert_allclose(out.fx_train[i], y + e @ (f0 - y), rtol=1e-9, atol=1e-12)
 
 
+# 3 test points: the solver carries the test outputs; 12 (more than the 7 training points):
+# it carries the integral of the loss gradient instead. Both must give the same dynamics.
+@pytest.mark.parametrize("n_test", [3, 12])
 @pytest.mark.parametrize("momentum", [None, 0.9])
-def test_ode_matches_closed_form_mse(getkey, momentum):
-    parts, y, f = problem(getkey())
+def test_ode_matches_closed_form_mse(getkey, momentum, n_test):
+    parts, y, f = problem(getkey(), m=n_test)
     tdd, ttd, _ = parts["ntk"]
     f0, g0 = f[:7], f[7:]
     t = jnp.linspace(0.0, 40.0, 9)
@@ -50,23 +53,33 @@ def test_ode_matches_closed_form_mse(getkey, momentum):
     if momentum is None:
         exact = dynamics.gradient_descent_mse(tdd, y, 0.7)(t, f0, g0, ttd)
     else:
-        # Heavy-ball flow on a quadratic: a linear ODE z' = M z, solved by expm.
+        # Heavy-ball flow on a quadratic: a linear ODE z' = A z in z = (f - y, f_test, q,
+        # q_test), solved by expm.
         n, p = y.size, tdd.shape[0]
         c = (momentum - 1) / jnp.sqrt(0.7)
-        a = jnp.block([[jnp.zeros((p, p)), jnp.eye(p)], [-tdd / n, c * jnp.eye(p)]])
-        z0 = jnp.concatenate([f0 - y, jnp.zeros_like(f0)])
+        force = jnp.concatenate([-tdd / n, -ttd / n])
+        force = jnp.concatenate([force, jnp.zeros((p + n_test, n_test))], axis=1)
+        eye = jnp.eye(p + n_test)
+        a = jnp.block([[jnp.zeros_like(eye), eye], [force, c * eye]])
+        z0 = jnp.concatenate([f0 - y, g0, jnp.zeros_like(f0), jnp.zeros_like(g0)])
         zs = jnp.stack([jax.scipy.linalg.expm(a * jnp.sqrt(0.7) * ti) @ z0 for ti in t])
-        exact = dynamics.Trajectory(zs[:, :p] + y[None])
-    # Tolerance: the solver's rtol = atol = 1.4e-8 per step, accumulated over ~100 steps.
-    np.testing.assert_allclose(ode.fx_train, exact.fx_train, rtol=1e-6, atol=1e-7)
-    if momentum is None:
-        np.testing.assert_allclose(ode.fx_test, exact.fx_test, rtol=1e-6, atol=1e-7)
+        fs, qs = zs[:, : p + n_test], zs[:, p + n_test :]
+        exact = dynamics.Trajectory(fs[:, :p] + y[None], fs[:, p:], qs[:, :p], qs[:, p:])
+    # Tolerance: the solver's rtol = atol = 1.4e-8 per step on O(1) outputs, accumulated over
+    # up to ~150 steps (with momentum): about 2e-6.
+    for field in ("fx_train", "fx_test", "qx_train", "qx_test"):
+        want, got = getattr(exact, field), getattr(ode, field)
+        assert (want is None) == (got is None) == (momentum is None and field[0] == "q")
+        if want is not None:
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=2e-6)
 
 
-def test_ode_test_outputs_follow_their_own_ode(getkey):
-    # The solver carries integrals of the loss gradient instead of test outputs; check against
-    # a solve that integrates the test outputs directly (cross-entropy, a nonlinear loss).
-    parts, _, f = problem(getkey())
+@pytest.mark.parametrize("n_test", [3, 12])
+def test_ode_test_outputs_follow_their_own_ode(getkey, n_test):
+    # With more test than training points the solver carries the integral of the loss
+    # gradient instead of the test outputs; check both against a solve that integrates the
+    # test outputs directly (cross-entropy, a nonlinear loss).
+    parts, _, f = problem(getkey(), m=n_test)
     tdd, ttd, _ = parts["ntk"]
     labels = jax.nn.one_hot(jnp.arange(7) % 3, 3)
     f0, g0 = jnp.tile(f[:7, :1], (1, 3)), jnp.tile(f[7:, :1], (1, 3))
