@@ -43,10 +43,10 @@ class _Readout(eqx.Module):
             return layout.from_matrix(rows).reshape(t_shape + layout.shape)
 
         def train(a):
-            return read(a[..., :n_train, :], self.layout)
+            return read(jnp.swapaxes(a[..., :n_train], -1, -2), self.layout)
 
         def test(a, offset=None):
-            rows = a[..., n_train:, :]
+            rows = jnp.swapaxes(a[..., n_train:], -1, -2)
             if self.k_td is not None:
                 # The integral `G` of the loss gradient: `f_test = f_test_0 - k_td G` (and
                 # `q_test = -k_td H` for its velocity `H`).
@@ -65,31 +65,38 @@ class _Readout(eqx.Module):
 
 
 class _Field(eqx.Module):
-    """The vector field of the solve. Its state stacks, below the `N` training outputs, the
-    test outputs when there are at most as many test points as training points; otherwise
-    the integral `G` of the loss gradient, from which the test outputs are
-    `f_test = f_test_0 - k_td G` at the saved times (they never feed back into the dynamics).
-    Whichever has fewer rows is carried: the solver's work per step (stages, error norm,
-    interpolation at saved times) is proportional to the state's size, and one stacked array
-    is cheaper for it than several (measured on the benchmark problem, 500 training and 100
-    test points: 30% faster than carrying the integral in its own array). With momentum the
-    state is `(outputs, velocities)`, both stacked alike.
+    """The vector field of the solve.
+
+    Its state is a `(C, R)` matrix, one column per point: the `N` training outputs, then the
+    test outputs when there are at most as many test points as training points, or else the
+    integral `G` of the loss gradient, from which the test outputs are
+    `f_test = f_test_0 - k_td G` at the saved times (they never feed back into the
+    dynamics). Whichever has fewer columns is carried: the solver's work per step (stages,
+    error norm, interpolation at saved times) is proportional to the state's size. With
+    momentum the state is `(outputs, velocities)`, both laid out alike.
+
+    The layout is what makes the solve fast on CPU: one stacked array is cheaper for the
+    solver than several, and the kernel product `g^T W` (with `W = [k; k_td]^T` transposed
+    once, before the solve) is a row-major product that XLA:CPU runs 1.7x faster than
+    `[k; k_td] g`. Together, on the benchmark problem (500 training and 100 test points, 10
+    classes), the solve takes half the time of a `(P, C)` state holding the integral in its
+    own array.
     """
 
     loss: Callable = eqx.field(static=True)
     y_train: Float[Array, "..."]
     layout: Layout
-    rows: Float[Array, "r p"]
+    columns: Float[Array, "p r"]
     integral: bool = eqx.field(static=True)
     momentum_decay: Float[Array, ""] | None
 
-    def _force(self, outputs: Float[Array, "n c"]) -> Float[Array, "n c"]:
-        # `rows` is `k` (no test set or with the integral) or `[k; k_td]`.
+    def _force(self, outputs: Float[Array, "c r"]) -> Float[Array, "c r"]:
+        # `columns` is `k^T` (no test set, or with the integral) or `[k; k_td]^T`.
         n_train = self.layout.n_points
-        loss = lambda f: self.loss(self.layout.from_matrix(f), self.y_train)
-        g = jax.grad(loss)(outputs[:n_train])
-        force = -(self.rows @ g)
-        return jnp.concatenate([force, g]) if self.integral else force
+        loss = lambda f: self.loss(self.layout.from_matrix(f.T), self.y_train)
+        g = jax.grad(loss)(outputs[:, :n_train])
+        force = -(g @ self.columns)
+        return jnp.concatenate([force, g], axis=1) if self.integral else force
 
     def __call__(self, tau, state, args):
         if self.momentum_decay is None:
@@ -292,13 +299,13 @@ class ODEPredictor(eqx.Module):
             loss=self.loss,
             y_train=self.y_train,
             layout=self.layout,
-            rows=rows,
+            columns=rows.T,
             integral=integral,
             momentum_decay=None
             if self.momentum is None
             else (self.momentum - 1) / jnp.sqrt(self.learning_rate),
         )
-        state = offset if self.momentum is None else (offset, jnp.zeros_like(offset))
+        state = offset.T if self.momentum is None else (offset.T, jnp.zeros_like(offset.T))
         solution = dfx.diffeqsolve(
             dfx.ODETerm(field),
             self.solver,
