@@ -158,8 +158,8 @@ class GPPredictor(eqx.Module):
                 )
             cross = k_td @ k_inv_nngp_dt
             cov = k_tt + t_transposed.T @ nngp_dd @ t_transposed - cross - cross.T
-        else:
-            cov = k_tt - k_td @ factor.solve(td(prior).T)
+        else:  # "nngp", "ntkgp": the prior is the kernel solved with.
+            cov = k_tt - factor.inverse_gram(k_td)
         return Gaussian(mean, cov_from_matrix(cov, points))
 
 
