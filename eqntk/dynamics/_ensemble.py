@@ -202,7 +202,7 @@ def _finite_time(g, t, layout, setting, k_dd, k_td, nngp_tt, compute_cov) -> Gau
         out = layout.with_points(points)
         k_td_g = kernel_to_matrix("kernel_fn(x_test, x_train)", td, points, train)
         kv = k_td_g @ v
-        mean = jnp.einsum("mp,tpc->tmc", k_td_g, eigen.apply(eigen.growth(tau, n), y))
+        mean = jnp.einsum("mj,tj,jr->tmr", kv, eigen.growth(tau, n), v.T @ y)
     mean = out.from_matrix(mean).reshape(t_shape + out.shape)
     if not compute_cov:
         return Gaussian(mean, None)

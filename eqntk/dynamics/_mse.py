@@ -96,9 +96,7 @@ class MSEPredictor(eqx.Module):
         test = self.layout.with_points(points)
         g0 = test.to_matrix(test.check("fx_test_0", fx_test_0)).astype(dtype)
         coef = self.eigen.inverse() if tau is None else self.eigen.growth(tau, n)
-        fx_test = g0[None] + jnp.einsum(
-            "mp,tpc->tmc", k_td.astype(dtype), self.eigen.apply(coef, residual)
-        )
+        fx_test = g0[None] + self.eigen.apply(coef, residual, k_td.astype(dtype))
         fx_test = test.from_matrix(fx_test).reshape(t_shape + test.shape)
         return Trajectory(fx_train, fx_test)
 
