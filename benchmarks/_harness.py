@@ -19,8 +19,8 @@ NOT_AVAILABLE = (ImportError, AttributeError, NotImplementedError)
 class Target:
     """What a row must achieve: a time ratio to neural-tangents, an absolute time, or both.
 
-    `memory=True` adds that eqntk's peak memory (above the process baseline) must not exceed
-    neural-tangents'.
+    `memory=True` adds that eqntk's peak memory (above the baseline of the case's memory
+    window, see `_timing.start_memory_window`) must not exceed neural-tangents'.
     """
 
     ratio: float | None = None

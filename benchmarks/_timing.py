@@ -43,6 +43,40 @@ def first_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict:
     return measure(fn, *args, repeats=0, **kwargs)
 
 
+_window_start_mib = 0.0
+
+
+def _status_mib(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def start_memory_window() -> float:
+    """Start measuring peak memory from now: the peak of the window is reset to the current
+    resident memory (Linux's `/proc/self/clear_refs`), which becomes the baseline. A case calls
+    it after building what the measured computation takes as given (inputs, a model), on both
+    sides alike. Returns the baseline in MiB."""
+    global _window_start_mib
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")  # reset the peak resident memory to the current one
+        _window_start_mib = _status_mib("VmRSS") or peak_rss_mib()
+    except OSError:  # not Linux: the window is the whole process
+        _window_start_mib = peak_rss_mib()
+    return _window_start_mib
+
+
+def window_peak_mib() -> tuple[float, float]:
+    """(baseline, peak) of the current memory window, in MiB."""
+    return _window_start_mib, _status_mib("VmHWM") or peak_rss_mib()
+
+
 def peak_rss_mib() -> float:
     """The peak resident memory of this process so far, in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -13,7 +13,7 @@ import traceback
 
 from ._cases import CASES
 from ._harness import NOT_AVAILABLE, RESULT_PREFIX
-from ._timing import peak_rss_mib, warm_up_backend
+from ._timing import start_memory_window, warm_up_backend, window_peak_mib
 
 
 def main() -> None:
@@ -24,10 +24,11 @@ def main() -> None:
     args = parser.parse_args()
     case = CASES[args.case]
     side_fn = getattr(importlib.import_module(case.module), getattr(case, args.side))
-    # The library is imported before the baseline so that the memory figure is the case's own.
+    # The library is imported before the baseline so that the memory figure is the case's own
+    # (a case may start the window later, after building its inputs and model).
     importlib.import_module("eqntk" if args.side == "eqntk" else "neural_tangents")
     warm_up_backend()
-    baseline = peak_rss_mib()
+    start_memory_window()
     try:
         result = dict(side_fn(quick=args.quick), status="ok")
     except NOT_AVAILABLE as error:
@@ -36,7 +37,7 @@ def main() -> None:
         result = {"status": "not available", "reason": f"{type(error).__name__}: {error}"}
     except Exception:
         result = {"status": "error", "reason": traceback.format_exc()}
-    peak = peak_rss_mib()
+    baseline, peak = window_peak_mib()
     result.update(peak_mib=peak, baseline_mib=baseline, work_mib=peak - baseline)
     import jax
 

@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Shaped
 
+from ._blocks import DEFAULT_BLOCK_BYTES, apply_in_blocks
 from ._kernel import Kernel, check_get, selected
-from ._registry import Requirements, apply, conform, requirements
+from ._registry import Requirements, conform, requirements
 from ._spatial import batch_diagonal, gram, self_gram, swap_examples
 
 
@@ -26,9 +27,12 @@ class KernelFn(eqx.Module):
     **Fields:**
 
     - `model`: the finite network whose limit this is.
+    - `block_bytes`: the bound on one block's largest intermediate kernel, or `None` (see
+      [`eqntk.limit`][]).
     """
 
     model: Any
+    block_bytes: int | None = eqx.field(static=True, default=DEFAULT_BLOCK_BYTES)
 
     def __call__(
         self,
@@ -111,13 +115,13 @@ class KernelFn(eqx.Module):
             k = _continue_from(x1, wanted_in, compute_ntk)
         else:
             k = _inputs_to_kernel(x1, x2, wanted_in, compute_ntk, **side)
-        out = apply(self.model, k, wanted_out)
+        out = apply_in_blocks(self.model, k, wanted_out, self.block_bytes)
         return jax.tree_util.tree_map(
             lambda leaf: selected(leaf, get), out, is_leaf=lambda z: isinstance(z, Kernel)
         )
 
 
-def limit(model: Any) -> KernelFn:
+def limit(model: Any, *, block_bytes: int | None = DEFAULT_BLOCK_BYTES) -> KernelFn:
     """The infinite-width limit of a network: a function that computes its NNGP and NTK.
 
     `limit` walks the network's module tree and, for each layer, applies the kernel rule
@@ -130,10 +134,19 @@ def limit(model: Any) -> KernelFn:
     not matter, except in the standard parameterisation and for channel-wise concatenation,
     where they weight the contributions of the layers.
 
+    Working memory is bounded: when some layer's kernel (NNGP and NTK) for all pairs of
+    inputs would exceed `block_bytes`, the kernel function computes the rows of `x1` in blocks
+    (a `lax.map`; every kernel entry depends on one input of each batch only), so the peak is
+    a few times `block_bytes` plus the result, whatever the batch sizes. The result is the same
+    up to rounding (a kernel of `x1` with itself stays exactly symmetric). For kernels larger
+    than memory, or spread over devices, see [`eqntk.batch`][].
+
     **Arguments:**
 
     - `model`: the finite network, built from [`eqntk.nn`][] layers or any layers with a
       registered rule.
+    - `block_bytes`: the most bytes that one block's largest intermediate kernel may take
+      (default 8 MiB), or `None` to always compute all pairs at once.
 
     **Returns:**
 
@@ -155,7 +168,11 @@ def limit(model: Any) -> KernelFn:
     assert ntk.shape == (4, 4) and abs(ntk - whole).max() < 1e-5
     ```
     """
-    return KernelFn(model)
+    if block_bytes is not None and (
+        isinstance(block_bytes, bool) or not isinstance(block_bytes, int) or block_bytes <= 0
+    ):
+        raise ValueError(f"`block_bytes` must be a positive integer or None, got {block_bytes!r}.")
+    return KernelFn(model, block_bytes)
 
 
 def _inputs_to_kernel(

@@ -1,7 +1,8 @@
 """The rule registry: which kernel rule `limit` applies to which layer class."""
 
 import abc
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import equinox as eqx
@@ -278,7 +279,24 @@ def apply(layer: Any, k: KernelTree, wanted: RequirementsTree) -> KernelTree:
     # Masked positions stay zero whatever the rule did (e.g. a bias added there), so rules only
     # have to say how masks move when they move positions.
     out = jax.tree_util.tree_map(remask, out, is_leaf=lambda z: isinstance(z, Kernel))
-    return conform(out, wanted)
+    out = conform(out, wanted)
+    for callback in _observers:
+        callback(out)
+    return out
+
+
+_observers: list[Callable[[KernelTree], None]] = []
+
+
+@contextlib.contextmanager
+def observing(callback: Callable[[KernelTree], None]) -> Iterator[None]:
+    """Call `callback` with every kernel that `apply` returns while the context is open (e.g.
+    to find the largest kernel a network makes, under `jax.eval_shape`)."""
+    _observers.append(callback)
+    try:
+        yield
+    finally:
+        _observers.pop()
 
 
 def conform(k: KernelTree, wanted: RequirementsTree) -> KernelTree:
