@@ -137,7 +137,8 @@ def limit(model: Any, *, block_bytes: int | None = DEFAULT_BLOCK_BYTES) -> Kerne
     Working memory is bounded: when some layer's kernel (NNGP and NTK) for all pairs of
     inputs would exceed `block_bytes`, the kernel function computes the rows of `x1` in blocks
     (a `lax.map`; every kernel entry depends on one input of each batch only), so the peak is
-    a few times `block_bytes` plus the result, whatever the batch sizes. The result is the same
+    a few times `block_bytes` plus the result, whatever the size of `x1` (a block holds at least
+    one row, so a single row against a very large `x2` can exceed it). The result is the same
     up to rounding (a kernel of `x1` with itself stays exactly symmetric). For kernels larger
     than memory, or spread over devices, see [`eqntk.batch`][].
 
