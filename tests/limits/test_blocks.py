@@ -28,6 +28,11 @@ def _cnn(key, pool=True):
     )
 
 
+def _limit(model, block_bytes):
+    # Compiled: eager calls would compile every small operation of the network separately.
+    return eqx.filter_jit(eqntk.limit(model, block_bytes=block_bytes))
+
+
 def _assert_same(blocked: eqntk.Kernel, whole: eqntk.Kernel):
     assert blocked.x1_is_x2 == whole.x1_is_x2
     for name in ("nngp", "ntk", "cov1", "cov2", "mask1", "mask2"):
@@ -48,22 +53,22 @@ def test_blocks_equal_the_whole(getkey, rows, pool):
     # The largest kernel per pair: NNGP and NTK over 4 x 4 positions, the full spatial
     # covariance under pooling and its diagonal under Flatten, in float64.
     pair = (16**2 if pool else 16) * 8 * 2
-    whole = eqntk.limit(model, block_bytes=None)(x1, x2)
-    blocked = eqntk.limit(model, block_bytes=rows * 5 * pair)(x1, x2)
+    whole = _limit(model, None)(x1, x2)
+    blocked = _limit(model, rows * 5 * pair)(x1, x2)
     _assert_same(blocked, whole)
 
 
 def test_kernel_of_x1_with_itself_stays_symmetric(getkey):
     model = _cnn(getkey())
     x = jr.normal(getkey(), (5, 2, 4, 4))
-    whole = eqntk.limit(model, block_bytes=None)(x, get=None)
-    blocked = eqntk.limit(model, block_bytes=1)(x)
+    whole = _limit(model, None)(x, get=None)
+    blocked = _limit(model, 1)(x)
     _assert_same(blocked, whole)
     assert blocked.cov2 is None
     np.testing.assert_array_equal(blocked.nngp, blocked.nngp.T)
     np.testing.assert_array_equal(blocked.ntk, blocked.ntk.T)
     # Full spatial layout: the kernel is symmetric under swapping the examples and positions.
-    full = eqntk.limit(nn.Sequential(list(model.layers[:3])), block_bytes=1)(x)
+    full = _limit(nn.Sequential(list(model.layers[:3])), 1)(x)
     np.testing.assert_array_equal(full.nngp, jnp.transpose(full.nngp, (1, 0, 3, 2, 5, 4)))
 
 
@@ -72,19 +77,19 @@ def test_masks_and_graphs_are_split_with_the_rows(getkey):
     m1, m2 = _masks([2, 5, 3]), _masks([4, 1, 5, 2])
     body = _attention_body(getkey(), width=8)
     _assert_same(
-        eqntk.limit(body, block_bytes=1)(x1, x2, mask1=m1, mask2=m2),
-        eqntk.limit(body, block_bytes=None)(x1, x2, mask1=m1, mask2=m2),
+        _limit(body, 1)(x1, x2, mask1=m1, mask2=m2),
+        _limit(body, None)(x1, x2, mask1=m1, mask2=m2),
     )
     _assert_same(
-        eqntk.limit(body, block_bytes=1)(x1, mask1=m1),
-        eqntk.limit(body, block_bytes=None)(x1, mask1=m1),
+        _limit(body, 1)(x1, mask1=m1),
+        _limit(body, None)(x1, mask1=m1),
     )
     gnn = _gnn(getkey(), width=8)
     x1, x2 = jr.normal(getkey(), (3, 3, 5)), jr.normal(getkey(), (2, 3, 5))
     a1, a2 = _graphs(getkey(), 3), _graphs(getkey(), 2)
     _assert_same(
-        eqntk.limit(gnn, block_bytes=1)(x1, x2, pattern1=a1, pattern2=a2),
-        eqntk.limit(gnn, block_bytes=None)(x1, x2, pattern1=a1, pattern2=a2),
+        _limit(gnn, 1)(x1, x2, pattern1=a1, pattern2=a2),
+        _limit(gnn, None)(x1, x2, pattern1=a1, pattern2=a2),
     )
 
 
@@ -92,17 +97,15 @@ def test_streams_and_kernel_inputs(getkey):
     k1, k2 = jr.split(getkey())
     x1, x2 = jr.normal(getkey(), (4, 3)), jr.normal(getkey(), (3, 3))
     branches = nn.Sequential([nn.Dense(3, 8, b_std=0.1, key=k1), nn.Relu(), nn.FanOut(2)])
-    whole = eqntk.limit(branches, block_bytes=None)(x1, x2)
-    blocked = eqntk.limit(branches, block_bytes=1)(x1, x2)
+    whole = _limit(branches, None)(x1, x2)
+    blocked = _limit(branches, 1)(x1, x2)
     assert isinstance(blocked, tuple) and len(blocked) == 2
     for b, w in zip(blocked, whole, strict=True):
         _assert_same(b, w)
     # Continuing from a kernel: its rows are split the same way.
     head = nn.Sequential([nn.Relu(), nn.Dense(8, 1, b_std=0.1, key=k2)])
     start = eqntk.limit(branches.layers[0])(x1, x2)
-    _assert_same(
-        eqntk.limit(head, block_bytes=1)(start), eqntk.limit(head, block_bytes=None)(start)
-    )
+    _assert_same(_limit(head, 1)(start), _limit(head, None)(start))
 
 
 def test_gradient_through_blocks(getkey):
@@ -111,10 +114,10 @@ def test_gradient_through_blocks(getkey):
 
     def loss(w_std, block_bytes):
         m = eqx.tree_at(lambda m: m.layers[0].W_std, model, w_std)
-        return jnp.sum(eqntk.limit(m, block_bytes=block_bytes)(x1, x2, get="ntk"))
+        return jnp.sum(_limit(m, block_bytes)(x1, x2, get="ntk"))
 
-    g_blocked = jax.grad(loss)(1.3, 1)
-    g_whole = jax.grad(loss)(1.3, None)
+    gradient = jax.jit(jax.grad(loss), static_argnums=1)
+    g_blocked, g_whole = gradient(1.3, 1), gradient(1.3, None)
     np.testing.assert_allclose(g_blocked, g_whole, rtol=1e-12)
 
 
@@ -125,7 +128,7 @@ def test_blocks_bound_the_temporaries(getkey):
     x1, x2 = jr.normal(getkey(), (16, 2, 6, 6)), jr.normal(getkey(), (16, 2, 6, 6))
 
     def temporaries(block_bytes):
-        fn = jax.jit(lambda a, b: eqntk.limit(model, block_bytes=block_bytes)(a, b, "ntk"))
+        fn = jax.jit(lambda a, b: _limit(model, block_bytes)(a, b, "ntk"))
         return fn.lower(x1, x2).compile().memory_analysis().temp_size_in_bytes
 
     # One layer's NNGP and NTK for all pairs: 16 * 16 * 36^2 * 8 bytes * 2 = 5.3 MB.
