@@ -48,14 +48,7 @@ def _rows(k: Kernel, index: slice | Array) -> Kernel:
     if k.x1_is_x2:
         fields.update({name: fields[source] for name, source in _SHARED.items()})
     fields.update({name: None if fields[name] is None else fields[name][index] for name in _ROWS})
-    return Kernel(
-        shape1=k.shape1,
-        shape2=k.shape2,
-        diagonal_spatial=k.diagonal_spatial,
-        is_gaussian=k.is_gaussian,
-        x1_is_x2=False,
-        **fields,
-    )
+    return k.replace(x1_is_x2=False, **fields)
 
 
 def _largest_pair_bytes(model: Any, k: Kernel, wanted: Any) -> int:
@@ -120,11 +113,4 @@ def _merge(blocks: Kernel, n1: int, x1_is_x2: bool) -> Kernel:
             a = fields[name]
             if a is not None:
                 fields[name] = 0.5 * (a + swap_examples(a, blocks.diagonal_spatial))
-    return Kernel(
-        shape1=blocks.shape1,
-        shape2=blocks.shape2,
-        diagonal_spatial=blocks.diagonal_spatial,
-        is_gaussian=blocks.is_gaussian,
-        x1_is_x2=x1_is_x2,
-        **fields,
-    )
+    return blocks.replace(x1_is_x2=x1_is_x2, **fields)
