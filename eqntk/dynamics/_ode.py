@@ -294,7 +294,6 @@ class ODEPredictor(eqx.Module):
                 offset = jnp.concatenate([f0, jnp.zeros_like(f0)])
             else:
                 rows, offset = jnp.concatenate([self.k, k_td]), jnp.concatenate([f0, g0])
-                k_td = g0 = None
         field = _Field(
             loss=self.loss,
             y_train=self.y_train,
@@ -319,7 +318,14 @@ class ODEPredictor(eqx.Module):
             max_steps=self.max_steps,
             progress_meter=self.progress_meter,
         )
-        readout = _Readout(self.layout, test, k_td, g0, self.momentum is not None)
+        # The readout needs `k_td` and `f_test_0` only to turn the integral into test outputs.
+        readout = _Readout(
+            self.layout,
+            test,
+            k_td if integral else None,
+            g0 if integral else None,
+            self.momentum is not None,
+        )
         if saveat is None:
             return readout(solution.ys, t_shape)
         saved = solution.ts is not None

@@ -29,14 +29,10 @@ _ROWS = ("nngp", "ntk", "cov1", "mask1", "pattern1")
 _SHARED = {"cov2": "cov1", "mask2": "mask1", "pattern2": "pattern1"}
 
 
-def _kernels(k: KernelTree) -> list[Kernel]:
-    return jax.tree_util.tree_leaves(k, is_leaf=lambda z: isinstance(z, Kernel))
-
-
 def pair_bytes(k: KernelTree) -> int:
     """The bytes of the NNGP and NTK of one pair of inputs, summed over the streams of `k`."""
     total = 0
-    for kernel in _kernels(k):
+    for kernel in jax.tree_util.tree_leaves(k, is_leaf=lambda z: isinstance(z, Kernel)):
         per_pair = math.prod(kernel.nngp.shape[2:]) * kernel.nngp.dtype.itemsize
         total += per_pair * (1 if kernel.ntk is None else 2)
     return total
