@@ -127,6 +127,14 @@ def test_guide_code_runs(page, tmp_path, monkeypatch):
     _run("\n".join(blocks))
 
 
+def test_readme_code_runs(tmp_path, monkeypatch):
+    """The README's tour runs as written, as one session."""
+    blocks = PYTHON_BLOCK.findall((ROOT / "README.md").read_text())
+    assert len(blocks) >= 5
+    monkeypatch.chdir(tmp_path)
+    _run("\n".join(blocks))
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("mkdocs") is None,
     reason="mkdocs is not installed (it comes with the `docs` extra: pip install -e '.[docs]')",

@@ -13,6 +13,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import Array, Shaped
 
+from .._callable import AbstractCallable
 from ..limits import Kernel, KernelFn
 from ._progress import progress_bar
 from ._tiles import (
@@ -33,7 +34,7 @@ Get = str | tuple[str, ...] | None
 Inputs = Array | np.ndarray
 
 
-class BatchedKernelFn(eqx.Module):
+class BatchedKernelFn(AbstractCallable):
     """A kernel function that computes its kernels tile by tile, as returned by [`eqntk.batch`][].
 
     Called exactly like the kernel function it wraps: `batched(x1, x2=None, get=None, **kwargs)`.

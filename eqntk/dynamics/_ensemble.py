@@ -7,6 +7,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
+from .._callable import AbstractCallable
 from ._common import (
     Axes,
     cov_from_matrix,
@@ -28,7 +29,7 @@ def needed_kernels(names: tuple[str, ...], compute_cov: bool) -> tuple[str, ...]
     return (("nngp",) if nngp else ()) + (("ntk",) if "ntk" in names else ())
 
 
-class EnsemblePredictor(eqx.Module):
+class EnsemblePredictor(AbstractCallable):
     """The outputs of an infinite ensemble of infinitely wide networks trained on the MSE, as
     returned by [`eqntk.dynamics.gradient_descent_mse_ensemble`][]."""
 

@@ -1,6 +1,5 @@
 """`gp_inference`: exact posterior of the NNGP, NTK and NTKGP Gaussian processes."""
 
-import collections
 from typing import Any
 
 import equinox as eqx
@@ -10,6 +9,7 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from .._callable import AbstractCallable, named_tuple
 from ._common import (
     Axes,
     KernelLike,
@@ -46,11 +46,10 @@ def by_get(get: Any, names: tuple[str, ...], results: dict[str, Gaussian]) -> An
     """One result for a string `get`, a named tuple for a tuple of names."""
     if isinstance(get, str):
         return results[get]
-    Gaussians = collections.namedtuple("Gaussians", names)  # type: ignore[misc]
-    return Gaussians(*(results[g] for g in names))
+    return named_tuple("Gaussians", names)(*(results[g] for g in names))
 
 
-class GPPredictor(eqx.Module):
+class GPPredictor(AbstractCallable):
     """The posterior of a Gaussian process on a training set, as returned by
     [`eqntk.dynamics.gp_inference`][].
 

@@ -6,6 +6,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
+from .._callable import AbstractCallable
 from ._common import (
     Axes,
     Layout,
@@ -30,7 +31,7 @@ def as_times(t: Any, dtype: Any) -> tuple[Float[Array, " t"], tuple[int, ...]]:
     return t.reshape(-1), t.shape
 
 
-class MSEPredictor(eqx.Module):
+class MSEPredictor(AbstractCallable):
     """The closed-form MSE training dynamics on a training set, as returned by
     [`eqntk.dynamics.gradient_descent_mse`][].
 

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
+from .._callable import AbstractCallable
 from ._common import (
     Axes,
     Layout,
@@ -193,7 +194,7 @@ def _solver_saveat(saveat: Any, t_end: Array, scale: Array) -> dfx.SaveAt:
     return eqx.tree_at(lambda s: s.subs.ts, saveat, ts * scale)
 
 
-class ODEPredictor(eqx.Module):
+class ODEPredictor(AbstractCallable):
     """Gradient-descent dynamics in function space on a training set, as returned by
     [`eqntk.dynamics.gradient_descent`][]."""
 

@@ -1,6 +1,5 @@
 """`empirical_kernel` and `empirical_ntk_vp`: kernels of a finite Equinox network."""
 
-import collections
 import functools as ft
 import math
 from collections.abc import Callable, Sequence
@@ -12,6 +11,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, PyTree
 
+from .._callable import named_tuple
 from ._contract import (
     EXAMPLE,
     Contraction,
@@ -351,7 +351,7 @@ def empirical_kernel(
     trees = {name: jtu.tree_unflatten(setup.out_tree, kernels[name]) for name in names}
     if isinstance(get, str):
         return trees[get]
-    return collections.namedtuple("EmpiricalKernels", names)(*(trees[n] for n in names))
+    return named_tuple("EmpiricalKernels", names)(*(trees[n] for n in names))
 
 
 def empirical_ntk_vp(

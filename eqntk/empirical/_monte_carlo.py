@@ -1,6 +1,5 @@
 """`monte_carlo_kernel`: NNGP and NTK estimates from an ensemble of finite networks."""
 
-import collections
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -11,6 +10,7 @@ import jax.random as jr
 import jax.tree_util as jtu
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
+from .._callable import named_tuple
 from ._empirical import Implementation, empirical_kernel
 
 
@@ -116,4 +116,4 @@ def monte_carlo_kernel(
     means = jtu.tree_map(lambda t: t / n_samples, total)
     if isinstance(get, str):
         return means[0]
-    return collections.namedtuple("EmpiricalKernels", names)(*means)
+    return named_tuple("EmpiricalKernels", names)(*means)

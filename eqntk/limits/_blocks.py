@@ -16,7 +16,6 @@ from jaxtyping import Array
 
 from ._kernel import Kernel
 from ._registry import KernelTree, apply, observing
-from ._spatial import swap_examples
 
 
 DEFAULT_BLOCK_BYTES = 8 * 2**20
@@ -102,11 +101,6 @@ def _merge(blocks: Kernel, n1: int, x1_is_x2: bool) -> Kernel:
         # The same in every block (they depend on `x2` only).
         shared = getattr(blocks, name)
         fields[name] = None if shared is None or x1_is_x2 else shared[0]
-    if x1_is_x2:
-        # Entry (i, j) and entry (j, i) came from different blocks: make them equal exactly,
-        # as the unblocked computation of a kernel of `x1` with itself is.
-        for name in ("nngp", "ntk"):
-            a = fields[name]
-            if a is not None:
-                fields[name] = 0.5 * (a + swap_examples(a, blocks.diagonal_spatial))
+    # Entry (i, j) and entry (j, i) came from different blocks; the kernel function makes
+    # them equal exactly afterwards (see `symmetrised`), as for every kernel of `x1` with itself.
     return blocks.replace(x1_is_x2=x1_is_x2, **fields)

@@ -1,11 +1,12 @@
 """The `Kernel`: the state that the `limit` transform carries from layer to layer."""
 
-import collections
 from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Shaped
+
+from .._callable import named_tuple
 
 
 KERNEL_NAMES = ("nngp", "ntk", "cov1", "cov2")
@@ -241,8 +242,7 @@ def selected(k: Kernel, get: str | tuple[str, ...] | None):
         return k
     if isinstance(get, str):
         return _field(k, get)
-    Kernels = collections.namedtuple("Kernels", get)  # type: ignore[misc]
-    return Kernels(*(_field(k, g) for g in get))
+    return named_tuple("Kernels", get)(*(_field(k, g) for g in get))
 
 
 def _field(k: Kernel, name: str):

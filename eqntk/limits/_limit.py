@@ -1,5 +1,6 @@
 """`limit`: the transform from a finite network to the kernels of its infinite-width limit."""
 
+import functools as ft
 from typing import Any
 
 import equinox as eqx
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Shaped
 
+from .._callable import AbstractCallable
 from ._blocks import DEFAULT_BLOCK_BYTES, apply_in_blocks
 from ._kernel import Kernel, check_get, selected
 from ._registry import Requirements, conform, requirements
@@ -17,7 +19,7 @@ from ._spatial import batch_diagonal, gram, self_gram, swap_examples
 Get = str | tuple[str, ...] | None
 
 
-class KernelFn(eqx.Module):
+class KernelFn(AbstractCallable):
     """The kernel function of a network's infinite-width limit, as returned by [`eqntk.limit`][].
 
     It is an `eqx.Module` that holds the network, so it can be passed through `eqx.filter_jit`,
@@ -117,7 +119,9 @@ class KernelFn(eqx.Module):
             k = _inputs_to_kernel(x1, x2, wanted_in, compute_ntk, **side)
         out = apply_in_blocks(self.model, k, wanted_out, self.block_bytes)
         return jax.tree_util.tree_map(
-            lambda leaf: selected(leaf, get), out, is_leaf=lambda z: isinstance(z, Kernel)
+            lambda leaf: selected(_symmetrised(leaf), get),
+            out,
+            is_leaf=lambda z: isinstance(z, Kernel),
         )
 
 
@@ -311,3 +315,63 @@ def _continue_from(k: Kernel, wanted: Any, compute_ntk: bool) -> Kernel:
     if not compute_ntk and k.ntk is not None:
         k = k.replace(ntk=None)
     return conform(k, wanted)
+
+
+def _symmetrised(k: Kernel) -> Kernel:
+    """A kernel of `x1` with itself, made exactly symmetric: `K[i, j] == K[j, i]` bit for bit
+    (with each spatial pair swapped too).
+
+    The rules keep symmetry only up to rounding: a window sum or a pooling adds the same terms
+    in another order for `(i, j)` and `(j, i)`, and a kernel computed in blocks of rows gets
+    `(i, j)` and `(j, i)` from different blocks. See `_mirrored` for how the copy is made exact.
+    """
+    if not k.x1_is_x2:
+        return k
+    mirror = ft.partial(_mirrored, k.diagonal_spatial)
+    return k.replace(nngp=mirror(k.nngp), ntk=None if k.ntk is None else mirror(k.ntk))
+
+
+@ft.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _mirrored(diagonal_spatial: bool, a: Array) -> Array:
+    """`a` with every entry below the diagonal replaced by its mirror image above it.
+
+    A plain `where(upper, a, swap(a))` is not enough under `jit`: XLA fuses the computation of
+    `a` into both reads and may round the two copies of one entry differently (e.g. by
+    contracting a multiply and an add into one operation in one of them only); an optimisation
+    barrier does not stop it on CPU. A while loop does: its body reads its carry from one
+    stored buffer, so both copies are the same bits. The loop runs while `a` is not bitwise
+    symmetric, which is at most once (a selection makes it symmetric exactly) and not at all
+    when it already is. The derivative is the same selection on the tangent, which needs no
+    loop (its exact symmetry does not matter, and a while loop cannot be transposed).
+    """
+    upper = _on_or_above_diagonal(a.shape, diagonal_spatial)
+    swap = ft.partial(swap_examples, diagonal_spatial=diagonal_spatial)
+    bits = lambda b: jax.lax.bitcast_convert_type(b, jnp.dtype(f"uint{8 * b.dtype.itemsize}"))
+    asymmetric = lambda b: jnp.any(bits(b) != bits(swap(b)))
+    return jax.lax.while_loop(asymmetric, lambda b: jnp.where(upper, b, swap(b)), a)
+
+
+@_mirrored.defjvp
+def _mirrored_jvp(diagonal_spatial: bool, primals, tangents):
+    (a,), (t,) = primals, tangents
+    upper = _on_or_above_diagonal(a.shape, diagonal_spatial)
+    return _mirrored(diagonal_spatial, a), jnp.where(upper, t, swap_examples(t, diagonal_spatial))
+
+
+def _on_or_above_diagonal(shape: tuple[int, ...], diagonal_spatial: bool) -> Array:
+    """Where the row index is at most the column index, for a kernel of `x1` with itself.
+
+    In the diagonal spatial layout `(N, N, *S)` a row is an example; in the full layout
+    `(N, N, S1, S1', S2, S2', ...)` a row is an example and one position `(i, s1, s2, ...)`, a
+    column `(j, s1', s2', ...)`, compared lexicographically.
+    """
+    ndim = len(shape)
+    axes = [0] if diagonal_spatial else [0, *range(2, ndim, 2)]
+    row = jnp.zeros((), jnp.int32)
+    col = jnp.zeros((), jnp.int32)
+    for axis in axes:
+        partner = 1 if axis == 0 else axis + 1
+        size = shape[axis]
+        row = row * size + jax.lax.broadcasted_iota(jnp.int32, shape, axis)
+        col = col * size + jax.lax.broadcasted_iota(jnp.int32, shape, partner)
+    return row <= col
