@@ -1,19 +1,16 @@
-"""Every case of the reference data in `../shared/golden` (see `tests/golden`)."""
-
-import pathlib
+"""Every case of the reference data shipped in `tests/golden/data` (see `tests/golden`)."""
 
 import pytest
 
-from tests.golden import load_manifest, run_case
+from tests.golden import DATA, load_manifest, run_case
 
 
-GOLDEN = pathlib.Path(__file__).resolve().parents[2] / "shared" / "golden"
-CASES = load_manifest(GOLDEN)
+CASES = load_manifest(DATA)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
 def test_golden_case(case):
-    status, message = run_case(GOLDEN, case)
+    status, message = run_case(DATA, case)
     if status == "UNIMPLEMENTED":
         pytest.xfail(f"not implemented yet: {message}")
     assert status == "PASS", message

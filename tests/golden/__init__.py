@@ -17,6 +17,7 @@ import importlib
 import pkgutil
 
 from ._core import (
+    DATA as DATA,
     KERNEL_CALL_HOOKS as KERNEL_CALL_HOOKS,
     LAYER_BUILDERS as LAYER_BUILDERS,
     PREDICT_OPS as PREDICT_OPS,

@@ -226,6 +226,10 @@ def _check_predict_kernels(case: dict, arrays: dict[str, np.ndarray]) -> None:
         _compare(f"k_{name}_ntk", ntk, arrays[f"k_{name}_ntk"])
 
 
+# The reference cases shipped with the tests (see `data/README.md`).
+DATA = pathlib.Path(__file__).resolve().parent / "data"
+
+
 def load_manifest(folder: pathlib.Path) -> list[dict]:
     return json.loads((folder / "manifest.json").read_text())["cases"]
 
