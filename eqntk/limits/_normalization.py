@@ -61,7 +61,9 @@ def dropout_kernel(k: Kernel, keep_rate: Array | float, name: str = "keep_rate")
     error calls it).
     """
     keep_rate = k.cast(keep_rate)
-    message = f"Dropout in training mode needs `{name}` in (0, 1] (the probability of keeping a unit)"
+    message = (
+        f"Dropout in training mode needs `{name}` (the probability of keeping a unit) in (0, 1]"
+    )
     if isinstance(keep_rate, jax.core.Tracer):
         keep_rate = eqx.error_if(
             keep_rate, ~((keep_rate > 0) & (keep_rate <= 1)), message + "; got a value outside."
@@ -123,7 +125,8 @@ class EquinoxDropoutRule(AbstractRule):
             p = hyperparameter("p", p)
             if not 0 <= p <= 1:
                 raise ValueError(
-                    f"`equinox.nn.Dropout` needs its drop probability `p` in [0, 1], got {float(p)}."
+                    f"`equinox.nn.Dropout` needs its drop probability `p` in [0, 1], "
+                    f"got {float(p)}."
                 )
             if p == 1 and not layer.inference:
                 raise ValueError(
