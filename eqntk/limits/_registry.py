@@ -88,10 +88,10 @@ class AbstractRule(eqx.Module):
     [`eqntk.limits.requirements`][] on its children.
 
     [`eqntk.limits.apply`][] checks what a rule returns: a `Kernel` (or a tuple of kernels)
-    with the batch sizes `(N1, N2)` of its input, masks kept where the input had masks, and an
-    NTK exactly when the input has one. A rule that joins several streams (a tuple of kernels,
-    made by `FanOut`) sets the class attribute `takes_streams = True`; other rules are only
-    given one kernel.
+    with the batch sizes `(N1, N2)` of its input, masks kept where the input had masks (unless
+    no spatial axis is left), and an NTK exactly when the input has one. A rule that joins
+    several streams (a tuple of kernels, made by `FanOut`) sets the class attribute
+    `takes_streams = True`; other rules are only given one kernel.
 
     **Example:**
 
@@ -375,8 +375,9 @@ def _check_output(rule: AbstractRule, layer: Any, k: KernelTree, out: Any) -> No
             )
         if o.x1_is_x2 != first.x1_is_x2:
             problems.append(f"`x1_is_x2` must stay {first.x1_is_x2}, got {o.x1_is_x2}")
+        # Layers that remove every spatial axis (global pooling, `Flatten`) end the masks.
         for name, had in (("mask1", has_mask1), ("mask2", has_mask2)):
-            if had and getattr(o, name) is None:
+            if had and o.spatial_ndim > 0 and getattr(o, name) is None:
                 problems.append(
                     f"`{name}` must be kept (the input is masked; map it along when the "
                     f"positions change, e.g. `k.replace({name}=...)`), got None"
