@@ -33,6 +33,11 @@ AXIS = "batch"
 Get = str | tuple[str, ...] | None
 Inputs = Array | np.ndarray
 
+PER_EXAMPLE_1 = ("mask1", "pattern1")
+"""Keyword arguments that hold one entry per example of `x1`: tiled along with `x1`."""
+PER_EXAMPLE_2 = ("mask2", "pattern2")
+"""Keyword arguments that hold one entry per example of `x2`: tiled along with `x2`."""
+
 
 class BatchedKernelFn(AbstractCallable):
     """A kernel function that computes its kernels tile by tile, as returned by [`eqntk.batch`][].
@@ -72,7 +77,11 @@ class BatchedKernelFn(AbstractCallable):
         - `x2`: a batch of `N2` inputs, or `None` for `x2 = x1`: then only the tiles on and
           above the diagonal are computed and the others are their mirror images.
         - `get`: passed to `kernel_fn` (e.g. `"nngp"`, `("nngp", "ntk")` or `None`).
-        - `**kwargs`: passed to `kernel_fn` (e.g. `diagonal_spatial=True`).
+        - `**kwargs`: passed to `kernel_fn` (e.g. `diagonal_spatial=True`). The per-example
+          side inputs `mask1` and `pattern1` (leading axis `N1`) are cut into tiles along with
+          `x1`, and `mask2`, `pattern2` (leading axis `N2`) along with `x2`; every other
+          keyword argument goes whole to every tile. With `x2=None`, `mask2` and `pattern2`
+          must be `None` (the columns of a tile then take theirs from `mask1`, `pattern1`).
 
         **Returns:**
 
@@ -100,6 +109,7 @@ class BatchedKernelFn(AbstractCallable):
         n1 = x1.shape[0]
         n2 = n1 if x2 is None else x2.shape[0]
         b1, b2 = min(self.batch_size, n1), min(self.batch_size, n2)
+        kwargs, rows_side, cols_side = _side_inputs(kwargs, n1, n2, x2 is None)
 
         # The kernel function and its keyword arguments travel as one PyTree, replicated on
         # every device: its arrays (the network's parameters) are inputs of the compiled tile
@@ -109,8 +119,11 @@ class BatchedKernelFn(AbstractCallable):
 
         tile1 = jax.ShapeDtypeStruct((b1, *x1.shape[1:]), x1.dtype)
         tile2 = None if x2 is None else jax.ShapeDtypeStruct((b2, *x2.shape[1:]), x2.dtype)
-        template = eqx.filter_eval_shape(_traced_call, fn_kw, tile1, tile2, get)
-        leaves = describe(template, known_mirrors(_layouts(fn_kw, tile1, template, get), get))
+        side1 = _tile_shapes(rows_side, b1)
+        side2 = None if x2 is None else _tile_shapes(cols_side, b2)
+        template = eqx.filter_eval_shape(_traced_call, fn_kw, tile1, tile2, get, side1, side2)
+        layouts = _layouts(fn_kw, tile1, template, get, side1)
+        leaves = describe(template, known_mirrors(layouts, get))
         check_tile(leaves, template, b1, b2)
 
         # Mirror tiles only when the layout of every cross kernel is known; otherwise compute
@@ -147,10 +160,15 @@ class BatchedKernelFn(AbstractCallable):
             # the first tile's inputs, marked invalid, and skip the computation.
             padded = chunk + [chunk[0]] * (n_devices - len(chunk))
             valid = _sharded(np.arange(n_devices) < len(chunk), sharding)
-            xa = _stacked_tiles(x1, [r for r, _ in padded], b1, sharding)
+            rows = [r for r, _ in padded]
             cols = [c for _, c in padded]
+            xa = _stacked_tiles(x1, rows, b1, sharding)
             xb = None if on_diagonal else _stacked_tiles(x2_or_x1, cols, b2, sharding)
-            return _compute_step(fn_kw, valid, xa, xb, get, paths, mesh)
+            sa = {name: _stacked_tiles(v, rows, b1, sharding) for name, v in rows_side.items()}
+            sb = None
+            if not on_diagonal:
+                sb = {name: _stacked_tiles(v, cols, b2, sharding) for name, v in cols_side.items()}
+            return _compute_step(fn_kw, valid, xa, xb, get, paths, mesh, sa, sb)
 
         # Dispatch step k + 1 before writing step k, so that the host's copying overlaps the
         # devices' computing; at most two steps of tiles are alive at any time.
@@ -270,10 +288,62 @@ def batch(
     )
 
 
-def _call(fn_kw: Any, a: Array, b: Array | None, get: Get) -> Any:
+def _call(
+    fn_kw: Any,
+    a: Array,
+    b: Array | None,
+    get: Get,
+    side_a: dict[str, Any] | None = None,
+    side_b: dict[str, Any] | None = None,
+) -> Any:
+    """`kernel_fn(a, b, get=get, **kwargs)`, with the tiles' per-example side inputs: those of
+    the rows (`side_a`, e.g. `mask1`) and, when `b` is given, of the columns (`side_b`)."""
     fn, kwargs = fn_kw
+    kwargs = {**kwargs, **(side_a or {}), **(side_b or {})}
     # `get=None` is left out, so that a kernel function with another default keeps it.
     return fn(a, b, **kwargs) if get is None else fn(a, b, get=get, **kwargs)
+
+
+def _side_inputs(
+    kwargs: dict[str, Any], n1: int, n2: int, x1_is_x2: bool
+) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Split the keyword arguments into those every tile gets whole and the per-example side
+    inputs of the rows and of the columns (host arrays, with their names in the tiles' call).
+
+    With `x2=None` an off-diagonal tile is the kernel of two blocks of `x1`: its columns take
+    `mask1` and `pattern1` under the names `mask2` and `pattern2`.
+    """
+    whole = {}
+    rows: dict[str, np.ndarray] = {}
+    cols: dict[str, np.ndarray] = {}
+    for name, value in kwargs.items():
+        if value is None or name not in PER_EXAMPLE_1 + PER_EXAMPLE_2:
+            whole[name] = value
+            continue
+        follows_x1 = name in PER_EXAMPLE_1
+        if not follows_x1 and x1_is_x2:
+            raise ValueError(
+                f"`{name}` must be None when `x2` is None (the examples of `x2` are those of "
+                f"`x1`: give `{name[:-1]}1`)."
+            )
+        n, x_name = (n1, "x1") if follows_x1 else (n2, "x2")
+        array = np.asarray(value)
+        if array.ndim < 1 or array.shape[0] != n:
+            raise ValueError(
+                f"`{name}` holds one entry per example of `{x_name}` and is tiled along with it: "
+                f"its leading axis must be {n}, got shape {array.shape}."
+            )
+        if follows_x1:
+            rows[name] = array
+            if x1_is_x2:
+                cols[name[:-1] + "2"] = array
+        else:
+            cols[name] = array
+    return whole, rows, cols
+
+
+def _tile_shapes(side: dict[str, np.ndarray], size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    return {name: jax.ShapeDtypeStruct((size, *v.shape[1:]), v.dtype) for name, v in side.items()}
 
 
 # Shapes come from `jax.eval_shape` through a jitted call: its trace is cached, so tracing the
@@ -281,14 +351,14 @@ def _call(fn_kw: Any, a: Array, b: Array | None, get: Get) -> Any:
 _traced_call = eqx.filter_jit(_call)
 
 
-def _layouts(fn_kw: Any, tile1: Any, template: Any, get: Get) -> Any:
+def _layouts(fn_kw: Any, tile1: Any, template: Any, get: Get, side1: dict[str, Any]) -> Any:
     """An output shape carrying [`eqntk.Kernel`][] metadata, to read the layouts from."""
     if get is None:
         return template
     if isinstance(fn_kw[0], KernelFn):
         # A `limit` kernel function returns `Kernel`s for `get=None`, whose flags give the
         # layout of the arrays it selects; only shapes are computed.
-        return eqx.filter_eval_shape(_traced_call, fn_kw, tile1, None, None)
+        return eqx.filter_eval_shape(_traced_call, fn_kw, tile1, None, None, side1)
     return None
 
 
@@ -301,16 +371,23 @@ def _compute_step(
     get: Get,
     paths: tuple[str, ...],
     mesh: Mesh,
+    sa: dict[str, Array],
+    sb: dict[str, Array] | None,
 ) -> tuple[Array, ...]:
-    """One tile per device: `kernel_fn(xa[d], xb[d])` (`xb[d] = None` when `xb` is `None`).
+    """One tile per device: `kernel_fn(xa[d], xb[d])` (`xb[d] = None` when `xb` is `None`),
+    with the tiles `sa`, `sb` of the per-example side inputs of the rows and columns.
 
     Devices whose `valid[d]` is false return zeros without computing anything.
     """
     dynamic, static = eqx.partition(fn_kw, eqx.is_array)
 
-    def local(dynamic: Any, valid: Array, a: Array, b: Array | None) -> tuple[Array, ...]:
+    def local(
+        dynamic: Any, valid: Array, a: Array, b: Array | None, sa: Any, sb: Any
+    ) -> tuple[Array, ...]:
         def tile() -> tuple[Array, ...]:
-            out = _call(eqx.combine(dynamic, static), a[0], None if b is None else b[0], get)
+            first = lambda side: None if side is None else {n: v[0] for n, v in side.items()}
+            fn_kw = eqx.combine(dynamic, static)
+            out = _call(fn_kw, a[0], None if b is None else b[0], get, first(sa), first(sb))
             by_path = {
                 jax.tree_util.keystr(path): leaf
                 for path, leaf in jax.tree_util.tree_flatten_with_path(out)[0]
@@ -326,11 +403,11 @@ def _compute_step(
     tiles = jax.shard_map(
         local,
         mesh=mesh,
-        in_specs=(P(), P(AXIS), P(AXIS), P(AXIS)),
+        in_specs=(P(), P(AXIS), P(AXIS), P(AXIS), P(AXIS), P(AXIS)),
         out_specs=P(AXIS),
         check_vma=False,
     )
-    return tiles(dynamic, valid, xa, xb)
+    return tiles(dynamic, valid, xa, xb, sa, sb)
 
 
 def _stacked_tiles(x: np.ndarray, starts: list[int], size: int, sharding: NamedSharding) -> Array:

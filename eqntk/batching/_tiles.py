@@ -4,8 +4,9 @@ A kernel function returns a PyTree of arrays of three kinds, named here by their
 
 - `"cross"`: a kernel between the two batches, `(N1, N2, *layout)` (`nngp`, `ntk`, or any
   unnamed array);
-- `"row"`: a per-example marginal of `x1`, `(N1, *layout)` (leaves named `cov1`);
-- `"col"`: the same for `x2`, `(N2, *layout)` (leaves named `cov2`).
+- `"row"`: a per-example array of `x1`, `(N1, *layout)` (leaves named `cov1`, `mask1`,
+  `pattern1`);
+- `"col"`: the same for `x2`, `(N2, *layout)` (leaves named `cov2`, `mask2`, `pattern2`).
 """
 
 import math
@@ -97,9 +98,10 @@ def check_tile(leaves: list[Leaf], template: Any, b1: int, b2: int) -> None:
         if array.shape[: len(want)] != want:
             raise ValueError(
                 f"`kernel_fn` returned an array at `output{leaf.path}` of shape {array.shape} "
-                f"on tiles of {b1} and {b2} examples; `batch` expects arrays named `cov1` to "
-                f"start with the x1 batch axis, `cov2` with the x2 batch axis, and every other "
-                f"array with both, (N1, N2, ...)."
+                f"on tiles of {b1} and {b2} examples; `batch` expects arrays named `cov1`, "
+                f"`mask1` or `pattern1` to start with the x1 batch axis, `cov2`, `mask2` or "
+                f"`pattern2` with the x2 batch axis, and every other array with both, "
+                f"(N1, N2, ...)."
             )
 
 
@@ -146,9 +148,9 @@ def _is_kernel(node: Any) -> bool:
 
 def _role(path: tuple[Any, ...]) -> Role:
     name = _key_name(path[-1]) if path else None
-    if name == "cov1":
+    if name in ("cov1", "mask1", "pattern1"):
         return "row"
-    if name == "cov2":
+    if name in ("cov2", "mask2", "pattern2"):
         return "col"
     return "cross"
 

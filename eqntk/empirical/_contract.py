@@ -48,11 +48,18 @@ class OutputAxes(NamedTuple):
 def canonical_axes(
     trace_axes: int | Sequence[int], diagonal_axes: int | Sequence[int], shape: tuple[int, ...]
 ) -> OutputAxes:
-    """Check `trace_axes` and `diagonal_axes` against the per-example output shape `shape`."""
+    """Check `trace_axes` and `diagonal_axes` against the per-example output shape `shape`.
+
+    A scalar output has no channel axis: tracing over it (axis `0`, the default) is the
+    identity, so that the defaults serve scalar-output models too.
+    """
     ndim = len(shape)
     result = []
     for name, axes in (("trace_axes", trace_axes), ("diagonal_axes", diagonal_axes)):
         axes = (axes,) if isinstance(axes, int) else tuple(axes)
+        if ndim == 0 and name == "trace_axes" and all(a in (0, -1) for a in axes):
+            result.append(())
+            continue
         if any(not isinstance(a, int) or not -ndim <= a < ndim for a in axes):
             raise ValueError(
                 f"`{name}` must be axes of one example's output, which has shape {shape} "

@@ -21,6 +21,7 @@ from ._contract import (
     contraction,
     cost,
     evaluate,
+    kernel_shape,
 )
 from ._structured import Plan, make_plan, side_factors
 
@@ -41,6 +42,7 @@ class _Setup(eqx.Module):
     x_tree: Any = eqx.field(static=True)
     out_tree: Any = eqx.field(static=True)
     out_shapes: tuple[tuple[int, ...], ...] = eqx.field(static=True)
+    out_dtypes: tuple[Any, ...] = eqx.field(static=True)
 
     def fn(self, params: Sequence[Array], x: Sequence[Any]) -> list[Array]:
         """The model on ONE example, as flat lists of parameter, input and output leaves."""
@@ -87,10 +89,31 @@ def _setup(
         model = eqx.combine(jtu.tree_unflatten(param_tree, p), static)
         return model(jtu.tree_unflatten(x_tree, x))
 
-    out = jax.eval_shape(call, leaves, one)
+    try:
+        out = jax.eval_shape(call, leaves, one)
+    except Exception as error:
+        shapes = [tuple(o.shape) for o in one]
+        shown = shapes[0] if len(shapes) == 1 else shapes
+        note = (
+            f"(`model` is called on ONE example: here of shape {shown}, `x1` without its batch "
+            f"axis `vmap_axes`={vmap_axes}.)"
+        )
+        if any(o.ndim == 0 for o in one):
+            note += (
+                " A 1-D `x1` is a batch of scalar examples; for a single example of shape "
+                "(n,), pass `x1[None]`."
+            )
+        error.add_note(note)
+        raise
     out_leaves, out_tree = jtu.tree_flatten(out)
     setup = _Setup(
-        leaves, static, param_tree, x_tree, out_tree, tuple(tuple(o.shape) for o in out_leaves)
+        leaves,
+        static,
+        param_tree,
+        x_tree,
+        out_tree,
+        tuple(tuple(o.shape) for o in out_leaves),
+        tuple(o.dtype for o in out_leaves),
     )
     return setup, x1_leaves, x2_leaves
 
@@ -296,7 +319,8 @@ def empirical_kernel(
 
     - `model`: any callable Equinox module, called on ONE example (`model(x)`); its output may
       be an array or a PyTree of arrays.
-    - `x1`: a batch of inputs (an array, or a PyTree of arrays), batch axis `vmap_axes`.
+    - `x1`: a batch of inputs (an array, or a PyTree of arrays), batch axis `vmap_axes`. An
+      empty batch gives an empty kernel.
     - `x2`: a second batch of the same per-example shape, or `None` for `x2 = x1` (computed
       once, and cheaper).
     - `get`: `"ntk"`, `"nngp"`, or a tuple of these for a named tuple of kernels.
@@ -311,6 +335,8 @@ def empirical_kernel(
           `eqntk/empirical/_structured.py` for the structure exploited);
         - `"auto"`: the cheapest of the three by a flop estimate made at trace time.
     - `trace_axes`: output axes (of one example) to average over; default the channel axis.
+      A scalar output (shape `()`) has no axis to trace: the default (and `0`) then leaves it
+      as it is, so a scalar-output model gives `(N1, N2)` kernels.
     - `diagonal_axes`: output axes to keep only on their diagonal.
     - `vmap_axes`: the batch axis of `x1` and `x2` (every leaf).
     - `filter`: selects the parameters among the leaves of `model`.
@@ -343,10 +369,19 @@ def empirical_kernel(
     _check_implementation(implementation)
     setup, x1_leaves, x2_leaves = _setup(model, x1, x2, vmap_axes, filter, "ntk" in names)
     axes = [canonical_axes(trace_axes, diagonal_axes, shape) for shape in setup.out_shapes]
+    n1 = x1_leaves[0].shape[0]
+    n2 = n1 if x2_leaves is None else x2_leaves[0].shape[0]
     kernels = {}
-    if "nngp" in names:
+    if n1 == 0 or n2 == 0:
+        # An empty batch has an empty kernel (the traced paths index one example).
+        for name in names:
+            kernels[name] = [
+                jnp.zeros(kernel_shape(n1, n2, shape, ax), dtype)
+                for shape, dtype, ax in zip(setup.out_shapes, setup.out_dtypes, axes)
+            ]
+    if "nngp" in names and "nngp" not in kernels:
         kernels["nngp"] = _nngp(setup, x1_leaves, x2_leaves, axes)
-    if "ntk" in names:
+    if "ntk" in names and "ntk" not in kernels:
         kernels["ntk"] = _ntk(setup, x1_leaves, x2_leaves, axes, implementation)
     trees = {name: jtu.tree_unflatten(setup.out_tree, kernels[name]) for name in names}
     if isinstance(get, str):

@@ -44,6 +44,8 @@ class FanOutRule(AbstractRule):
 class ParallelRule(AbstractRule):
     """Kernel rule of [`eqntk.nn.Parallel`][]: each layer's rule on the kernel of its stream."""
 
+    takes_streams = True
+
     def requirements(self, layer: Parallel, wanted):
         n = len(layer.layers)
         if isinstance(wanted, tuple):
@@ -64,6 +66,8 @@ class ParallelRule(AbstractRule):
 
 
 class _FanInRule(AbstractRule):
+    takes_streams = True
+
     def requirements(self, layer, wanted):
         # One Requirements stands for every incoming stream, however many there are.
         return wanted

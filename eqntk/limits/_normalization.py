@@ -1,10 +1,12 @@
 """Kernel rules of `LayerNorm` and `Dropout` (also `equinox.nn.Dropout`)."""
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
 from ..nn import Dropout, LayerNorm
+from ..nn._hyperparameters import hyperparameter
 from ._elementwise import require_gaussian
 from ._kernel import Kernel
 from ._registry import AbstractRule, register
@@ -49,14 +51,26 @@ class LayerNormRule(AbstractRule):
         )
 
 
-def dropout_kernel(k: Kernel, keep_rate: Array | float) -> Kernel:
+def dropout_kernel(k: Kernel, keep_rate: Array | float, name: str = "keep_rate") -> Kernel:
     """The kernel after dropout in training mode, as neural-tangents defines it.
 
     Masks of different examples are independent, so only the entries that pair a unit with
     itself are scaled, by $1/\\text{keep\\_rate}$: `cov1`/`cov2` on their spatial diagonal, and
-    `nngp`/`ntk` on the batch and spatial diagonal when `x2` is `None`.
+    `nngp`/`ntk` on the batch and spatial diagonal when `x2` is `None`. `keep_rate` must be in
+    `(0, 1]` (checked at trace time when concrete, else with `eqx.error_if`; `name` is what the
+    error calls it).
     """
-    factor = 1 / k.cast(keep_rate)
+    keep_rate = k.cast(keep_rate)
+    message = (
+        f"Dropout in training mode needs `{name}` (the probability of keeping a unit) in (0, 1]"
+    )
+    if isinstance(keep_rate, jax.core.Tracer):
+        keep_rate = eqx.error_if(
+            keep_rate, ~((keep_rate > 0) & (keep_rate <= 1)), message + "; got a value outside."
+        )
+    elif not 0 < keep_rate <= 1:
+        raise ValueError(f"{message}, got {float(keep_rate)}.")
+    factor = 1 / keep_rate
     nngp, ntk = k.nngp, k.ntk
     if k.x1_is_x2:
         nngp = _scale_diagonal(nngp, factor, k, n_lead=2)
@@ -104,6 +118,22 @@ class EquinoxDropoutRule(AbstractRule):
         return wanted
 
     def __call__(self, layer: eqx.nn.Dropout, k: Kernel, wanted) -> Kernel:
+        p = layer.p
+        if not isinstance(p, jax.core.Tracer):
+            # Static checks first: `p=1` drops every unit (no limit), `p` outside [0, 1) is not a
+            # probability; both would otherwise give infinite or negative variances.
+            p = hyperparameter("p", p)
+            if not 0 <= p <= 1:
+                raise ValueError(
+                    f"`equinox.nn.Dropout` needs its drop probability `p` in [0, 1], "
+                    f"got {float(p)}."
+                )
+            if p == 1 and not layer.inference:
+                raise ValueError(
+                    "`equinox.nn.Dropout(p=1.0)` in training mode drops every unit: the rescaling "
+                    "1/(1 - p) has no infinite-width limit. Use `p` in [0, 1), or "
+                    "`inference=True` to turn dropout off."
+                )
         if layer.inference:
             return k
-        return dropout_kernel(k, 1 - jnp.asarray(layer.p))
+        return dropout_kernel(k, 1 - jnp.asarray(p), name="1 - p")

@@ -2,8 +2,10 @@
 
 import abc
 import contextlib
+import functools
+import types
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import equinox as eqx
 import jax
@@ -85,6 +87,12 @@ class AbstractRule(eqx.Module):
     container layer (`Sequential`, `Parallel`) calls [`eqntk.limits.apply`][] and
     [`eqntk.limits.requirements`][] on its children.
 
+    [`eqntk.limits.apply`][] checks what a rule returns: a `Kernel` (or a tuple of kernels)
+    with the batch sizes `(N1, N2)` of its input, masks kept where the input had masks (unless
+    no spatial axis is left), and an NTK exactly when the input has one. A rule that joins
+    several streams (a tuple of kernels, made by `FanOut`) sets the class attribute
+    `takes_streams = True`; other rules are only given one kernel.
+
     **Example:**
 
     ```python
@@ -112,6 +120,9 @@ class AbstractRule(eqx.Module):
     assert jnp.allclose(eqntk.limit(model)(x, get="nngp"), 4.0)
     ```
     """
+
+    # Whether `__call__` accepts a tuple of kernels (several streams, after `FanOut`).
+    takes_streams: ClassVar[bool] = False
 
     @abc.abstractmethod
     def requirements(self, layer: Any, wanted: RequirementsTree) -> RequirementsTree:
@@ -197,7 +208,7 @@ def rule_for(layer: Any) -> AbstractRule:
     **Raises:**
 
     `NotImplementedError`, naming the class and showing how to register a rule, when there is
-    none.
+    none; `TypeError` for a plain function (it points to [`eqntk.nn.Elementwise`][]).
 
     **Example:**
 
@@ -214,6 +225,21 @@ def rule_for(layer: Any) -> AbstractRule:
         if rule is not None:
             return rule
     name = type(layer).__name__
+    if _is_plain_function(layer):
+        raise TypeError(
+            f"`limit` takes layers (Equinox modules with a kernel rule), got the plain function "
+            f"{_describe_function(layer)}. For a scalar nonlinearity applied elementwise, use "
+            f"`eqntk.nn.Elementwise(fn)` (e.g. `nn.Elementwise(jnp.tanh)`): its kernel is "
+            f"computed by quadrature. `equinox.nn.Lambda(fn)` also makes a function a layer, "
+            f"but has no kernel rule of its own (a function need not act elementwise): register "
+            f"one with `eqntk.limits.register(equinox.nn.Lambda)` if you need it."
+        )
+    if isinstance(layer, eqx.nn.Lambda):
+        raise NotImplementedError(
+            f"`limit` has no kernel rule for `equinox.nn.Lambda` (here wrapping "
+            f"{_describe_function(layer.fn)}): a function need not act elementwise. For a "
+            f"scalar nonlinearity applied elementwise, use `eqntk.nn.Elementwise(fn)`."
+        )
     raise NotImplementedError(
         f"`limit` has no kernel rule for layers of type "
         f"`{type(layer).__module__}.{type(layer).__qualname__}`. "
@@ -223,6 +249,25 @@ def rule_for(layer: Any) -> AbstractRule:
         f"        def requirements(self, layer, wanted): ...\n"
         f"        def __call__(self, layer, k, wanted): ...\n"
     )
+
+
+def _is_plain_function(layer: Any) -> bool:
+    if isinstance(layer, eqx.Module) or isinstance(layer, type):
+        return False
+    return isinstance(
+        layer,
+        types.FunctionType
+        | types.BuiltinFunctionType
+        | types.MethodType
+        | functools.partial
+        | jax.custom_jvp
+        | jax.custom_vjp,
+    ) or (callable(layer) and type(layer).__name__ in ("PjitFunction", "CompiledFunction"))
+
+
+def _describe_function(fn: Any) -> str:
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    return f"`{name}`" if name else repr(fn)
 
 
 def requirements(layer: Any, wanted: RequirementsTree) -> RequirementsTree:
@@ -275,7 +320,16 @@ def apply(layer: Any, k: KernelTree, wanted: RequirementsTree) -> KernelTree:
     assert apply(nn.Identity(), k, Requirements()) is k
     ```
     """
-    out = rule_for(layer)(layer, k, wanted)
+    rule = rule_for(layer)
+    if isinstance(k, tuple) and not rule.takes_streams:
+        raise ValueError(
+            f"`{type(layer).__name__}` received {len(k)} streams (made by `FanOut`), but it "
+            f"takes one. Join the streams first with a fan-in layer (`nn.FanInSum`, "
+            f"`nn.FanInProd`, `nn.FanInConcat`), or give each stream its own layers with "
+            f"`nn.Parallel`."
+        )
+    out = rule(layer, k, wanted)
+    _check_output(rule, layer, k, out)
     # Masked positions stay zero whatever the rule did (e.g. a bias added there), so rules only
     # have to say how masks move when they move positions.
     out = jax.tree_util.tree_map(remask, out, is_leaf=lambda z: isinstance(z, Kernel))
@@ -283,6 +337,53 @@ def apply(layer: Any, k: KernelTree, wanted: RequirementsTree) -> KernelTree:
     for callback in _observers:
         callback(out)
     return out
+
+
+def _kernels(k: Any) -> list[Any]:
+    return [x for ki in k for x in _kernels(ki)] if isinstance(k, tuple) else [k]
+
+
+def _check_output(rule: AbstractRule, layer: Any, k: KernelTree, out: Any) -> None:
+    """Check that a rule kept what every rule must keep: the batch sizes, the masks and whether
+    the NTK is computed."""
+    where = f"The kernel rule `{type(rule).__qualname__}` (of `{type(layer).__name__}`)"
+    inputs, outputs = _kernels(k), _kernels(out)
+    if not outputs or not all(isinstance(o, Kernel) for o in outputs):
+        got = [type(o).__name__ for o in outputs] if isinstance(out, tuple) else type(out).__name__
+        raise TypeError(f"{where} must return a `Kernel` or a tuple of kernels, got {got}.")
+    first = inputs[0]
+    n1, n2 = first.nngp.shape[:2]
+    has_ntk = first.ntk is not None
+    has_mask1 = any(ki.mask1 is not None for ki in inputs)
+    has_mask2 = any(ki.mask2 is not None for ki in inputs)
+    for o in outputs:
+        problems = []
+        if tuple(o.nngp.shape[:2]) != (n1, n2):
+            problems.append(
+                f"`nngp` must start with the batch sizes (N1, N2) = {(n1, n2)} of its input, "
+                f"got shape {o.nngp.shape}"
+            )
+        if o.cov1.shape[:1] != (n1,):
+            problems.append(f"`cov1` must start with N1 = {n1}, got shape {o.cov1.shape}")
+        if o.cov2 is not None and o.cov2.shape[:1] != (n2,):
+            problems.append(f"`cov2` must start with N2 = {n2}, got shape {o.cov2.shape}")
+        if (o.ntk is not None) != has_ntk:
+            problems.append(
+                "`ntk` must be computed exactly when the input has one (input: "
+                f"{'an NTK' if has_ntk else 'no NTK'}; output: "
+                f"{'an NTK' if o.ntk is not None else 'None'})"
+            )
+        if o.x1_is_x2 != first.x1_is_x2:
+            problems.append(f"`x1_is_x2` must stay {first.x1_is_x2}, got {o.x1_is_x2}")
+        # Layers that remove every spatial axis (global pooling, `Flatten`) end the masks.
+        for name, had in (("mask1", has_mask1), ("mask2", has_mask2)):
+            if had and o.spatial_ndim > 0 and getattr(o, name) is None:
+                problems.append(
+                    f"`{name}` must be kept (the input is masked; map it along when the "
+                    f"positions change, e.g. `k.replace({name}=...)`), got None"
+                )
+        if problems:
+            raise ValueError(f"{where} returned a wrong kernel: " + "; ".join(problems) + ".")
 
 
 _observers: list[Callable[[KernelTree], None]] = []

@@ -31,6 +31,8 @@ class RepeatRule(AbstractRule):
     metadata (shapes, spatial layout, Gaussianity).
     """
 
+    takes_streams = True
+
     def requirements(self, layer: Repeat, wanted):
         return _carried(layer, wanted)
 

@@ -13,6 +13,8 @@ class SequentialRule(AbstractRule):
     """Kernel rule of [`eqntk.nn.Sequential`][] (and `equinox.nn.Sequential`): the composition
     of the layers' rules."""
 
+    takes_streams = True
+
     def requirements(self, layer, wanted):
         for child in reversed(layer.layers):
             wanted = requirements(child, wanted)
@@ -31,6 +33,8 @@ class SequentialRule(AbstractRule):
 @register(Identity, eqx.nn.Identity)
 class IdentityRule(AbstractRule):
     """Kernel rule of [`eqntk.nn.Identity`][] (and `equinox.nn.Identity`)."""
+
+    takes_streams = True
 
     def requirements(self, layer, wanted):
         return wanted

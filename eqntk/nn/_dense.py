@@ -143,7 +143,7 @@ class Dense(eqx.Module):
         assert nn.Dense(2, 4, key=jr.key(0))(jnp.ones(2)).shape == (4,)
         ```
         """
-        if x.shape[0] != self.weight.shape[1]:
+        if x.ndim == 0 or x.shape[0] != self.weight.shape[1]:
             raise ValueError(
                 f"`Dense` expects inputs with {self.weight.shape[1]} channels on axis 0, "
                 f"got shape {x.shape}."

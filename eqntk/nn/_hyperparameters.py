@@ -10,21 +10,40 @@ def hyperparameter(name: str, value: ArrayLike, *, nonnegative: bool = False) ->
     """Convert a scalar hyperparameter to a 0-d floating array, checking it where it is concrete.
 
     Hyperparameters are array leaves so that kernels can be differentiated and vmapped with
-    respect to them. Under `jax.vmap` or `jit` the value is a tracer and cannot be checked here.
+    respect to them. Under `jax.vmap` or `jit` the value is a tracer: only its shape and dtype
+    can be checked here.
     """
-    if isinstance(value, jax.core.Tracer):
-        array = value
-    else:
-        concrete = np.asarray(value)
-        if concrete.shape != ():
-            raise ValueError(f"`{name}` must be a scalar, got shape {concrete.shape}.")
-        if not np.isfinite(concrete):
-            raise ValueError(f"`{name}` must be finite, got {concrete}.")
-        if nonnegative and concrete < 0:
-            raise ValueError(f"`{name}` must be non-negative, got {concrete}.")
-        array = jnp.asarray(value)
+    array = real_array(name, value, "a real number")
     if array.shape != ():
         raise ValueError(f"`{name}` must be a scalar, got shape {array.shape}.")
+    if not isinstance(array, jax.core.Tracer) and nonnegative and array < 0:
+        raise ValueError(f"`{name}` must be non-negative, got {array}.")
+    return array
+
+
+def real_array(name: str, value: ArrayLike, expected: str = "a real array") -> Array:
+    """Convert `value` to a floating array, raising an error naming `name` unless it holds real
+    numbers (integers or floats; not booleans, complex numbers or strings) that are finite.
+
+    Integers become floats of the default precision. Tracers are checked for their dtype only.
+    """
+    if isinstance(value, jax.core.Tracer):
+        dtype = value.dtype
+    else:
+        try:
+            dtype = np.asarray(value).dtype
+        except (TypeError, ValueError):
+            dtype = np.dtype(object)
+    if dtype.kind == "c":
+        raise TypeError(
+            f"`{name}` must be {expected}, got the complex value {value!r} (its imaginary part "
+            f"would be lost)."
+        )
+    if dtype.kind not in "iuf" and not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"`{name}` must be {expected}, got {value!r} (dtype {dtype}).")
+    array = value if isinstance(value, jax.core.Tracer) else jnp.asarray(value)
+    if not isinstance(array, jax.core.Tracer) and not np.isfinite(np.asarray(array)).all():
+        raise ValueError(f"`{name}` must be finite, got {value!r}.")
     if not jnp.issubdtype(array.dtype, jnp.floating):
         array = array.astype(jnp.result_type(float))
     return array

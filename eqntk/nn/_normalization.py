@@ -39,7 +39,9 @@ class LayerNorm(eqx.Module):
         - `axis`: the axes to normalise over. Must include `"channel"` (the limit exists only
           then); may add `"spatial"` (every spatial axis) or spatial axis indices `k >= 0`
           (`0` is the first axis after the channels).
-        - `eps`: a small positive number added to the variance.
+        - `eps`: a small positive number added to the variance. It must be positive: an
+          input whose normalised entries are all equal (e.g. all zero) has variance 0, and
+          its output (and kernel) would be $0/0$; with `eps > 0` both are 0.
 
         **Example:**
 
@@ -64,8 +66,13 @@ class LayerNorm(eqx.Module):
                 f"`LayerNorm` must normalise over the channels: `axis` must include 'channel', "
                 f"got {axis!r}."
             )
-        if not (np.isfinite(eps) and eps >= 0):
-            raise ValueError(f"`eps` must be a non-negative number, got {eps!r}.")
+        if isinstance(eps, bool) or not isinstance(eps, int | float | np.integer | np.floating):
+            raise TypeError(f"`eps` must be a positive real number, got {eps!r}.")
+        if not (np.isfinite(eps) and eps > 0):
+            raise ValueError(
+                f"`eps` must be a positive real number, got {eps!r}: with `eps=0` an input whose "
+                f"entries are all equal (e.g. all zero) has a 0/0 output."
+            )
         self.axis = axis
         self.eps = float(eps)
 
@@ -126,8 +133,9 @@ class Dropout(eqx.Module):
     def __init__(self, keep_rate: ArrayLike, inference: bool = False):
         """**Arguments:**
 
-        - `keep_rate`: the probability of keeping a unit, in `(0, 1]` (neural-tangents'
-          `rate`).
+        - `keep_rate`: the probability of keeping a unit, a real number in `(0, 1]`
+          (neural-tangents' `rate`). With `keep_rate = 0` every unit is dropped and the
+          rescaling $1/\text{keep\_rate}$ has no limit.
         - `inference`: `True` to turn dropout off (the identity).
 
         **Example:**
@@ -144,9 +152,9 @@ class Dropout(eqx.Module):
         ```
         """
         self.keep_rate = hyperparameter("keep_rate", keep_rate)
-        # Under `jax.vmap` or `jit` the value is a tracer and cannot be checked here.
-        if not isinstance(keep_rate, jax.core.Tracer) and not 0 < float(np.asarray(keep_rate)) <= 1:
-            raise ValueError(f"`keep_rate` must be in (0, 1], got {float(np.asarray(keep_rate))}.")
+        # Under `jax.vmap` or `jit` the value is a tracer: the kernel rule checks it then.
+        if not isinstance(self.keep_rate, jax.core.Tracer) and not 0 < self.keep_rate <= 1:
+            raise ValueError(f"`keep_rate` must be in (0, 1], got {float(self.keep_rate)}.")
         self.inference = inference
 
     def __call__(

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._hyperparameters import frozen
+from ._hyperparameters import frozen, real_array
 
 
 def check_degree(name: str, degree: int) -> int:
@@ -120,13 +120,11 @@ class Polynomial(eqx.Module):
         assert nn.Polynomial([1.0, 0.0, 2.0])(jnp.array([3.0])).tolist() == [19.0]
         ```
         """
-        array = jnp.asarray(coef)
+        array = real_array("coef", coef, "a 1-D sequence of real coefficients")
         if array.ndim != 1 or array.shape[0] == 0:
             raise ValueError(
                 f"`coef` must be a non-empty 1-D sequence of coefficients, got shape {array.shape}."
             )
-        if not jnp.issubdtype(array.dtype, jnp.floating):
-            array = array.astype(jnp.result_type(float))
         self.coef = array
 
     def __call__(

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._hyperparameters import frozen
+from ._hyperparameters import frozen, hyperparameter, real_array
 
 
 # One entry of `Index(spatial=...)`: None keeps the axis, an int selects a position (and removes
@@ -176,20 +176,13 @@ class DotGeneral(eqx.Module):
         ```
         """
         axes = spatial_axes(axes)
-        scale_array = jnp.asarray(scale)
-        if scale_array.shape != ():
-            raise ValueError(f"`scale` must be a scalar, got shape {scale_array.shape}.")
-        if not jnp.issubdtype(scale_array.dtype, jnp.floating):
-            scale_array = scale_array.astype(jnp.result_type(float))
-        self.scale = scale_array
+        self.scale = hyperparameter("scale", scale)
         if matrix is None:
             if axes:
                 raise ValueError(f"`axes` must be empty when `matrix` is None, got {axes!r}.")
             self.matrix = None
         else:
-            matrix = jnp.asarray(matrix)
-            if not jnp.issubdtype(matrix.dtype, jnp.floating):
-                matrix = matrix.astype(jnp.result_type(float))
+            matrix = real_array("matrix", matrix)
             if not axes or matrix.ndim != 2 * len(axes):
                 raise ValueError(
                     f"`matrix` must have 2 * len(axes) axes (*P, *S) for `axes`={axes!r}, "
