@@ -68,6 +68,11 @@ def _learning_rate(text: str) -> float:
     return value
 
 
+def _count(n: int, noun: str) -> str:
+    """`1 finite network`, `3 finite networks`."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _version() -> str:
     from . import __version__
 
@@ -283,8 +288,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _table(results: dict, ensemble: int) -> str:
-    networks = "1 network" if ensemble == 1 else f"{ensemble} networks"
-    rows = [("architecture", "NNGP", "NTK", "one finite network", f"ensemble of {networks}")]
+    rows = [("architecture", "NNGP", "NTK", "one finite network")]
+    rows[0] += (f"ensemble of {_count(ensemble, 'network')}",)
     for arch, r in results["accuracy"].items():
         one = sum(r["finite_networks"]) / len(r["finite_networks"])
         rows.append(

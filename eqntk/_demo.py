@@ -15,6 +15,7 @@ import optax
 from sklearn.datasets import load_digits
 
 from . import dynamics, nn
+from ._cli import _count
 from .limits import limit
 
 
@@ -184,7 +185,7 @@ def run_demo(
     accuracy = {}
     seconds = {}
     for arch in archs:
-        size = width if arch == "fcn" else channels
+        size, kind = (width, "width") if arch == "fcn" else (channels, "channels")
 
         def make(k, arch=arch, size=size):
             return make_network(arch, depth, size, k)
@@ -198,9 +199,8 @@ def run_demo(
         result |= kernel_accuracy(model, x_train, y_train, x_test, labels, arch_log)
         kernel_seconds = time.perf_counter() - start
         arch_log(f"infinite network: NNGP {result['nngp']:.4f}, NTK {result['ntk']:.4f}")
-        networks = "1 finite network" if ensemble == 1 else f"{ensemble} finite networks"
         arch_log(
-            f"training {networks} of {'width' if arch == 'fcn' else 'channels'} {size}, "
+            f"training {_count(ensemble, 'finite network')} of {kind} {size}, "
             f"{steps} Adam steps each on minibatches of {min(batch_size, n_train)} ..."
         )
         start = time.perf_counter()
@@ -240,7 +240,7 @@ def _plot(accuracy: dict, ensemble: int, out: pathlib.Path) -> None:
         "NNGP (infinite)",
         "NTK (infinite)",
         "one finite network (mean)",
-        "finite ensemble" if ensemble == 1 else f"finite ensemble of {ensemble}",
+        f"ensemble of {_count(ensemble, 'finite network')}",
     )
     width = 0.8 / len(names)
     positions = np.arange(len(accuracy))
