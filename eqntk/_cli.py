@@ -288,8 +288,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _table(results: dict, ensemble: int) -> str:
-    rows = [("architecture", "NNGP", "NTK", "one finite network")]
-    rows[0] += (f"ensemble of {_count(ensemble, 'network')}",)
+    ensemble_header = f"ensemble of {_count(ensemble, 'network')}"
+    rows = [("architecture", "NNGP", "NTK", "one finite network", ensemble_header)]
     for arch, r in results["accuracy"].items():
         one = sum(r["finite_networks"]) / len(r["finite_networks"])
         rows.append(
