@@ -38,9 +38,9 @@ def abrelu_entries(k: Kernel, a: Array | float, b: Array | float) -> EntryMap:
     store = k.spatial_ndim > 0
 
     def fn(q11, q12, q22, ntk):
-        rho, inverse_norm = homogeneous_correlation(q11, q12, q22, store)
+        rho, norm = homogeneous_correlation(q11, q12, q22, store)
         # half_gap * norm * J1(rho) + ab * q12, with q12 = norm * rho (see `times_norm`).
-        nngp = times_norm(half_gap * arccos_kernel_1(rho) + ab * rho, inverse_norm)
+        nngp = times_norm(half_gap * arccos_kernel_1(rho) + ab * rho, norm)
         if ntk is None:
             return nngp, None
         return nngp, ntk * (half_gap * arccos_kernel_0(rho) + ab)
@@ -56,10 +56,14 @@ def _abrelu_kernel(layer, k: Kernel, a, b) -> Kernel:
     # The map is positively homogeneous (degree 1 for the NNGP, 0 for the NTK factor), so
     # dividing the covariances by their largest entry and multiplying back changes nothing but
     # the range of the intermediate products. The scale is a constant for autodiff: by
-    # homogeneity its derivative terms cancel exactly.
+    # homogeneity its derivative terms cancel exactly. It is applied as its square root twice:
+    # XLA turns a division by a scalar into a product with its reciprocal, and 1 / scale is
+    # flushed to 0 in float32 for scales past about 1e38 (the whole kernel became 0).
+    # An overflowed kernel keeps scale 1: inf / inf would turn its honest infinities into NaN.
     scale = jax.lax.stop_gradient(jnp.maximum(jnp.max(jnp.abs(k.nngp)), k.cast(1e-12)))
-    out = map_entries(k.map_covariances(lambda c: c / scale, lambda t: t), fn)
-    return out.map_covariances(lambda c: c * scale, lambda t: t)
+    root = jnp.sqrt(jnp.where(scale < jnp.inf, scale, 1))
+    out = map_entries(k.map_covariances(lambda c: c / root / root, lambda t: t), fn)
+    return out.map_covariances(lambda c: c * root * root, lambda t: t)
 
 
 @register(ABRelu)
