@@ -200,11 +200,24 @@ def _arccos_kernel_1_jvp(primals, tangents):
     return arccos_kernel_1(rho), arccos_kernel_0(rho) * drho
 
 
-def arcsin(x: Array) -> Array:
-    """$\\arcsin$ on [-1, 1]; in float32 from polynomials that run at copy speed (see `_arccos`)."""
-    if x.dtype == jnp.float64:
-        return jnp.arcsin(x)
-    return _arcsin_polynomial(x)
+def arcsin(x: Array, one_minus_x2: Array | None = None) -> Array:
+    """$\\arcsin$ on [-1, 1]; in float32 from polynomials that run at copy speed (see `_arccos`).
+
+    Near $|x| = 1$ the derivative of arcsin is infinite, and rounding $x$ alone costs
+    $\\sqrt{\\epsilon}$ of accuracy. A caller that knows $1 - x^2$ without cancellation passes
+    it as `one_minus_x2`; for $|x| > 1/2$ the result is then computed from it alone, as
+    $\\pi/2 - 2\\arcsin\\sqrt{(1 - x^2)/(2(1 + |x|))}$, to working precision.
+    """
+    if one_minus_x2 is None:
+        if x.dtype == jnp.float64:
+            return jnp.arcsin(x)
+        return _arcsin_polynomial(x)
+    t = jnp.abs(x)
+    large = t > 0.5
+    y = jnp.where(large, jnp.sqrt(jnp.maximum(one_minus_x2, 0) / (2 * (1 + t))), t)
+    r = jnp.arcsin(y) if x.dtype == jnp.float64 else _arcsin_small(y)
+    r = jnp.where(large, math.pi / 2 - 2 * r, r)
+    return jnp.where(x < 0, -r, r)
 
 
 # Odd polynomial for arcsin on [-1/2, 1/2] in powers of z = x^2 (the Cephes single-precision
@@ -223,13 +236,18 @@ def _arcsin_polynomial(x: Array) -> Array:
     large = t > 0.5
     # For |x| > 1/2, arcsin x = pi/2 - 2 arcsin(sqrt((1 - |x|)/2)) keeps relative accuracy.
     y = jnp.where(large, jnp.sqrt(jnp.maximum(1 - t, 0) / 2), t)
-    z = y * y
-    p = jnp.asarray(_ARCSIN_SMALL[-1], x.dtype)
-    for coefficient in _ARCSIN_SMALL[-2::-1]:
-        p = p * z + coefficient
-    r = y + y * z * p
+    r = _arcsin_small(y)
     r = jnp.where(large, math.pi / 2 - 2 * r, r)
     return jnp.where(x < 0, -r, r)
+
+
+def _arcsin_small(y: Array) -> Array:
+    """arcsin on [0, 1/2] from the polynomial."""
+    z = y * y
+    p = jnp.asarray(_ARCSIN_SMALL[-1], y.dtype)
+    for coefficient in _ARCSIN_SMALL[-2::-1]:
+        p = p * z + coefficient
+    return y + y * z * p
 
 
 def arccos_kernel(degree: int, rho: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
