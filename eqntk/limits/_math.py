@@ -98,7 +98,7 @@ def _sqrt_or_inf(x: Array) -> Array:
 
 def times_norm(g: Array, norm: tuple[Array, Array]) -> Array:
     """$\\sqrt{q_{11} q_{22}}\\, g$ (0 where a variance is 0), computed as
-    `(g * sqrt(q11)) / rsqrt(q22)` from the factors of `homogeneous_correlation`.
+    `g / (rsqrt(q22) / sqrt(q11))` from the factors of `homogeneous_correlation`.
 
     The NNGP of a positively homogeneous nonlinearity is the norm times a function of the
     correlation. XLA:CPU recomputes cheap elementwise producers (such as the arc-cosine
@@ -108,7 +108,14 @@ def times_norm(g: Array, norm: tuple[Array, Array]) -> Array:
     made a 3-layer ReLU FCN kernel about 3x slower).
     """
     sqrt_q11, inverse_sqrt_q22 = norm
-    return (g * sqrt_q11) / inverse_sqrt_q22
+    # One division by a kernel-shaped reciprocal norm is what XLA stores (two operations on
+    # full-size arrays made the FCN kernel 1.6x slower); where that reciprocal underflows
+    # (norms past about 1e37 in float32), the factors are applied one at a time.
+    # (A zero variance takes the second form too: 1 / 0 would put 0 * inf in the gradient.)
+    positive = sqrt_q11 > 0
+    inverse = inverse_sqrt_q22 / jnp.where(positive, sqrt_q11, 1)
+    normal = (inverse > 0) & positive
+    return jnp.where(normal, g, g * sqrt_q11) / jnp.where(normal, inverse, inverse_sqrt_q22)
 
 
 def _inverse_sqrt(x: Array, at_zero: float) -> Array:
