@@ -38,9 +38,9 @@ def abrelu_entries(k: Kernel, a: Array | float, b: Array | float) -> EntryMap:
     store = k.spatial_ndim > 0
 
     def fn(q11, q12, q22, ntk):
-        rho, inverse_norm = homogeneous_correlation(q11, q12, q22, store)
+        rho, norm = homogeneous_correlation(q11, q12, q22, store)
         # half_gap * norm * J1(rho) + ab * q12, with q12 = norm * rho (see `times_norm`).
-        nngp = times_norm(half_gap * arccos_kernel_1(rho) + ab * rho, inverse_norm)
+        nngp = times_norm(half_gap * arccos_kernel_1(rho) + ab * rho, norm)
         if ntk is None:
             return nngp, None
         return nngp, ntk * (half_gap * arccos_kernel_0(rho) + ab)
@@ -56,10 +56,14 @@ def _abrelu_kernel(layer, k: Kernel, a, b) -> Kernel:
     # The map is positively homogeneous (degree 1 for the NNGP, 0 for the NTK factor), so
     # dividing the covariances by their largest entry and multiplying back changes nothing but
     # the range of the intermediate products. The scale is a constant for autodiff: by
-    # homogeneity its derivative terms cancel exactly.
+    # homogeneity its derivative terms cancel exactly. It is applied as its square root twice:
+    # XLA turns a division by a scalar into a product with its reciprocal, and 1 / scale is
+    # flushed to 0 in float32 for scales past about 1e38 (the whole kernel became 0).
+    # An overflowed kernel keeps scale 1: inf / inf would turn its honest infinities into NaN.
     scale = jax.lax.stop_gradient(jnp.maximum(jnp.max(jnp.abs(k.nngp)), k.cast(1e-12)))
-    out = map_entries(k.map_covariances(lambda c: c / scale, lambda t: t), fn)
-    return out.map_covariances(lambda c: c * scale, lambda t: t)
+    root = jnp.sqrt(jnp.where(scale < jnp.inf, scale, 1))
+    out = map_entries(k.map_covariances(lambda c: c / root / root, lambda t: t), fn)
+    return out.map_covariances(lambda c: c * root * root, lambda t: t)
 
 
 @register(ABRelu)
@@ -100,18 +104,37 @@ def erf_entries(k: Kernel, a, b, c) -> EntryMap:
     two_b2 = 2 * b**2
 
     def fn(q11, q12, q22, ntk):
-        # 1 + 2 b^2 q11 and 1 + 2 b^2 q22 have the small per-example shapes: their inverse
-        # square roots cost little, and the full-size work is a few multiplications.
-        r11, r22 = jax.lax.rsqrt(1 + two_b2 * q11), jax.lax.rsqrt(1 + two_b2 * q22)
-        t = two_b2 * q12 * r11 * r22  # the correlation of erf's arguments, |t| < 1
-        nngp = (2 / math.pi) * a**2 * arcsin(t) + c**2
+        # With s_i = 1 + 2b^2 q_ii, erf's arguments have the correlation t = 2b^2 q12 / sqrt(s1 s2).
+        # Per-example factors (u = 1/s, r = sqrt(u)) cost little; the full-size work is a few
+        # multiplications.
+        u11, u22 = 1 / (1 + two_b2 * q11), 1 / (1 + two_b2 * q22)
+        r11, r22 = jnp.sqrt(u11), jnp.sqrt(u22)
+        t = (two_b2 * q12 * r11) * r22
+        one_minus_t2 = _one_minus_correlation2(q11, q12, q22, two_b2, u11, u22, r11, r22)
+        nngp = (2 / math.pi) * a**2 * arcsin(t, one_minus_t2) + c**2
         if ntk is None:
             return nngp, None
-        # (1 + 2b^2 q11)(1 + 2b^2 q22) - (2b^2 q12)^2 >= 1: no clipping needed.
-        dot = (4 / math.pi) * a**2 * b**2 * r11 * r22 * jax.lax.rsqrt(1 - t * t)
+        # ((1 + 2b^2 q11)(1 + 2b^2 q22) - (2b^2 q12)^2)^(-1/2) = r11 r22 / sqrt(1 - t^2).
+        dot = ((4 / math.pi) * a**2 * b**2 * r11 * r22) * jax.lax.rsqrt(one_minus_t2)
         return nngp, ntk * dot
 
     return fn
+
+
+def _one_minus_correlation2(q11, q12, q22, scale, u11, u22, r11, r22):
+    """$1 - t^2$ for $t = \\lambda q_{12} / \\sqrt{(1 + \\lambda q_{11})(1 + \\lambda q_{22})}$,
+    without cancellation ($\\lambda$ is `scale`, $u = 1/(1 + \\lambda q)$, $r = \\sqrt u$).
+
+    $1 - t^2 = u_{11} + \\lambda q_{11} u_{11} u_{22} + \\lambda^2 r_{11} r_{22}\\,\\det$ with
+    the scaled determinant $\\det = (q_{11} r_{11})(q_{22} r_{22}) - (q_{12} r_{11})(q_{12}
+    r_{22}) \\geq 0$: every term is positive, and the determinant is exactly 0 on the diagonal
+    of K(x, x) (the same rounded factors on both sides), where t is closest to 1. Elsewhere its
+    rounding error is that of q12 itself. Computed as 1 - t * t, the rounding of t near 1 left
+    a relative error of eps / (1 - t^2) (3e-3 in float32 at input scale 100, inf beyond), and
+    the scaled factors keep every product within range for variances up to the float maximum.
+    """
+    det = (q11 * r11) * (q22 * r22) - (q12 * r11) * (q12 * r22)
+    return u11 + (scale * q11 * u11) * u22 + scale**2 * (r11 * r22) * jnp.maximum(det, 0)
 
 
 @register(Erf)
@@ -134,16 +157,26 @@ class SigmoidLikeRule(AbstractElementwiseRule):
 
 def gelu_entries(q11, q12, q22, ntk):
     """The entry map of the exact GELU $x\\Phi(x)$ (see `nn.Gelu`)."""
-    product = q11 * q22
-    p = (1 + q11) * (1 + q22)
-    delta2 = p - q12**2  # >= 1 + q11 + q22 > 0
-    delta = jnp.sqrt(delta2)
-    angle = arcsin(q12 / jnp.sqrt(p))
-    nngp = q12 / 4 + (q12 * angle + (q12**2 + product * delta2) / (p * delta)) / (2 * math.pi)
+    # In terms of per-example u = 1/(1 + q), r = sqrt(u) and the sine of the angle,
+    # sin = q12 / sqrt(P), with 1 - sin^2 = Delta^2 / P (without cancellation, see
+    # `_one_minus_correlation2`): Delta = sqrt(1 - sin^2) / (r11 r22), q11 q22 / P = u11 q11
+    # u22 q22 and (2 + q11 + q22) / P = u11 + u22, so that no product leaves the float range
+    # before the kernel itself does.
+    one = jnp.ones((), q12.dtype)
+    u11, u22 = 1 / (1 + q11), 1 / (1 + q22)
+    r11, r22 = jnp.sqrt(u11), jnp.sqrt(u22)
+    sin = (q12 * r11) * r22
+    cos2 = _one_minus_correlation2(q11, q12, q22, one, u11, u22, r11, r22)
+    cos = jnp.sqrt(cos2)
+    angle = arcsin(sin, cos2)
+    # (q12^2 + q11 q22 Delta^2) / (P Delta) = sin^2 r11 r22 / cos + (q11 r11)(q22 r22) cos.
+    rest = sin * sin * (r11 * r22) / cos + (q11 * r11) * (q22 * r22) * cos
+    nngp = q12 / 4 + (q12 * angle + rest) / (2 * math.pi)
     if ntk is None:
         return nngp, None
-    bracket = 1 / delta2 + (1 - product) / p + 1
-    dot = 0.25 + angle / (2 * math.pi) + q12 * bracket / (2 * math.pi * delta)
+    # q12 / Delta = sin / cos; 1 / Delta^2 + (1 - q11 q22) / P + 1 = u11 u22 / cos2 + u11 + u22.
+    bracket = (u11 * u22) / cos2 + (u11 + u22)
+    dot = 0.25 + angle / (2 * math.pi) + (sin / cos) * bracket / (2 * math.pi)
     return nngp, ntk * dot
 
 

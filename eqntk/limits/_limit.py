@@ -58,7 +58,8 @@ class KernelFn(AbstractCallable):
           the network's input, e.g. the output of another kernel function).
         - `x2`: a second batch of the same per-example shape, `(N2, C, ...)`, or `None` for
           `x2 = x1` (the result is then exactly symmetric and cheaper). Must be `None` when `x1`
-          is a `Kernel`.
+          is a `Kernel`. Inputs in float16 or bfloat16 are computed in float32, and the kernels
+          are returned in float32.
         - `get`: `None` for the whole [`eqntk.Kernel`][]; one of `"nngp"`, `"ntk"`, `"cov1"`,
           `"cov2"` for that array; or a tuple of these names for a named tuple of arrays. The
           NTK is only computed when it is asked for.
@@ -295,6 +296,11 @@ def _check_input(name: str, x: Any) -> Array:
         )
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"`{name}` must be a floating-point array, got dtype {x.dtype}.")
+    # float16 and bfloat16 have too few bits for kernels: near-1 correlations and the
+    # arc-cosine maps lose several digits (6% in bfloat16). They are computed in float32, and
+    # the kernels are returned in float32.
+    if jnp.finfo(x.dtype).bits < 32:
+        return jnp.asarray(x, jnp.float32)
     return jnp.asarray(x)
 
 

@@ -54,16 +54,20 @@ def snap_clip(rho: Array) -> Array:
 
 def homogeneous_correlation(
     q11: Array, q12: Array, q22: Array, store: bool = False
-) -> tuple[Array, Array]:
-    """Return `(rho, inverse_norm)`: the correlation, as `correlation` defines it (0 where a
-    variance is 0, clipped straight-through), and $1/\\sqrt{q_{11} q_{22}}$, for the maps of
-    positively homogeneous nonlinearities (see `times_norm`).
+) -> tuple[Array, tuple[Array, Array]]:
+    """Return `(rho, norm)`: the correlation, as `correlation` defines it (0 where a variance is
+    0, clipped straight-through), and the norm $\\sqrt{q_{11} q_{22}}$ in factors, for the maps
+    of positively homogeneous nonlinearities (see `times_norm`).
 
     Both come from square roots of the per-example variances, so the only operations on full
-    kernel-shaped arrays are a product (or, with `store`, a division) and the clip. Where a
-    variance is 0, its reciprocal square root is taken as the largest finite float:
-    `inverse_norm` is then at least that large (or infinite), `times_norm` gives 0 up to that
-    float's reciprocal, and products in the gradient meet no `0 * inf`.
+    kernel-shaped arrays are products (or, with `store`, a division) and the clip. The
+    per-example factors are applied one at a time: $1/\\sqrt{q_{11} q_{22}}$ itself leaves
+    the float32 range (it is flushed to 0) once the variances pass about 1e37, although the
+    correlation and the kernel are still representable. Where a variance is 0, its reciprocal
+    square root is taken as the largest finite float: `times_norm` gives 0 up to that float's
+    reciprocal, and products in the gradient meet no `0 * inf`. Where a variance has
+    overflowed to infinity the correlation is lost; it is taken as the sign of `q12`, so that
+    the kernel is an honest infinity (not NaN) when the covariance has overflowed too.
 
     `store=True` computes the correlation as a division, for a `q12` that is costly to
     recompute. XLA:CPU stores the result of an expensive operation that has several consumers
@@ -74,11 +78,13 @@ def homogeneous_correlation(
     product is faster (storing made an FCN kernel 2x slower).
     """
     if store:
-        rho = snap_clip(q12 / (_sqrt_or_inf(q11) * _sqrt_or_inf(q22)))
+        rho = q12 / (_sqrt_or_inf(q11) * _sqrt_or_inf(q22))
     else:
-        rho = snap_clip(q12 * (_inverse_sqrt(q11, 0.0) * _inverse_sqrt(q22, 0.0)))
+        rho = (q12 * _inverse_sqrt(q11, 0.0)) * _inverse_sqrt(q22, 0.0)
+    # NaN only from inf * 0 (an overflowed variance) or from a NaN input, which sign keeps.
+    rho = snap_clip(jnp.where(rho == rho, rho, jnp.sign(q12)))
     largest = float(jnp.finfo(q12.dtype).max)
-    return rho, _inverse_sqrt(q11, largest) * _inverse_sqrt(q22, largest)
+    return rho, (safe_sqrt(q11), _inverse_sqrt(q22, largest))
 
 
 def _sqrt_or_inf(x: Array) -> Array:
@@ -90,8 +96,9 @@ def _sqrt_or_inf(x: Array) -> Array:
     return jnp.where(positive, 1 / jnp.where(positive, r, 1), jnp.inf)
 
 
-def times_norm(g: Array, inverse_norm: Array) -> Array:
-    """$\\sqrt{q_{11} q_{22}}\\, g$ (0 where a variance is 0), computed as `g / inverse_norm`.
+def times_norm(g: Array, norm: tuple[Array, Array]) -> Array:
+    """$\\sqrt{q_{11} q_{22}}\\, g$ (0 where a variance is 0), computed as
+    `g / (rsqrt(q22) / sqrt(q11))` from the factors of `homogeneous_correlation`.
 
     The NNGP of a positively homogeneous nonlinearity is the norm times a function of the
     correlation. XLA:CPU recomputes cheap elementwise producers (such as the arc-cosine
@@ -100,7 +107,15 @@ def times_norm(g: Array, inverse_norm: Array) -> Array:
     NNGP in memory, instead of re-deriving it in every fusion of the following layers (which
     made a 3-layer ReLU FCN kernel about 3x slower).
     """
-    return g / inverse_norm
+    sqrt_q11, inverse_sqrt_q22 = norm
+    # One division by a kernel-shaped reciprocal norm is what XLA stores (two operations on
+    # full-size arrays made the FCN kernel 1.6x slower); where that reciprocal underflows
+    # (norms past about 1e37 in float32), the factors are applied one at a time.
+    # (A zero variance takes the second form too: 1 / 0 would put 0 * inf in the gradient.)
+    positive = sqrt_q11 > 0
+    inverse = inverse_sqrt_q22 / jnp.where(positive, sqrt_q11, 1)
+    normal = (inverse > 0) & positive
+    return jnp.where(normal, g, g * sqrt_q11) / jnp.where(normal, inverse, inverse_sqrt_q22)
 
 
 def _inverse_sqrt(x: Array, at_zero: float) -> Array:
@@ -162,11 +177,14 @@ def arccos_kernel_0(rho: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
 @arccos_kernel_0.defjvp
 def _arccos_kernel_0_jvp(primals, tangents):
     (rho,), (drho,) = primals, tangents
-    # d/drho = 1 / (pi sqrt(1 - rho^2)), infinite at |rho| = 1. Where |rho| = 1 holds because
-    # the inputs coincide, drho is 0 as well; a floor on 1 - rho^2 keeps 0 * inf from
-    # becoming NaN there.
-    tiny = jnp.finfo(rho.dtype).eps
-    slope = 1 / (math.pi * jnp.sqrt(jnp.maximum(1 - rho * rho, tiny)))
+    # d/drho = 1 / (pi sqrt(1 - rho^2)), infinite at |rho| = 1. There (the diagonal of
+    # K(x, x), colinear inputs, or a correlation snapped by `snap_clip`) rho is at its extreme
+    # whichever way the inputs move, so its exact tangent is 0; the computed one is a rounding
+    # error of a few ulps, which the infinite slope would amplify to sqrt(ulp) (1e-8 in
+    # float64, 3e-4 in float32). The tangent is therefore dropped where |rho| = 1.
+    inside = jnp.abs(rho) < 1
+    one_minus_rho2 = jnp.where(inside, (1 - rho) * (1 + rho), 1)
+    slope = jnp.where(inside, 1 / (math.pi * jnp.sqrt(one_minus_rho2)), 0)
     return arccos_kernel_0(rho), slope * drho
 
 
@@ -178,7 +196,9 @@ def arccos_kernel_1(rho: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
     $E[\\max(u,0)\\max(v,0)] = J_1(\\rho)/2$ for standard normals with correlation $\\rho$; its
     derivative is $J_0(\\rho)$, finite everywhere on [-1, 1].
     """
-    return (jnp.sqrt(jnp.maximum(1 - rho * rho, 0)) + (math.pi - _arccos(rho)) * rho) / math.pi
+    # (1 - rho)(1 + rho) is exact near |rho| = 1, where 1 - rho^2 loses the low bits of rho.
+    s = jnp.sqrt(jnp.maximum((1 - rho) * (1 + rho), 0))
+    return (s + (math.pi - _arccos(rho)) * rho) / math.pi
 
 
 @arccos_kernel_1.defjvp
@@ -187,11 +207,24 @@ def _arccos_kernel_1_jvp(primals, tangents):
     return arccos_kernel_1(rho), arccos_kernel_0(rho) * drho
 
 
-def arcsin(x: Array) -> Array:
-    """$\\arcsin$ on [-1, 1]; in float32 from polynomials that run at copy speed (see `_arccos`)."""
-    if x.dtype == jnp.float64:
-        return jnp.arcsin(x)
-    return _arcsin_polynomial(x)
+def arcsin(x: Array, one_minus_x2: Array | None = None) -> Array:
+    """$\\arcsin$ on [-1, 1]; in float32 from polynomials that run at copy speed (see `_arccos`).
+
+    Near $|x| = 1$ the derivative of arcsin is infinite, and rounding $x$ alone costs
+    $\\sqrt{\\epsilon}$ of accuracy. A caller that knows $1 - x^2$ without cancellation passes
+    it as `one_minus_x2`; for $|x| > 1/2$ the result is then computed from it alone, as
+    $\\pi/2 - 2\\arcsin\\sqrt{(1 - x^2)/(2(1 + |x|))}$, to working precision.
+    """
+    if one_minus_x2 is None:
+        if x.dtype == jnp.float64:
+            return jnp.arcsin(x)
+        return _arcsin_polynomial(x)
+    t = jnp.abs(x)
+    large = t > 0.5
+    y = jnp.where(large, jnp.sqrt(jnp.maximum(one_minus_x2, 0) / (2 * (1 + t))), t)
+    r = jnp.arcsin(y) if x.dtype == jnp.float64 else _arcsin_small(y)
+    r = jnp.where(large, math.pi / 2 - 2 * r, r)
+    return jnp.where(x < 0, -r, r)
 
 
 # Odd polynomial for arcsin on [-1/2, 1/2] in powers of z = x^2 (the Cephes single-precision
@@ -210,13 +243,18 @@ def _arcsin_polynomial(x: Array) -> Array:
     large = t > 0.5
     # For |x| > 1/2, arcsin x = pi/2 - 2 arcsin(sqrt((1 - |x|)/2)) keeps relative accuracy.
     y = jnp.where(large, jnp.sqrt(jnp.maximum(1 - t, 0) / 2), t)
-    z = y * y
-    p = jnp.asarray(_ARCSIN_SMALL[-1], x.dtype)
-    for coefficient in _ARCSIN_SMALL[-2::-1]:
-        p = p * z + coefficient
-    r = y + y * z * p
+    r = _arcsin_small(y)
     r = jnp.where(large, math.pi / 2 - 2 * r, r)
     return jnp.where(x < 0, -r, r)
+
+
+def _arcsin_small(y: Array) -> Array:
+    """arcsin on [0, 1/2] from the polynomial."""
+    z = y * y
+    p = jnp.asarray(_ARCSIN_SMALL[-1], y.dtype)
+    for coefficient in _ARCSIN_SMALL[-2::-1]:
+        p = p * z + coefficient
+    return y + y * z * p
 
 
 def arccos_kernel(degree: int, rho: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
@@ -238,7 +276,7 @@ def arccos_kernel(degree: int, rho: Float[Array, "*shape"]) -> Float[Array, "*sh
 @ft.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _arccos_kernel_high(degree: int, rho: Array) -> Array:
     a, b = _arccos_polynomials(degree)
-    s = jnp.sqrt(jnp.maximum(1 - rho * rho, 0))
+    s = jnp.sqrt(jnp.maximum((1 - rho) * (1 + rho), 0))
     return (_horner(a, rho) * s + _horner(b, rho) * (math.pi * arccos_kernel_0(rho))) / math.pi
 
 
