@@ -1,12 +1,15 @@
 """Hyperparameters (`W_std`, `b_std`, activation constants) as array leaves of layers."""
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, Float
 
 
-def hyperparameter(name: str, value: ArrayLike, *, nonnegative: bool = False) -> Float[Array, ""]:
+# `value: Any`: these helpers check what arrives themselves (a string, a complex number...).
+def hyperparameter(name: str, value: Any, *, nonnegative: bool = False) -> Float[Array, ""]:
     """Convert a scalar hyperparameter to a 0-d floating array, checking it where it is concrete.
 
     Hyperparameters are array leaves so that kernels can be differentiated and vmapped with
@@ -21,7 +24,7 @@ def hyperparameter(name: str, value: ArrayLike, *, nonnegative: bool = False) ->
     return array
 
 
-def real_array(name: str, value: ArrayLike, expected: str = "a real array") -> Array:
+def real_array(name: str, value: Any, expected: str = "a real array") -> Array:
     """Convert `value` to a floating array, raising an error naming `name` unless it holds real
     numbers (integers or floats; not booleans, complex numbers or strings) that are finite.
 

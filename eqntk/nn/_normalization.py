@@ -135,7 +135,7 @@ class Dropout(eqx.Module):
 
         - `keep_rate`: the probability of keeping a unit, a real number in `(0, 1]`
           (neural-tangents' `rate`). With `keep_rate = 0` every unit is dropped and the
-          rescaling $1/\text{keep\_rate}$ has no limit.
+          rescaling $1/\\text{keep\\_rate}$ has no limit.
         - `inference`: `True` to turn dropout off (the identity).
 
         **Example:**

@@ -6,7 +6,7 @@ from typing import Literal
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 
 from ._hyperparameters import frozen, hyperparameter, real_array
 
@@ -151,9 +151,9 @@ class DotGeneral(eqx.Module):
 
     def __init__(
         self,
-        matrix: Float[ArrayLike, "..."] | None = None,
+        matrix: Real[ArrayLike, "..."] | None = None,
         axes: int | Sequence[int] = (),
-        scale: float | Float[ArrayLike, ""] = 1.0,
+        scale: ArrayLike = 1.0,
     ):
         """**Arguments:**
 
