@@ -106,7 +106,13 @@ def compute_into_store(
         multihost_utils.sync_global_devices(f"eqntk store open {path}")
     if failure is not None:
         raise failure
-    group = zarr.open_group(str(path), mode="r+")
+    try:
+        group = zarr.open_group(str(path), mode="r+")
+    except Exception as e:
+        raise ValueError(
+            f"`store` {str(path)!r} exists but is not an eqntk tile store (no Zarr group: {e}); "
+            "pass a new path."
+        ) from e
     _check_same_job(group, job, path)
     arrays = [group[name] for name in names]
     records = group[_RECORDS]
@@ -123,8 +129,11 @@ def compute_into_store(
     todo, corrupted = [], 0
     for i, j, on_diagonal in mine:
         if done[i, j] != 0:
-            if _checksum(geometry.read(arrays, i, j)) + _DONE == done[i, j]:
-                continue
+            try:
+                if _checksum(geometry.read(arrays, i, j)) + _DONE == done[i, j]:
+                    continue
+            except Exception:  # a chunk that does not decode (truncated) is corrupted too
+                pass
             corrupted += 1
         todo.append((i, j, on_diagonal))
     if corrupted:
