@@ -235,10 +235,16 @@ _KILLED = textwrap.dedent(
 
 
 def _start(script: str, *args: str, env: dict[str, str]) -> subprocess.Popen:
+    # A compilation cache shared by the runs of one test: each run compiles the same programs.
+    cache = {
+        "JAX_COMPILATION_CACHE_DIR": str(pathlib.Path(args[0]).parent / "jax-cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
     return subprocess.Popen(
         [sys.executable, "-c", script, *args],
         cwd=ROOT,
-        env={**os.environ, **env},
+        env={**os.environ, **cache, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -276,25 +282,25 @@ def _kill_and_resume(tmp_path: pathlib.Path, kills: int, n: int, devices: int) -
     assert resumed.returncode == 0 and out.strip() == "OK", err[-3000:]
     computed = _tiles_computed(tmp_path / "tiles.log")
 
-    env["EQNTK_TILE_LOG"] = str(tmp_path / "reference.log")
-    env["EQNTK_TILE_SLEEP"] = "0"
-    reference = _start(_KILLED, str(tmp_path / "reference.zarr"), str(n), env=env)
-    out, err = reference.communicate(timeout=600)
-    assert reference.returncode == 0, err[-3000:]
+    # Uninterrupted, in this process (its devices and XLA flags are those of the killed runs
+    # only when `devices == 1`; tiles are computed per device either way).
+    kernel_fn, x = _job(n=n)
+    eqntk.batch(kernel_fn, 4, store=tmp_path / "reference.zarr")(x, None, None)
     _assert_identical(path, tmp_path / "reference.zarr")
     return tiles, computed
 
 
 def test_sigkill_at_random_points_then_resume(tmp_path):
-    tiles, computed = _kill_and_resume(tmp_path, kills=3, n=22, devices=1)
+    tiles, computed = _kill_and_resume(tmp_path, kills=2, n=22, devices=1)
     # Each kill loses at most the tiles in flight: one step being written and the next one
     # being computed, a tile each on one device.
-    assert tiles <= computed <= tiles + 3 * 2
+    assert tiles <= computed <= tiles + 2 * 2
 
 
 @pytest.mark.slow
 def test_sigkill_many_times_on_two_devices(tmp_path):
     tiles, computed = _kill_and_resume(tmp_path, kills=8, n=38, devices=2)
+    print(f"{tiles} tiles, {computed - tiles} computed again after 8 kills")
     assert tiles <= computed <= tiles + 8 * 2 * 2
 
 
