@@ -143,9 +143,13 @@ def test_resume_computes_only_missing_tiles(tmp_path, monkeypatch):
     records[0, 3] = 0
     records[5, 5] = 0
     (path / "kernel" / "c" / "5" / "5").unlink()
+    # A chunk file that a killed process was writing aside (Zarr renames it when complete).
+    leftover = path / "kernel" / "c" / "0" / "3.0123abcd.partial"
+    leftover.write_bytes(b"half a chunk")
     resumed = np.asarray(eqntk.batch(kernel_fn, 4, store=path)(x, None, "nngp"))
     assert _tiles_computed(log) == 23
     assert np.array_equal(first, resumed)
+    assert not leftover.exists()
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])

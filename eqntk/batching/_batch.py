@@ -256,8 +256,8 @@ def batch(
     - `progress`: show a progress bar (tiles done, rate, time left) on stderr; `None` shows it
       only when stderr is a terminal.
     - `store`: a path (e.g. `"kernel.zarr"`) to write the kernel to, tile by tile, as a Zarr
-      store that a restart of the same call resumes; `None` to compute in memory. See
-      **Tile store** above.
+      store that a restart of the same call resumes (`store_on_host` is then irrelevant);
+      `None` to compute in memory. See **Tile store** above.
 
     **Returns:**
 

@@ -300,8 +300,15 @@ def _digest(x: np.ndarray) -> str:
 
 
 def _create(zarr, path, job, leaves, names, n1, n2, b1, b2, t1, t2) -> None:
-    """Create the store unless it exists: built aside, then renamed into place at once."""
+    """Create the store unless it exists: built aside, then renamed into place at once.
+
+    In a store that exists, chunk files left half-written by a killed process (Zarr writes
+    each one aside, as `*.partial`, and renames it into place) are removed: no process of this
+    job writes yet.
+    """
     if path.exists():
+        for leftover in path.glob("*/c/**/*.partial"):
+            leftover.unlink(missing_ok=True)
         return
     partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
     group = zarr.create_group(store=str(partial))
