@@ -33,7 +33,7 @@ def user_settings():
 
 def test_every_example_is_tested():
     tested = {"digits_kernel_regression", "function_space_dynamics", "hyperparameter_fitting"}
-    tested |= {"linearization", "ode_dynamics", "phase_diagram", "wide_resnet"}
+    tested |= {"linearization", "ode_dynamics", "phase_diagram", "wide_resnet", "cluster_kernel"}
     assert {p.stem for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -98,6 +98,17 @@ def test_ode_dynamics(tmp_path):
 @pytest.mark.slow
 def test_wide_resnet():
     load("wide_resnet").main()
+
+
+def test_cluster_kernel(tmp_path):
+    pytest.importorskip("zarr")
+    example = load("cluster_kernel")
+    store = str(tmp_path / "digits.zarr")
+    nngp, ntk = example.main(store, n=10, batch_size=4, distributed=False)
+    # Run again: every tile is found on disk, checked and kept.
+    again, _ = example.main(store, n=10, batch_size=4, distributed=False)
+    assert np.array_equal(np.asarray(nngp), np.asarray(again))
+    assert ntk.shape == (10, 10) and np.array_equal(np.asarray(ntk), np.asarray(ntk).T)
 
 
 def test_digits_kernel_regression(tmp_path):

@@ -1,6 +1,7 @@
 """`batch`: compute large kernels tile by tile, spread over every device."""
 
 import functools as ft
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -16,6 +17,7 @@ from jaxtyping import Array, Shaped
 from .._callable import AbstractCallable
 from ..limits import Kernel, KernelFn
 from ._progress import progress_bar
+from ._store import compute_into_store, local_mesh
 from ._tiles import (
     Leaf,
     check_tile,
@@ -53,6 +55,7 @@ class BatchedKernelFn(AbstractCallable):
     - `devices`: the devices of the default mesh, or `None` for all of them (`jax.devices()`).
     - `store_on_host`: whether the result is assembled in host memory as numpy arrays.
     - `progress`: whether to show a progress bar; `None` shows it when stderr is a terminal.
+    - `store`: the path of the tile store on disk, or `None` to compute in memory.
     """
 
     kernel_fn: Any
@@ -61,6 +64,7 @@ class BatchedKernelFn(AbstractCallable):
     devices: tuple[Any, ...] | None = eqx.field(static=True)
     store_on_host: bool = eqx.field(static=True)
     progress: bool | None = eqx.field(static=True)
+    store: str | None = eqx.field(static=True, default=None)
 
     def __call__(
         self,
@@ -106,6 +110,8 @@ class BatchedKernelFn(AbstractCallable):
         x1 = _host_batch("x1", x1)
         x2 = None if x2 is None else _host_batch("x2", x2)
         mesh = _resolve_mesh(self.mesh, self.devices)
+        if self.store is not None:
+            mesh = local_mesh(mesh, AXIS)
         n1 = x1.shape[0]
         n2 = n1 if x2 is None else x2.shape[0]
         b1, b2 = min(self.batch_size, n1), min(self.batch_size, n2)
@@ -140,17 +146,6 @@ class BatchedKernelFn(AbstractCallable):
         steps = [(chunk, False) for chunk in _chunks(off_diagonal, n_devices)]
         steps += [(chunk, True) for chunk in _chunks(diagonal, n_devices)]
 
-        outs: list[Any]
-        if self.store_on_host:
-            outs = [host_array(leaf, n1, n2) for leaf in leaves]
-            write = ft.partial(_write_on_host, leaves=leaves, b1=b1, b2=b2, mirrored=mirrored)
-        else:
-            device = _first_local_device(mesh)
-            outs = [jnp.zeros(leaf.shape(n1, n2), leaf.dtype, device=device) for leaf in leaves]
-            write = ft.partial(_write_on_device, leaves=leaves, mirrored=mirrored, device=device)
-        show = sys.stderr.isatty() if self.progress is None else self.progress
-        advance = progress_bar(len(off_diagonal) + len(diagonal), show and jax.process_index() == 0)
-
         sharding = NamedSharding(mesh, P(AXIS))
         paths = tuple(leaf.path for leaf in leaves)
         x2_or_x1 = x1 if x2 is None else x2
@@ -169,6 +164,33 @@ class BatchedKernelFn(AbstractCallable):
             if not on_diagonal:
                 sb = {name: _stacked_tiles(v, cols, b2, sharding) for name, v in cols_side.items()}
             return _compute_step(fn_kw, valid, xa, xb, get, paths, mesh, sa, sb)
+
+        show = sys.stderr.isatty() if self.progress is None else self.progress
+        if self.store is not None:
+            return compute_into_store(
+                self.store,
+                fn_kw=(self.kernel_fn, kwargs),
+                x1=x1,
+                x2=x2,
+                get=get,
+                leaves=leaves,
+                b1=b1,
+                b2=b2,
+                mirrored=mirrored,
+                compute=compute,
+                n_devices=n_devices,
+                progress=show,
+                treedef=jax.tree_util.tree_structure(template),
+            )
+        outs: list[Any]
+        if self.store_on_host:
+            outs = [host_array(leaf, n1, n2) for leaf in leaves]
+            write = ft.partial(_write_on_host, leaves=leaves, b1=b1, b2=b2, mirrored=mirrored)
+        else:
+            device = _first_local_device(mesh)
+            outs = [jnp.zeros(leaf.shape(n1, n2), leaf.dtype, device=device) for leaf in leaves]
+            write = ft.partial(_write_on_device, leaves=leaves, mirrored=mirrored, device=device)
+        advance = progress_bar(len(off_diagonal) + len(diagonal), show and jax.process_index() == 0)
 
         # Dispatch step k + 1 before writing step k, so that the host's copying overlaps the
         # devices' computing; at most two steps of tiles are alive at any time.
@@ -193,6 +215,7 @@ def batch(
     devices: Sequence[Any] | None = None,
     store_on_host: bool = False,
     progress: bool | None = None,
+    store: str | os.PathLike | None = None,
 ) -> BatchedKernelFn:
     """A kernel function that computes large kernels tile by tile, spread over all devices.
 
@@ -225,6 +248,19 @@ def batch(
     `jax.experimental.multihost_utils.process_allgather`). A mesh with more axes than
     `"batch"` repeats each tile's computation along the others.
 
+    **Tile store.** With `store="kernel.zarr"`, each finished tile is written to a Zarr (v3)
+    store on disk, one chunk per tile (install with `pip install 'eqntk[store]'`), and the call
+    returns the output with read-only `zarr.Array`s in place of arrays: read slices lazily
+    (`k.nngp[:100]`), or load a kernel that fits in memory with `np.asarray(k.nngp)`, e.g. for
+    [`eqntk.gp_inference`][]. The store records the job (a hash of the kernel function and its
+    parameters, of the inputs, the tile size, `get`, the output shapes and dtypes); calling
+    again after the process was killed resumes: finished tiles are checked against their
+    checksum and kept, the others (including one that was being written) are computed. A store
+    of another job is refused. With several processes (`jax.distributed`), tile $k$ is
+    computed by process $k \bmod$ `jax.process_count()` on its own devices and written by it,
+    so no tile is computed twice and no tile crosses processes; every process returns once all
+    are done. The path must be on a file system that every process sees.
+
     **Arguments:**
 
     - `kernel_fn`: the kernel function to batch.
@@ -237,6 +273,9 @@ def batch(
       kernel larger than device memory can be computed.
     - `progress`: show a progress bar (tiles done, rate, time left) on stderr; `None` shows it
       only when stderr is a terminal.
+    - `store`: a path (e.g. `"kernel.zarr"`) to write the kernel to, tile by tile, as a Zarr
+      store that a restart of the same call resumes (`store_on_host` is then irrelevant);
+      `None` to compute in memory. See **Tile store** above.
 
     **Returns:**
 
@@ -285,6 +324,7 @@ def batch(
         devices=devices,
         store_on_host=bool(store_on_host),
         progress=progress,
+        store=_store_path(store),
     )
 
 
@@ -513,6 +553,14 @@ def _chunks(pairs: list[tuple[int, int]], size: int) -> list[list[tuple[int, int
 def _put(out: Array, tile: Array, r: Array, c: Array) -> Array:
     zeros = (jnp.zeros((), r.dtype),) * (out.ndim - 2)
     return jax.lax.dynamic_update_slice(out, tile, (r, c, *zeros))
+
+
+def _store_path(store: Any) -> str | None:
+    if store is None:
+        return None
+    if not isinstance(store, str | os.PathLike) or not os.fspath(store):
+        raise TypeError(f"`store` must be a path (str or os.PathLike) or None, got {store!r}.")
+    return os.path.abspath(os.fspath(store))
 
 
 def _host_batch(name: str, x: Any) -> np.ndarray:

@@ -7,17 +7,18 @@ from collections.abc import Callable
 
 
 def progress_bar(
-    total: int, enabled: bool, stream: io.TextIOBase | None = None
+    total: int, enabled: bool, stream: io.TextIOBase | None = None, initial: int = 0
 ) -> Callable[[int], None]:
     """A function `advance(n)` that records `n` more finished tiles and redraws the bar.
 
     The bar shows tiles done out of `total`, the rate and the estimated time left, on one line of
-    `stream` (default `sys.stderr`), and ends the line when the last tile is done. When
+    `stream` (default `sys.stderr`), and ends the line when the last tile is done. `initial`
+    tiles were done before (found on disk): they count as done, not in the rate. When
     `enabled` is false, `advance` does nothing, so callers never branch on it.
     """
     out = sys.stderr if stream is None else stream
     start = time.perf_counter()
-    done = 0
+    done = initial
     last_draw = -1.0
 
     def advance(n: int) -> None:
@@ -30,16 +31,17 @@ def progress_bar(
         if not enabled or (now - last_draw < 0.2 and not finished):
             return
         last_draw = now
-        out.write("\r" + _line(done, total, now - start) + ("\n" if finished else ""))
+        line = _line(done, total, now - start, initial)
+        out.write("\r" + line + ("\n" if finished else ""))
         out.flush()
 
     return advance
 
 
-def _line(done: int, total: int, elapsed: float) -> str:
+def _line(done: int, total: int, elapsed: float, initial: int = 0) -> str:
     width = 30
     filled = width * done // max(total, 1)
-    rate = done / elapsed if elapsed > 0 else 0.0
+    rate = (done - initial) / elapsed if elapsed > 0 else 0.0
     left = _clock((total - done) / rate) if rate > 0 else "?"
     return (
         f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} tiles, "
