@@ -59,7 +59,7 @@ def _scaled_inputs(key, n, d=4, scale=0.8):
 
 # Every closed form is also checked against neural-tangents by a golden case (act_*); the
 # quadrature cross-checks whose degree-40 (80) maps take longest to compile run with -m slow.
-_SLOW_QUADRATURE = {"gelu", "gabor", "cos", "erf", "exp", "gaussian", "rbf"}
+_SLOW_QUADRATURE = {"gelu", "gabor", "cos", "erf", "exp", "gaussian", "rbf", "sigmoid_like", "sin"}
 
 
 @pytest.mark.parametrize(

@@ -343,6 +343,9 @@ def _sqrt_layer(key, channels, out, heads, dim, **kwargs):
     )
 
 
+# The same kernels are checked against neural-tangents by test_sqrt_identity_matches_neural_
+# tangents, and attention keeps a default Monte Carlo run (test_monte_carlo).
+@pytest.mark.slow
 def test_sqrt_identity_monte_carlo(getkey):
     # On fixed inputs the finite network's mean NNGP and NTK equal the limit exactly (queries,
     # keys and values are independent, so E[G G v v] factorises at any width); the error is
