@@ -98,6 +98,10 @@ def layout_of(y_train: Array, trace_axes: Axes) -> Layout:
     canonical = tuple(sorted(a % ndim for a in axes))
     if len(set(canonical)) != len(canonical):
         raise ValueError(f"`trace_axes` names an axis twice: {trace_axes}.")
+    if ndim == 1:
+        # 1-D targets `(N,)` are one output per point: there is no output axis to trace over,
+        # so the default `trace_axes=(-1,)` (or any axes) leaves the points axis alone.
+        canonical = ()
     if len(canonical) == ndim:
         raise ValueError(
             f"`trace_axes` {trace_axes} leaves no axis of `y_train` (shape {y_train.shape}) for "
@@ -168,6 +172,33 @@ def nonnegative(name: str, value: Any, dtype: Any) -> Float[Array, ""]:
     )
 
 
+def check_finite(name: str, a: Array) -> Array:
+    """`a`, raising (through `eqx.error_if`) when it holds a NaN or an infinity."""
+    return eqx.error_if(
+        a, ~jnp.all(jnp.isfinite(a)), f"`{name}` holds a non-finite value (NaN or inf)."
+    )
+
+
+def check_psd(name: str, k: Float[Array, "p p"]) -> Float[Array, "p p"]:
+    """`k`, raising (through `eqx.error_if`) when it is clearly not positive semi-definite.
+
+    A Cholesky factorisation of $k + \\delta I$ exists exactly when every eigenvalue of $k$
+    exceeds $-\\delta$; $\\delta$ = 100 $P \\epsilon \\max_i k_{ii}$ admits the rounding of a
+    positive semi-definite kernel (a few ulps of its largest eigenvalue, which is at most
+    $P \\max_i k_{ii}$). One factorisation, $P^3/3$ operations, no more than a solve.
+    """
+    p = k.shape[0]
+    scale = jnp.max(jnp.abs(jnp.diagonal(k)))
+    delta = 100 * p * jnp.finfo(k.dtype).eps * scale
+    factor = jnp.linalg.cholesky(k + delta * jnp.eye(p, dtype=k.dtype))
+    return eqx.error_if(
+        k,
+        ~jnp.all(jnp.isfinite(factor)),
+        f"`{name}` is not positive semi-definite (it has an eigenvalue below "
+        "-100 P eps max(diag)): a kernel must be, or gradient descent diverges.",
+    )
+
+
 def check_symmetric(name: str, k: Float[Array, "p p"]) -> Float[Array, "p p"]:
     """`k`, raising (through `eqx.error_if`) when it is not symmetric.
 
@@ -189,10 +220,9 @@ def regularised(
 
 
 def square_kernel(name: str, k: Any, layout: Layout) -> Float[Array, "p p"]:
-    """A train-train kernel as a checked, symmetric `(P, P)` matrix."""
-    return check_symmetric(
-        name, kernel_to_matrix(name, k, layout.points_shape, layout.points_shape)
-    )
+    """A train-train kernel as a checked, finite and symmetric `(P, P)` matrix."""
+    k = kernel_to_matrix(name, k, layout.points_shape, layout.points_shape)
+    return check_symmetric(name, check_finite(name, k))
 
 
 def test_points(name: str, k_test_train: Any, layout: Layout) -> tuple[int, ...]:

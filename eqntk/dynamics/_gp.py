@@ -14,6 +14,7 @@ from ._common import (
     Axes,
     KernelLike,
     Layout,
+    check_finite,
     cov_from_matrix,
     kernel_to_matrix,
     layout_of,
@@ -222,6 +223,7 @@ def gp_inference(
     """
     y = jnp.asarray(y_train)
     layout = layout_of(y, trace_axes)
+    y = check_finite("y_train", y)
     shared = isinstance(k_train_train, jax.Array | np.ndarray)
     if shared:
         names = ("k",)
@@ -242,7 +244,7 @@ def gp_inference(
             "k_train_train", regularised(k, reg, diag_reg_absolute_scale), solver
         )
         y_matrix = layout.to_matrix(y).astype(k.dtype)
-        factors[name], kernels[name], k_inv_y[name] = factor, k, factor.solve(y_matrix)
+        factors[name], kernels[name], k_inv_y[name] = factor, k, factor.solve_targets(y_matrix)
     # The NTK covariance also needs the (unfactorised) NNGP.
     nngp = None if shared else getattr(k_train_train, "nngp", None)
     if "nngp" not in kernels and nngp is not None:

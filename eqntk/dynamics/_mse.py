@@ -3,12 +3,15 @@
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ._common import (
     Axes,
     Layout,
+    check_finite,
     kernel_to_matrix,
     layout_of,
     nonnegative,
@@ -20,13 +23,27 @@ from ._eigen import Eigen
 from ._trajectory import Trajectory
 
 
-def as_times(t: Any, dtype: Any) -> tuple[Float[Array, " t"], tuple[int, ...]]:
-    """Times of any shape, flattened, checked to be non-negative; and their shape."""
+def as_times(
+    t: Any, dtype: Any, finite: bool = False
+) -> tuple[Float[Array, " t"], tuple[int, ...]]:
+    """Times of any shape, flattened, checked to be non-negative (and finite, with `finite`);
+    and their shape. Concrete times are checked at once, traced ones through `eqx.error_if`."""
+    expected = "finite non-negative" if finite else "non-negative (`inf` included)"
+    if not isinstance(t, jax.core.Tracer):
+        concrete = np.asarray(t)
+        if not np.issubdtype(concrete.dtype, np.number):
+            raise TypeError(
+                f"`t` must be a number or an array of times, got dtype {concrete.dtype}."
+            )
+        bad = np.isnan(concrete) | (concrete < 0) | (finite & np.isinf(concrete))
+        if np.any(bad):
+            raise ValueError(f"`t` must be {expected} times, got {concrete[bad].ravel()[0]}.")
     t = jnp.asarray(t)
     if not jnp.issubdtype(t.dtype, jnp.number):
         raise TypeError(f"`t` must be a number or an array of times, got dtype {t.dtype}.")
     t = t.astype(dtype)
-    t = eqx.error_if(t, jnp.any(jnp.isnan(t) | (t < 0)), "`t` must be non-negative times.")
+    bad = jnp.isnan(t) | (t < 0) | (finite & jnp.isinf(t))
+    t = eqx.error_if(t, jnp.any(bad), f"`t` must be {expected} times.")
     return t.reshape(-1), t.shape
 
 
@@ -76,16 +93,18 @@ class MSEPredictor(eqx.Module):
         `t.shape`.
         """
         dtype = self.y.dtype
-        f0 = self.layout.to_matrix(self.layout.check("fx_train_0", fx_train_0)).astype(dtype)
+        f0 = self.layout.check("fx_train_0", fx_train_0)
+        f0 = self.layout.to_matrix(check_finite("fx_train_0", f0)).astype(dtype)
         residual = self.y - f0
         n = self.y.size  # the MSE normalisation: the number of training outputs
         if t is None:
             tau, t_shape = None, ()
-            fx_train = self.y[None]
+            coef = self.eigen.limit()
         else:
             tau, t_shape = as_times(t, dtype)
             tau = tau * self.learning_rate
-            fx_train = f0[None] - self.eigen.apply(self.eigen.expm1(tau, n), residual)
+            coef = self.eigen.expm1(tau, n)
+        fx_train = f0[None] - self.eigen.apply(coef, residual)
         fx_train = self.layout.from_matrix(fx_train).reshape(t_shape + self.layout.shape)
         if fx_test_0 is None:
             return Trajectory(fx_train)
@@ -94,7 +113,8 @@ class MSEPredictor(eqx.Module):
         points = test_points("k_test_train", k_test_train, self.layout)
         k_td = kernel_to_matrix("k_test_train", k_test_train, points, self.layout.points_shape)
         test = self.layout.with_points(points)
-        g0 = test.to_matrix(test.check("fx_test_0", fx_test_0)).astype(dtype)
+        g0 = test.to_matrix(check_finite("fx_test_0", test.check("fx_test_0", fx_test_0)))
+        g0 = g0.astype(dtype)
         coef = self.eigen.inverse() if tau is None else self.eigen.growth(tau, n)
         fx_test = g0[None] + self.eigen.apply(coef, residual, k_td.astype(dtype))
         fx_test = test.from_matrix(fx_test).reshape(t_shape + test.shape)
@@ -150,6 +170,7 @@ def gradient_descent_mse(
     """
     y = jnp.asarray(y_train)
     layout = layout_of(y, trace_axes)
+    y = check_finite("y_train", y)
     k = square_kernel("k_train_train", k_train_train, layout)
     reg = nonnegative("diag_reg", diag_reg, k.dtype)
     eigen = Eigen("k_train_train", regularised(k, reg, diag_reg_absolute_scale))

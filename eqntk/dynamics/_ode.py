@@ -12,6 +12,7 @@ from jaxtyping import Array, ArrayLike, Float
 from ._common import (
     Axes,
     Layout,
+    check_psd,
     kernel_to_matrix,
     layout_of,
     nonnegative,
@@ -90,11 +91,26 @@ class _Field(eqx.Module):
     integral: bool = eqx.field(static=True)
     momentum_decay: Float[Array, ""] | None
 
+    def _loss_and_grad(self, outputs: Float[Array, "c r"]) -> tuple[Array, Array]:
+        loss = lambda f: self.loss(self.layout.from_matrix(f.T), self.y_train)
+        return jax.value_and_grad(loss)(outputs[:, : self.layout.n_points])
+
+    def nonfinite(self, state) -> Array:
+        """Whether `state`, or the loss or its gradient at its outputs, is NaN or infinite.
+
+        Checked on the initial state and, through a diffrax event, on the state of every
+        accepted step: a trial step into a region where the loss is not finite is rejected
+        by the step-size controller (its error estimate is infinite) and is no failure, but
+        an accepted state where it is not finite cannot be continued from.
+        """
+        outputs = state if self.momentum_decay is None else state[0]
+        value, g = self._loss_and_grad(outputs)
+        leaves = jax.tree.leaves(state) + [value, g]
+        return ~jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
     def _force(self, outputs: Float[Array, "c r"]) -> Float[Array, "c r"]:
         # `columns` is `k^T` (no test set, or with the integral) or `[k; k_td]^T`.
-        n_train = self.layout.n_points
-        loss = lambda f: self.loss(self.layout.from_matrix(f.T), self.y_train)
-        g = jax.grad(loss)(outputs[:, :n_train])
+        _, g = self._loss_and_grad(outputs)
         force = -(g @ self.columns)
         return jnp.concatenate([force, g], axis=1) if self.integral else force
 
@@ -159,7 +175,7 @@ class ODESolution(eqx.Module):
                 "`evaluate` needs the dense output of the solve: call the predictor with "
                 "`saveat=diffrax.SaveAt(..., dense=True)`."
             )
-        times, t_shape = as_times(t, self.scale.dtype)
+        times, t_shape = as_times(t, self.scale.dtype, finite=True)
         taus = eqx.error_if(
             times * self.scale,
             jnp.any(times * self.scale > self.solution.t1),
@@ -262,7 +278,7 @@ class ODEPredictor(eqx.Module):
         """
         dtype = self.k.dtype
         f0 = self.layout.to_matrix(self.layout.check("fx_train_0", fx_train_0)).astype(dtype)
-        times, t_shape = as_times(t, dtype)
+        times, t_shape = as_times(t, dtype, finite=True)
         scale = self.learning_rate if self.momentum is None else jnp.sqrt(self.learning_rate)
         taus = times * scale
         if saveat is None:
@@ -305,6 +321,18 @@ class ODEPredictor(eqx.Module):
             else (self.momentum - 1) / jnp.sqrt(self.learning_rate),
         )
         state = offset.T if self.momentum is None else (offset.T, jnp.zeros_like(offset.T))
+        bad_start = field.nonfinite(state)
+        start_message = (
+            "`loss` or its gradient is not finite (NaN or inf) at the initial outputs "
+            "(`fx_train_0`, `fx_test_0`, `y_train`): gradient descent cannot start."
+        )
+        # Backsolve and implicit adjoints do not support events; with them only the initial
+        # state is checked. With the event, a bad start stops the solve at its first step.
+        event = None
+        if isinstance(self.adjoint, dfx.BacksolveAdjoint | dfx.ImplicitAdjoint):
+            state = eqx.error_if(state, bad_start, start_message)
+        else:
+            event = dfx.Event(lambda tau, y, args, **kwargs: field.nonfinite(y))
         solution = dfx.diffeqsolve(
             dfx.ODETerm(field),
             self.solver,
@@ -317,6 +345,19 @@ class ODEPredictor(eqx.Module):
             adjoint=self.adjoint,
             max_steps=self.max_steps,
             progress_meter=self.progress_meter,
+            event=event,
+        )
+        # The only event is a non-finite state, loss or gradient: the solve stopped there.
+        # (The two checks exclude each other: only one error can be reported.)
+        stopped = solution.result == dfx.RESULTS.event_occurred
+        solution = eqx.error_if(solution, stopped & bad_start, start_message)
+        solution = eqx.error_if(
+            solution,
+            stopped & ~bad_start,
+            "`loss` or its gradient became non-finite (NaN or inf) during gradient descent, "
+            "at the outputs of an accepted solver step (or the outputs themselves did): the "
+            "solve stopped there. Check `loss` (e.g. a log of a non-positive value) and "
+            "`k_train_train`.",
         )
         # The readout needs `k_td` and `f_test_0` only to turn the integral into test outputs.
         readout = _Readout(
@@ -417,7 +458,7 @@ def gradient_descent(
     """
     y = jnp.asarray(y_train)
     layout = layout_of(y, trace_axes)
-    k = square_kernel("k_train_train", k_train_train, layout)
+    k = check_psd("k_train_train", square_kernel("k_train_train", k_train_train, layout))
     if stepsize_controller is None:
         floor = 10 * float(jnp.finfo(k.dtype).eps)
         stepsize_controller = dfx.PIDController(
