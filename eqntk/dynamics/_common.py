@@ -7,6 +7,8 @@ outputs, $\\Theta \\otimes I_K$. In general the kernel of outputs with non-trace
 `(a, b, ...)` has the interleaved shape `(a, a', b, b', ...)`. Internally every kernel is made a
 matrix `(P, P')` (all non-trace axes flattened) and every output array a matrix `(P, C)` (the
 trace axes flattened into C columns), and results are put back into the caller's layout.
+1-D targets `(N,)` (one output per point) have no output axis to trace over: with them
+`trace_axes` is ignored, the kernel is `(N, N)` and the outputs are 1-D too.
 """
 
 import math

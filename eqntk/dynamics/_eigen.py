@@ -66,9 +66,9 @@ class Eigen(eqx.Module):
         safe = jnp.where(self.positive, self.evals, 1)[None]
         return jnp.where(self.positive[None], -self.expm1(tau, n) / safe, 0)
 
-    def limit(self) -> Float[Array, "1 p"]:
-        """$-1$ off the null space and 0 on it: `expm1` at $\\tau = \\infty$."""
-        return -self.positive.astype(self.evals.dtype)[None]
+    def null(self) -> Float[Array, "1 p"]:
+        """1 on the null space and 0 off it: `1 + expm1` at $\\tau = \\infty$."""
+        return (~self.positive).astype(self.evals.dtype)[None]
 
     def inverse(self) -> Float[Array, "1 p"]:
         """$1 / \\lambda_i$ (0 on the null space): `growth` at $\\tau = \\infty$."""

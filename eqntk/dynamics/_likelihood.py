@@ -39,7 +39,8 @@ def marginal_log_likelihood(
 
     **Returns:**
 
-    $\\log p(y)$, a 0-d array.
+    $\\log p(y)$, a 0-d array. Non-finite targets or kernels, a kernel that is not positive
+    definite and an inaccurate solve raise errors, as in [`eqntk.dynamics.gp_inference`][].
 
     **Example:**
 

@@ -29,8 +29,11 @@ def as_times(
     """Times of any shape, flattened, checked to be non-negative (and finite, with `finite`);
     and their shape. Concrete times are checked at once, traced ones through `eqx.error_if`."""
     expected = "finite non-negative" if finite else "non-negative (`inf` included)"
-    if not isinstance(t, jax.core.Tracer):
+    try:
         concrete = np.asarray(t)
+    except jax.errors.TracerArrayConversionError:
+        concrete = None
+    if concrete is not None:
         if not np.issubdtype(concrete.dtype, np.number):
             raise TypeError(
                 f"`t` must be a number or an array of times, got dtype {concrete.dtype}."
@@ -75,13 +78,19 @@ class MSEPredictor(eqx.Module):
 
         - $f_\\text{train}(t) = y + E(t) (f_0 - y)$;
         - $f_\\text{test}(t) = f_{\\text{test},0} + k_{td} A^{-1} (I - E(t)) (y - f_0)$;
-        - $t$ = `None` is $t = \\infty$: $f_\\text{train} = y$,
-          $f_\\text{test} = f_{\\text{test},0} + k_{td} A^{-1} (y - f_0)$.
+        - $t$ = `None` (or `inf`) is $t = \\infty$: $f_\\text{train} = y + P_0 (f_0 - y)$,
+          $f_\\text{test} = f_{\\text{test},0} + k_{td} A^{+} (y - f_0)$.
+
+        **Null space.** Eigenvalues of $A$ within $100 P \\epsilon \\lambda_\\max$ of zero
+        (a singular kernel, e.g. a repeated training input, with `diag_reg=0`) are taken as
+        zero: their eigen-directions do not move at any time, so the training outputs keep
+        their initial values there ($P_0$ is the projection on that null space) and $A^{+}$
+        is the pseudo-inverse. With $P_0 = 0$ this is $f_\\text{train}(\\infty) = y$.
 
         **Arguments:**
 
-        - `t`: a time or an array of times of any shape (continuous steps, in units of the
-          learning rate), or `None` for infinite time.
+        - `t`: a time or an array of non-negative times of any shape (continuous steps, in
+          units of the learning rate; `inf` allowed), or `None` for infinite time.
         - `fx_train_0`: the outputs on the training set at $t = 0$, shape of `y_train` (or
           broadcastable to it).
         - `fx_test_0`: the outputs on the test set at $t = 0$, or `None` for no test set.
@@ -98,13 +107,13 @@ class MSEPredictor(eqx.Module):
         residual = self.y - f0
         n = self.y.size  # the MSE normalisation: the number of training outputs
         if t is None:
+            # y + P_0 (f_0 - y): exactly y when the null space is empty.
             tau, t_shape = None, ()
-            coef = self.eigen.limit()
+            fx_train = self.y[None] - self.eigen.apply(self.eigen.null(), residual)
         else:
             tau, t_shape = as_times(t, dtype)
             tau = tau * self.learning_rate
-            coef = self.eigen.expm1(tau, n)
-        fx_train = f0[None] - self.eigen.apply(coef, residual)
+            fx_train = f0[None] - self.eigen.apply(self.eigen.expm1(tau, n), residual)
         fx_train = self.layout.from_matrix(fx_train).reshape(t_shape + self.layout.shape)
         if fx_test_0 is None:
             return Trajectory(fx_train)
@@ -143,7 +152,7 @@ def gradient_descent_mse(
 
     - `k_train_train`: the train-train kernel `(N, N)` (in general the non-trace axes of
       `y_train` interleaved).
-    - `y_train`: the training targets, e.g. `(N, K)`.
+    - `y_train`: the training targets, e.g. `(N, K)`, or `(N,)` (then outputs are 1-D).
     - `learning_rate`: $\\eta \\geq 0$; times are in units of it (only $\\eta t$ matters).
     - `diag_reg`, `diag_reg_absolute_scale`: the diagonal regulariser $\\lambda$ added to the
       kernel, as in [`eqntk.dynamics.gp_inference`][].
@@ -152,7 +161,10 @@ def gradient_descent_mse(
     **Returns:**
 
     A [`eqntk.dynamics.MSEPredictor`][], called as
-    `predictor(t, fx_train_0=0., fx_test_0=None, k_test_train=None)`.
+    `predictor(t, fx_train_0=0., fx_test_0=None, k_test_train=None)`. Singular kernels are
+    allowed: their null space keeps its initial outputs (see `MSEPredictor.__call__`).
+    Non-finite targets, kernels or initial outputs, and a kernel with an eigenvalue below
+    $-100 P \\epsilon \\lambda_\\max$ (not positive semi-definite), raise errors.
 
     **Example:**
 

@@ -241,8 +241,9 @@ class ODEPredictor(eqx.Module):
 
         **Arguments:**
 
-        - `t`: a time or an array of non-decreasing times of any shape (continuous steps);
-          with `saveat`, the end time of the solve (a scalar).
+        - `t`: a time or an array of non-decreasing, finite, non-negative times of any shape
+          (continuous steps); with `saveat`, the end time of the solve (a scalar). For
+          $t = \\infty$ with the MSE, use [`eqntk.dynamics.gradient_descent_mse`][].
         - `fx_train_0`: the outputs on the training set at $t = 0$ (broadcast to the shape of
           `y_train`).
         - `fx_test_0`: the outputs on the test set at $t = 0$, or `None` for no test set.
@@ -260,6 +261,15 @@ class ODEPredictor(eqx.Module):
         `qx_train`, `qx_test` with momentum). With `saveat`, an
         [`eqntk.dynamics.ODESolution`][]: `.ts` and `.outputs` (a `Trajectory` with one leading
         axis) at the saved times, and `.evaluate(t)` with `dense=True`.
+
+        **Raises:**
+
+        An error when the loss or its gradient is not finite at the initial outputs, and when
+        it (or the outputs) becomes non-finite at an accepted step: the solve stops at that
+        step instead of shrinking its steps until `max_steps` (trial steps into a region where
+        the loss is not finite are only rejected, as diffrax does). With
+        `diffrax.BacksolveAdjoint` or `ImplicitAdjoint`, which take no events, only the
+        initial outputs are checked.
 
         **Example:**
 
@@ -415,7 +425,8 @@ def gradient_descent(
       entries as in neural-tangents) or `lambda f, y: 0.5 * jnp.mean((f - y) ** 2)`.
     - `k_train_train`: the train-train NTK `(N, N)` (in general the non-trace axes of `y_train`
       interleaved).
-    - `y_train`: the training targets, e.g. `(N, K)`.
+    - `y_train`: the training targets, e.g. `(N, K)`, or `(N,)` (then `loss` sees 1-D outputs
+      and targets, and the outputs are 1-D).
     - `learning_rate`: $\\eta \\geq 0$.
     - `momentum`: $m$, or `None` for plain gradient descent.
     - `trace_axes`: the output axes over which the kernel is the identity.
@@ -438,7 +449,9 @@ def gradient_descent(
     `predictor(t, fx_train_0=0., fx_test_0=None, k_test_train=None)` for a
     [`eqntk.dynamics.Trajectory`][] at the times `t`, or with `saveat=diffrax.SaveAt(...)`
     (dense output, `t1`, solver steps...) up to the end time `t` for an
-    [`eqntk.dynamics.ODESolution`][].
+    [`eqntk.dynamics.ODESolution`][]. A kernel that is not positive semi-definite (an
+    eigenvalue below $-100 P \\epsilon \\max_i k_{ii}$, found by one Cholesky factorisation)
+    raises an error here: gradient descent with it diverges.
 
     **Example:**
 
