@@ -159,6 +159,17 @@ def test_ode_non_psd_kernel_is_rejected(getkey):
     k, y = _kernel(getkey()), jr.normal(getkey(), (6, 2))
     with pytest.raises(eqx.EquinoxRuntimeError, match="not positive semi-definite"):
         dynamics.gradient_descent(MSE, k - 3 * jnp.eye(6), y)
+    # A larger kernel with one negative eigenvalue of a tenth of the largest, in a random
+    # direction: found by the few Lanczos steps of the check.
+    x = jr.normal(getkey(), (40, 8))
+    k = x @ x.T
+    v = jr.normal(getkey(), (40,))
+    v = v / jnp.linalg.norm(v)
+    lam = jnp.linalg.eigvalsh(k)[-1]
+    bad = k - (v @ k @ v + 0.1 * lam) * jnp.outer(v, v)
+    assert jnp.linalg.eigvalsh(bad)[0] < -0.05 * lam  # the premise
+    with pytest.raises(eqx.EquinoxRuntimeError, match="not positive semi-definite"):
+        dynamics.gradient_descent(MSE, bad, jr.normal(getkey(), (40, 2)))
     # A singular PSD kernel (rounding below zero) is accepted.
     x = jr.normal(getkey(), (6, 2))
     dynamics.gradient_descent(MSE, x @ x.T, y)
