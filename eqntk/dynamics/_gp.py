@@ -214,7 +214,7 @@ def gp_inference(
     `k_train_train` holds a NaN or an infinity; when the regularised kernel is not positive
     definite (a failed Cholesky factorisation; with other solvers, a non-positive diagonal
     entry or $y^\\top A^{-1} y < 0$); and when the solve is inaccurate: a residual
-    $\\|A A^{-1} y - y\\|$ beyond $\\sqrt\\epsilon\\, \\|y\\|$ (or ten times an iterative
+    $\\|A A^{-1} y - y\\|$ beyond $\\epsilon^{1/4} \\|y\\|$ (or ten times an iterative
     solver's `rtol`/`atol`), which means a kernel too ill-conditioned for its dtype; a
     positive `diag_reg` is then the remedy.
 
