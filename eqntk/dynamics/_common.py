@@ -7,6 +7,8 @@ outputs, $\\Theta \\otimes I_K$. In general the kernel of outputs with non-trace
 `(a, b, ...)` has the interleaved shape `(a, a', b, b', ...)`. Internally every kernel is made a
 matrix `(P, P')` (all non-trace axes flattened) and every output array a matrix `(P, C)` (the
 trace axes flattened into C columns), and results are put back into the caller's layout.
+1-D targets `(N,)` (one output per point) have no output axis to trace over: with them
+`trace_axes` is ignored, the kernel is `(N, N)` and the outputs are 1-D too.
 """
 
 import math
@@ -16,6 +18,7 @@ from typing import Any, TypeAlias
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float
 
@@ -98,6 +101,10 @@ def layout_of(y_train: Array, trace_axes: Axes) -> Layout:
     canonical = tuple(sorted(a % ndim for a in axes))
     if len(set(canonical)) != len(canonical):
         raise ValueError(f"`trace_axes` names an axis twice: {trace_axes}.")
+    if ndim == 1:
+        # 1-D targets `(N,)` are one output per point: there is no output axis to trace over,
+        # so the default `trace_axes=(-1,)` (or any axes) leaves the points axis alone.
+        canonical = ()
     if len(canonical) == ndim:
         raise ValueError(
             f"`trace_axes` {trace_axes} leaves no axis of `y_train` (shape {y_train.shape}) for "
@@ -168,6 +175,57 @@ def nonnegative(name: str, value: Any, dtype: Any) -> Float[Array, ""]:
     )
 
 
+def check_finite(name: str, a: Array) -> Array:
+    """`a`, raising (through `eqx.error_if`) when it holds a NaN or an infinity."""
+    return eqx.error_if(
+        a, ~jnp.all(jnp.isfinite(a)), f"`{name}` holds a non-finite value (NaN or inf)."
+    )
+
+
+def check_psd(name: str, k: Float[Array, "p p"], steps: int = 20) -> Float[Array, "p p"]:
+    """`k`, raising (through `eqx.error_if`) when it is clearly not positive semi-definite.
+
+    A few (`steps`) Lanczos iterations from a fixed start give Ritz values, Rayleigh quotients
+    of $k$ that converge first to its extreme eigenvalues; one below
+    $-\\delta$ = $-100 P \\epsilon \\max_i k_{ii}$ (beyond the rounding of a positive
+    semi-definite kernel) proves an eigenvalue below it. The cost is `steps` matrix-vector
+    products, $O(P^2)$ each: a factorisation or an eigendecomposition would cost more than
+    the whole ODE solve it guards. It finds large negative eigenvalues, those that make
+    gradient descent diverge quickly; one slightly below $-\\delta$ may go unnoticed.
+    """
+    p = k.shape[0]
+    m = min(steps, p)
+    dtype = k.dtype
+    start = jr.normal(jr.key(0), (p,), dtype)
+    basis = jnp.zeros((m + 1, p), dtype).at[0].set(start / jnp.linalg.norm(start))
+    tiny = jnp.finfo(dtype).tiny
+
+    def step(j, carry):
+        basis, alpha, beta = carry
+        w = k @ basis[j]
+        alpha = alpha.at[j].set(basis[j] @ w)
+        # Full reorthogonalisation (twice is enough), against the rows found so far (the
+        # others are zero).
+        w = w - basis.T @ (basis @ w)
+        w = w - basis.T @ (basis @ w)
+        norm = jnp.linalg.norm(w)
+        # On an invariant subspace (norm 0) the next rows stay zero: Ritz values 0, harmless.
+        basis = basis.at[j + 1].set(jnp.where(norm > tiny, w / jnp.maximum(norm, tiny), 0))
+        return basis, alpha, beta.at[j].set(norm)
+
+    zeros = jnp.zeros(m, dtype)
+    _, alpha, beta = jax.lax.fori_loop(0, m, step, (basis, zeros, zeros))
+    tridiagonal = jnp.diag(alpha) + jnp.diag(beta[:-1], 1) + jnp.diag(beta[:-1], -1)
+    smallest = jnp.linalg.eigvalsh(tridiagonal)[0]
+    delta = 100 * p * jnp.finfo(dtype).eps * jnp.max(jnp.abs(jnp.diagonal(k)))
+    return eqx.error_if(
+        k,
+        smallest < -delta,
+        f"`{name}` is not positive semi-definite (it has an eigenvalue below "
+        "-100 P eps max(diag)): a kernel must be, or gradient descent diverges.",
+    )
+
+
 def check_symmetric(name: str, k: Float[Array, "p p"]) -> Float[Array, "p p"]:
     """`k`, raising (through `eqx.error_if`) when it is not symmetric.
 
@@ -189,10 +247,9 @@ def regularised(
 
 
 def square_kernel(name: str, k: Any, layout: Layout) -> Float[Array, "p p"]:
-    """A train-train kernel as a checked, symmetric `(P, P)` matrix."""
-    return check_symmetric(
-        name, kernel_to_matrix(name, k, layout.points_shape, layout.points_shape)
-    )
+    """A train-train kernel as a checked, finite and symmetric `(P, P)` matrix."""
+    k = kernel_to_matrix(name, k, layout.points_shape, layout.points_shape)
+    return check_symmetric(name, check_finite(name, k))
 
 
 def test_points(name: str, k_test_train: Any, layout: Layout) -> tuple[int, ...]:

@@ -2,7 +2,7 @@
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float
 
 
 class Eigen(eqx.Module):
@@ -10,52 +10,69 @@ class Eigen(eqx.Module):
 
     Every closed-form MSE quantity is $V g(\\Lambda) V^\\top$ applied to a matrix, for some
     function $g$ of the eigenvalues and the time; the decomposition is computed once and serves
-    every time and right-hand side. As in neural-tangents, eigenvalues below zero (rounding
-    errors of a positive semi-definite kernel) are clipped to zero, and directions with a zero
-    eigenvalue do not move.
+    every time and right-hand side.
+
+    **Null space.** Eigenvalues within `tol` = $100 P \\epsilon \\max_i |\\lambda_i|$ of zero
+    are rounding errors of a singular kernel (e.g. one with a repeated input): their directions
+    are the null space of $A$, and they do not move at any time, $t = \\infty$ included
+    ($e^{-\\lambda t}$ is 1 there and $(1 - e^{-\\lambda t})/\\lambda$ is 0: a pseudo-inverse).
+    An eigenvalue below $-$`tol` means a kernel that is not positive semi-definite: an error.
     """
 
     evals: Float[Array, " p"]
     evecs: Float[Array, "p p"]
+    tol: Float[Array, ""]
 
     def __init__(self, name: str, a: Float[Array, "p p"]):
         evals, evecs = jnp.linalg.eigh(a)
-        # A clearly negative eigenvalue means a kernel that is not positive semi-definite;
-        # rounding alone stays within a few ulps of the largest eigenvalue per dimension.
-        tol = 100 * a.shape[0] * jnp.finfo(a.dtype).eps * jnp.max(jnp.abs(evals))
+        # Rounding alone stays within a few ulps of the largest eigenvalue per dimension.
+        self.tol = 100 * a.shape[0] * jnp.finfo(a.dtype).eps * jnp.max(jnp.abs(evals))
         self.evals = eqx.error_if(
             evals,
-            ~jnp.all(jnp.isfinite(evals)) | (evals[0] < -tol),
+            ~jnp.all(jnp.isfinite(evals)) | (evals[0] < -self.tol),
             f"`{name}` (+ the diagonal regulariser) is not positive semi-definite.",
         )
         self.evecs = evecs
 
     @property
+    def positive(self) -> Bool[Array, " p"]:
+        """The directions that move: eigenvalues above `tol`."""
+        return self.evals > self.tol
+
+    @property
     def clipped(self) -> Float[Array, " p"]:
-        return jnp.maximum(self.evals, 0)
+        """The eigenvalues, with those of the null space set to zero."""
+        return jnp.where(self.positive, self.evals, 0)
+
+    def _exponent(self, tau: Float[Array, " t"], n: int) -> Float[Array, "t p"]:
+        # $\\lambda_i \\tau / n$, 0 on the null space even at $\\tau = \\infty$ (no 0 * inf).
+        positive = self.positive[None]
+        return jnp.where(positive, self.clipped[None] * jnp.where(positive, tau[:, None], 0) / n, 0)
 
     def decay(self, tau: Float[Array, " t"], n: int) -> Float[Array, "t p"]:
-        """$e^{-\\lambda_i \\tau / n}$ per time and eigenvalue."""
-        return jnp.exp(-self.clipped[None] * tau[:, None] / n)
+        """$e^{-\\lambda_i \\tau / n}$ per time and eigenvalue (1 on the null space)."""
+        return jnp.exp(-self._exponent(tau, n))
 
     def expm1(self, tau: Float[Array, " t"], n: int) -> Float[Array, "t p"]:
-        """$e^{-\\lambda_i \\tau / n} - 1$, accurate for small arguments."""
-        return jnp.expm1(-self.clipped[None] * tau[:, None] / n)
+        """$e^{-\\lambda_i \\tau / n} - 1$, accurate for small arguments (0 on the null space)."""
+        return jnp.expm1(-self._exponent(tau, n))
 
     def growth(self, tau: Float[Array, " t"], n: int) -> Float[Array, "t p"]:
-        """$(1 - e^{-\\lambda_i \\tau / n}) / \\lambda_i$, and 0 where $\\lambda_i \\leq 0$.
+        """$(1 - e^{-\\lambda_i \\tau / n}) / \\lambda_i$, and 0 on the null space.
 
         It is $A^{-1}(I - e^{-\\tau A / n})$ in the eigenbasis: the integrated response of the
         dynamics, which tends to $A^{-1}$ (on the positive eigenspace) as $\\tau \\to \\infty$.
         """
-        positive = (self.evals > 0)[None]
-        safe = jnp.where(positive, self.evals[None], 1)
-        return jnp.where(positive, -self.expm1(tau, n) / safe, 0)
+        safe = jnp.where(self.positive, self.evals, 1)[None]
+        return jnp.where(self.positive[None], -self.expm1(tau, n) / safe, 0)
+
+    def null(self) -> Float[Array, "1 p"]:
+        """1 on the null space and 0 off it: `1 + expm1` at $\\tau = \\infty$."""
+        return (~self.positive).astype(self.evals.dtype)[None]
 
     def inverse(self) -> Float[Array, "1 p"]:
-        """$1 / \\lambda_i$ (0 where $\\lambda_i \\leq 0$): `growth` at $\\tau = \\infty$."""
-        positive = self.evals > 0
-        return jnp.where(positive, 1 / jnp.where(positive, self.evals, 1), 0)[None]
+        """$1 / \\lambda_i$ (0 on the null space): `growth` at $\\tau = \\infty$."""
+        return jnp.where(self.positive, 1 / jnp.where(self.positive, self.evals, 1), 0)[None]
 
     def apply(
         self,

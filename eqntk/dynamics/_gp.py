@@ -14,6 +14,7 @@ from ._common import (
     Axes,
     KernelLike,
     Layout,
+    check_finite,
     cov_from_matrix,
     kernel_to_matrix,
     layout_of,
@@ -187,7 +188,8 @@ def gp_inference(
       the non-trace axes of `y_train` interleaved): an array (used as every kernel), or an
       [`eqntk.Kernel`][] / the named tuple from `kernel_fn(x, None, get=("nngp", "ntk"))`.
       The kernels that `get` needs are factorised.
-    - `y_train`: the training targets, e.g. `(N, K)`.
+    - `y_train`: the training targets, e.g. `(N, K)`, or `(N,)` for one output per point
+      (`trace_axes` is then ignored and the predicted means are 1-D too).
     - `diag_reg`: the diagonal regulariser, $\\geq 0$ (a positive value makes a singular kernel
       solvable and models observation noise).
     - `diag_reg_absolute_scale`: `True` for $\\lambda$ = `diag_reg`; `False` (default) for
@@ -205,6 +207,16 @@ def gp_inference(
     A [`eqntk.dynamics.GPPredictor`][], called as
     `predictor(k_test_train, k_test_test=None, get=None)`.
 
+    **Raises:**
+
+    An error (at once, or at run time under `jit`) that names the culprit when `y_train` or
+    `k_train_train` holds a NaN or an infinity; when the regularised kernel is not positive
+    definite (a failed Cholesky factorisation; with other solvers, a non-positive diagonal
+    entry or $y^\\top A^{-1} y < 0$); and when the solve is inaccurate: a residual
+    $\\|A A^{-1} y - y\\|$ beyond $\\epsilon^{1/4} \\|y\\|$ (or ten times an iterative
+    solver's `rtol`/`atol`), which means a kernel too ill-conditioned for its dtype; a
+    positive `diag_reg` is then the remedy.
+
     **Example:**
 
     ```python
@@ -221,6 +233,7 @@ def gp_inference(
     """
     y = jnp.asarray(y_train)
     layout = layout_of(y, trace_axes)
+    y = check_finite("y_train", y)
     shared = isinstance(k_train_train, jax.Array | np.ndarray)
     if shared:
         names = ("k",)
@@ -241,7 +254,7 @@ def gp_inference(
             "k_train_train", regularised(k, reg, diag_reg_absolute_scale), solver
         )
         y_matrix = layout.to_matrix(y).astype(k.dtype)
-        factors[name], kernels[name], k_inv_y[name] = factor, k, factor.solve(y_matrix)
+        factors[name], kernels[name], k_inv_y[name] = factor, k, factor.solve_targets(y_matrix)
     # The NTK covariance also needs the (unfactorised) NNGP.
     nngp = None if shared else getattr(k_train_train, "nngp", None)
     if "nngp" not in kernels and nngp is not None:

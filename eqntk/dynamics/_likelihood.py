@@ -6,7 +6,7 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._common import Axes, layout_of, nonnegative, regularised, square_kernel
+from ._common import Axes, check_finite, layout_of, nonnegative, regularised, square_kernel
 from ._solve import Factorisation
 
 
@@ -39,7 +39,8 @@ def marginal_log_likelihood(
 
     **Returns:**
 
-    $\\log p(y)$, a 0-d array.
+    $\\log p(y)$, a 0-d array. Non-finite targets or kernels, a kernel that is not positive
+    definite and an inaccurate solve raise errors, as in [`eqntk.dynamics.gp_inference`][].
 
     **Example:**
 
@@ -56,6 +57,7 @@ def marginal_log_likelihood(
     """
     y = jnp.asarray(y_train)
     layout = layout_of(y, trace_axes)
+    y = check_finite("y_train", y)
     k = square_kernel("k_train_train", k_train_train, layout)
     reg = nonnegative("diag_reg", diag_reg, k.dtype)
     factor = Factorisation(
@@ -63,5 +65,5 @@ def marginal_log_likelihood(
     )
     y = layout.to_matrix(y).astype(k.dtype)
     p, c = y.shape
-    fit = jnp.sum(y * factor.solve(y))
+    fit = jnp.sum(y * factor.solve_targets(y))
     return -0.5 * fit - 0.5 * c * factor.logdet() - 0.5 * p * c * np.log(2 * np.pi)

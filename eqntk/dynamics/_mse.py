@@ -3,13 +3,16 @@
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from .._callable import AbstractCallable
 from ._common import (
     Axes,
     Layout,
+    check_finite,
     kernel_to_matrix,
     layout_of,
     nonnegative,
@@ -21,13 +24,30 @@ from ._eigen import Eigen
 from ._trajectory import Trajectory
 
 
-def as_times(t: Any, dtype: Any) -> tuple[Float[Array, " t"], tuple[int, ...]]:
-    """Times of any shape, flattened, checked to be non-negative; and their shape."""
+def as_times(
+    t: Any, dtype: Any, finite: bool = False
+) -> tuple[Float[Array, " t"], tuple[int, ...]]:
+    """Times of any shape, flattened, checked to be non-negative (and finite, with `finite`);
+    and their shape. Concrete times are checked at once, traced ones through `eqx.error_if`."""
+    expected = "finite non-negative" if finite else "non-negative (`inf` included)"
+    try:
+        concrete = np.asarray(t)
+    except jax.errors.TracerArrayConversionError:
+        concrete = None
+    if concrete is not None:
+        if not np.issubdtype(concrete.dtype, np.number):
+            raise TypeError(
+                f"`t` must be a number or an array of times, got dtype {concrete.dtype}."
+            )
+        bad = np.isnan(concrete) | (concrete < 0) | (finite & np.isinf(concrete))
+        if np.any(bad):
+            raise ValueError(f"`t` must be {expected} times, got {concrete[bad].ravel()[0]}.")
     t = jnp.asarray(t)
     if not jnp.issubdtype(t.dtype, jnp.number):
         raise TypeError(f"`t` must be a number or an array of times, got dtype {t.dtype}.")
     t = t.astype(dtype)
-    t = eqx.error_if(t, jnp.any(jnp.isnan(t) | (t < 0)), "`t` must be non-negative times.")
+    bad = jnp.isnan(t) | (t < 0) | (finite & jnp.isinf(t))
+    t = eqx.error_if(t, jnp.any(bad), f"`t` must be {expected} times.")
     return t.reshape(-1), t.shape
 
 
@@ -59,13 +79,19 @@ class MSEPredictor(AbstractCallable):
 
         - $f_\\text{train}(t) = y + E(t) (f_0 - y)$;
         - $f_\\text{test}(t) = f_{\\text{test},0} + k_{td} A^{-1} (I - E(t)) (y - f_0)$;
-        - $t$ = `None` is $t = \\infty$: $f_\\text{train} = y$,
-          $f_\\text{test} = f_{\\text{test},0} + k_{td} A^{-1} (y - f_0)$.
+        - $t$ = `None` (or `inf`) is $t = \\infty$: $f_\\text{train} = y + P_0 (f_0 - y)$,
+          $f_\\text{test} = f_{\\text{test},0} + k_{td} A^{+} (y - f_0)$.
+
+        **Null space.** Eigenvalues of $A$ within $100 P \\epsilon \\lambda_\\max$ of zero
+        (a singular kernel, e.g. a repeated training input, with `diag_reg=0`) are taken as
+        zero: their eigen-directions do not move at any time, so the training outputs keep
+        their initial values there ($P_0$ is the projection on that null space) and $A^{+}$
+        is the pseudo-inverse. With $P_0 = 0$ this is $f_\\text{train}(\\infty) = y$.
 
         **Arguments:**
 
-        - `t`: a time or an array of times of any shape (continuous steps, in units of the
-          learning rate), or `None` for infinite time.
+        - `t`: a time or an array of non-negative times of any shape (continuous steps, in
+          units of the learning rate; `inf` allowed), or `None` for infinite time.
         - `fx_train_0`: the outputs on the training set at $t = 0$, shape of `y_train` (or
           broadcastable to it).
         - `fx_test_0`: the outputs on the test set at $t = 0$, or `None` for no test set.
@@ -77,12 +103,14 @@ class MSEPredictor(AbstractCallable):
         `t.shape`.
         """
         dtype = self.y.dtype
-        f0 = self.layout.to_matrix(self.layout.check("fx_train_0", fx_train_0)).astype(dtype)
+        f0 = self.layout.check("fx_train_0", fx_train_0)
+        f0 = self.layout.to_matrix(check_finite("fx_train_0", f0)).astype(dtype)
         residual = self.y - f0
         n = self.y.size  # the MSE normalisation: the number of training outputs
         if t is None:
+            # y + P_0 (f_0 - y): exactly y when the null space is empty.
             tau, t_shape = None, ()
-            fx_train = self.y[None]
+            fx_train = self.y[None] - self.eigen.apply(self.eigen.null(), residual)
         else:
             tau, t_shape = as_times(t, dtype)
             tau = tau * self.learning_rate
@@ -95,7 +123,8 @@ class MSEPredictor(AbstractCallable):
         points = test_points("k_test_train", k_test_train, self.layout)
         k_td = kernel_to_matrix("k_test_train", k_test_train, points, self.layout.points_shape)
         test = self.layout.with_points(points)
-        g0 = test.to_matrix(test.check("fx_test_0", fx_test_0)).astype(dtype)
+        g0 = test.to_matrix(check_finite("fx_test_0", test.check("fx_test_0", fx_test_0)))
+        g0 = g0.astype(dtype)
         coef = self.eigen.inverse() if tau is None else self.eigen.growth(tau, n)
         fx_test = g0[None] + self.eigen.apply(coef, residual, k_td.astype(dtype))
         fx_test = test.from_matrix(fx_test).reshape(t_shape + test.shape)
@@ -124,7 +153,7 @@ def gradient_descent_mse(
 
     - `k_train_train`: the train-train kernel `(N, N)` (in general the non-trace axes of
       `y_train` interleaved).
-    - `y_train`: the training targets, e.g. `(N, K)`.
+    - `y_train`: the training targets, e.g. `(N, K)`, or `(N,)` (then outputs are 1-D).
     - `learning_rate`: $\\eta \\geq 0$; times are in units of it (only $\\eta t$ matters).
     - `diag_reg`, `diag_reg_absolute_scale`: the diagonal regulariser $\\lambda$ added to the
       kernel, as in [`eqntk.dynamics.gp_inference`][].
@@ -133,7 +162,10 @@ def gradient_descent_mse(
     **Returns:**
 
     A [`eqntk.dynamics.MSEPredictor`][], called as
-    `predictor(t, fx_train_0=0., fx_test_0=None, k_test_train=None)`.
+    `predictor(t, fx_train_0=0., fx_test_0=None, k_test_train=None)`. Singular kernels are
+    allowed: their null space keeps its initial outputs (see `MSEPredictor.__call__`).
+    Non-finite targets, kernels or initial outputs, and a kernel with an eigenvalue below
+    $-100 P \\epsilon \\lambda_\\max$ (not positive semi-definite), raise errors.
 
     **Example:**
 
@@ -151,6 +183,7 @@ def gradient_descent_mse(
     """
     y = jnp.asarray(y_train)
     layout = layout_of(y, trace_axes)
+    y = check_finite("y_train", y)
     k = square_kernel("k_train_train", k_train_train, layout)
     reg = nonnegative("diag_reg", diag_reg, k.dtype)
     eigen = Eigen("k_train_train", regularised(k, reg, diag_reg_absolute_scale))

@@ -13,6 +13,7 @@ from .._callable import AbstractCallable
 from ._common import (
     Axes,
     Layout,
+    check_psd,
     kernel_to_matrix,
     layout_of,
     nonnegative,
@@ -91,11 +92,26 @@ class _Field(eqx.Module):
     integral: bool = eqx.field(static=True)
     momentum_decay: Float[Array, ""] | None
 
+    def _loss_and_grad(self, outputs: Float[Array, "c r"]) -> tuple[Array, Array]:
+        loss = lambda f: self.loss(self.layout.from_matrix(f.T), self.y_train)
+        return jax.value_and_grad(loss)(outputs[:, : self.layout.n_points])
+
+    def nonfinite(self, state) -> Array:
+        """Whether `state`, or the loss or its gradient at its outputs, is NaN or infinite.
+
+        Checked on the initial state and, through a diffrax event, on the state of every
+        accepted step: a trial step into a region where the loss is not finite is rejected
+        by the step-size controller (its error estimate is infinite) and is no failure, but
+        an accepted state where it is not finite cannot be continued from.
+        """
+        outputs = state if self.momentum_decay is None else state[0]
+        value, g = self._loss_and_grad(outputs)
+        leaves = jax.tree.leaves(state) + [value, g]
+        return ~jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
     def _force(self, outputs: Float[Array, "c r"]) -> Float[Array, "c r"]:
         # `columns` is `k^T` (no test set, or with the integral) or `[k; k_td]^T`.
-        n_train = self.layout.n_points
-        loss = lambda f: self.loss(self.layout.from_matrix(f.T), self.y_train)
-        g = jax.grad(loss)(outputs[:, :n_train])
+        _, g = self._loss_and_grad(outputs)
         force = -(g @ self.columns)
         return jnp.concatenate([force, g], axis=1) if self.integral else force
 
@@ -160,7 +176,7 @@ class ODESolution(eqx.Module):
                 "`evaluate` needs the dense output of the solve: call the predictor with "
                 "`saveat=diffrax.SaveAt(..., dense=True)`."
             )
-        times, t_shape = as_times(t, self.scale.dtype)
+        times, t_shape = as_times(t, self.scale.dtype, finite=True)
         taus = eqx.error_if(
             times * self.scale,
             jnp.any(times * self.scale > self.solution.t1),
@@ -226,8 +242,9 @@ class ODEPredictor(AbstractCallable):
 
         **Arguments:**
 
-        - `t`: a time or an array of non-decreasing times of any shape (continuous steps);
-          with `saveat`, the end time of the solve (a scalar).
+        - `t`: a time or an array of non-decreasing, finite, non-negative times of any shape
+          (continuous steps); with `saveat`, the end time of the solve (a scalar). For
+          $t = \\infty$ with the MSE, use [`eqntk.dynamics.gradient_descent_mse`][].
         - `fx_train_0`: the outputs on the training set at $t = 0$ (broadcast to the shape of
           `y_train`).
         - `fx_test_0`: the outputs on the test set at $t = 0$, or `None` for no test set.
@@ -246,6 +263,15 @@ class ODEPredictor(AbstractCallable):
         [`eqntk.dynamics.ODESolution`][]: `.ts` and `.outputs` (a `Trajectory` with one leading
         axis) at the saved times, and `.evaluate(t)` with `dense=True`.
 
+        **Raises:**
+
+        An error when the loss or its gradient is not finite at the initial outputs, and when
+        it (or the outputs) becomes non-finite at an accepted step: the solve stops at that
+        step instead of shrinking its steps until `max_steps` (trial steps into a region where
+        the loss is not finite are only rejected, as diffrax does). With
+        `diffrax.BacksolveAdjoint` or `ImplicitAdjoint`, which take no events, only the
+        initial outputs are checked.
+
         **Example:**
 
         ```python
@@ -263,7 +289,7 @@ class ODEPredictor(AbstractCallable):
         """
         dtype = self.k.dtype
         f0 = self.layout.to_matrix(self.layout.check("fx_train_0", fx_train_0)).astype(dtype)
-        times, t_shape = as_times(t, dtype)
+        times, t_shape = as_times(t, dtype, finite=True)
         scale = self.learning_rate if self.momentum is None else jnp.sqrt(self.learning_rate)
         taus = times * scale
         if saveat is None:
@@ -306,6 +332,18 @@ class ODEPredictor(AbstractCallable):
             else (self.momentum - 1) / jnp.sqrt(self.learning_rate),
         )
         state = offset.T if self.momentum is None else (offset.T, jnp.zeros_like(offset.T))
+        bad_start = field.nonfinite(state)
+        start_message = (
+            "`loss` or its gradient is not finite (NaN or inf) at the initial outputs "
+            "(`fx_train_0`, `fx_test_0`, `y_train`): gradient descent cannot start."
+        )
+        # Backsolve and implicit adjoints do not support events; with them only the initial
+        # state is checked. With the event, a bad start stops the solve at its first step.
+        event = None
+        if isinstance(self.adjoint, dfx.BacksolveAdjoint | dfx.ImplicitAdjoint):
+            state = eqx.error_if(state, bad_start, start_message)
+        else:
+            event = dfx.Event(lambda tau, y, args, **kwargs: field.nonfinite(y))
         solution = dfx.diffeqsolve(
             dfx.ODETerm(field),
             self.solver,
@@ -318,6 +356,19 @@ class ODEPredictor(AbstractCallable):
             adjoint=self.adjoint,
             max_steps=self.max_steps,
             progress_meter=self.progress_meter,
+            event=event,
+        )
+        # The only event is a non-finite state, loss or gradient: the solve stopped there.
+        # (The two checks exclude each other: only one error can be reported.)
+        stopped = solution.result == dfx.RESULTS.event_occurred
+        solution = eqx.error_if(solution, stopped & bad_start, start_message)
+        solution = eqx.error_if(
+            solution,
+            stopped & ~bad_start,
+            "`loss` or its gradient became non-finite (NaN or inf) during gradient descent, "
+            "at the outputs of an accepted solver step (or the outputs themselves did): the "
+            "solve stopped there. Check `loss` (e.g. a log of a non-positive value) and "
+            "`k_train_train`.",
         )
         # The readout needs `k_td` and `f_test_0` only to turn the integral into test outputs.
         readout = _Readout(
@@ -375,7 +426,8 @@ def gradient_descent(
       entries as in neural-tangents) or `lambda f, y: 0.5 * jnp.mean((f - y) ** 2)`.
     - `k_train_train`: the train-train NTK `(N, N)` (in general the non-trace axes of `y_train`
       interleaved).
-    - `y_train`: the training targets, e.g. `(N, K)`.
+    - `y_train`: the training targets, e.g. `(N, K)`, or `(N,)` (then `loss` sees 1-D outputs
+      and targets, and the outputs are 1-D).
     - `learning_rate`: $\\eta \\geq 0$.
     - `momentum`: $m$, or `None` for plain gradient descent.
     - `trace_axes`: the output axes over which the kernel is the identity.
@@ -398,7 +450,9 @@ def gradient_descent(
     `predictor(t, fx_train_0=0., fx_test_0=None, k_test_train=None)` for a
     [`eqntk.dynamics.Trajectory`][] at the times `t`, or with `saveat=diffrax.SaveAt(...)`
     (dense output, `t1`, solver steps...) up to the end time `t` for an
-    [`eqntk.dynamics.ODESolution`][].
+    [`eqntk.dynamics.ODESolution`][]. A kernel that is not positive semi-definite (an
+    eigenvalue below $-100 P \\epsilon \\max_i k_{ii}$, found by one Cholesky factorisation)
+    raises an error here: gradient descent with it diverges.
 
     **Example:**
 
@@ -418,7 +472,7 @@ def gradient_descent(
     """
     y = jnp.asarray(y_train)
     layout = layout_of(y, trace_axes)
-    k = square_kernel("k_train_train", k_train_train, layout)
+    k = check_psd("k_train_train", square_kernel("k_train_train", k_train_train, layout))
     if stepsize_controller is None:
         floor = 10 * float(jnp.finfo(k.dtype).eps)
         stepsize_controller = dfx.PIDController(

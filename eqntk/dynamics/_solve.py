@@ -38,6 +38,50 @@ class Factorisation(eqx.Module):
         x, failed = jax.vmap(column, in_axes=1, out_axes=(1, 0))(b)
         return self._checked(x, jnp.any(failed))
 
+    def solve_targets(self, y: Float[Array, "p c"]) -> Float[Array, "p c"]:
+        """$A^{-1} y$, checked to be an accurate solve with a positive definite $A$.
+
+        Beyond the checks of `solve`, the residual $\\|A a - y\\|$ must be within
+        $\\epsilon^{1/4} \\|y\\|$ ($1.9 \\cdot 10^{-2}$ in float32, $1.2 \\cdot 10^{-4}$ in
+        float64), or ten times what an iterative solver's `rtol` and `atol` allow. A
+        backward-stable solve leaves a residual of up to about
+        $\\epsilon\\, \\mathrm{cond}(A)\\, \\|y\\|$: NNGP and NTK kernels of digits in float32
+        (condition numbers up to $10^6$) leave $6 \\cdot 10^{-4}$, while a float64 kernel of
+        condition number $10^{17}$ leaves $O(1)$, a fit that is plainly wrong. A positive
+        diagonal is checked; and since a solver other than Cholesky (whose factorisation
+        fails) does not notice an indefinite $A$, with such a solver
+        $y_c^\\top A^{-1} y_c \\geq 0$ is checked too for every column (a necessary
+        condition, up to the same tolerance). Together $O(P^2 C)$
+        work, next to the $O(P^3)$ factorisation.
+        """
+        a = self.solve(y)
+        matrix = self.operator.matrix
+        eps = jnp.finfo(y.dtype).eps
+        y_norm = jnp.linalg.norm(y)
+        tol = eps**0.25 * y_norm
+        rtol, atol = getattr(self.solver, "rtol", None), getattr(self.solver, "atol", None)
+        if rtol is not None and atol is not None:
+            tol = jnp.maximum(tol, 10 * (rtol * y_norm + atol * jnp.sqrt(y.size)))
+        residual = jnp.linalg.norm(matrix @ a - y)
+        indefinite = jnp.any(jnp.diagonal(matrix) <= 0)
+        if not isinstance(self.solver, lx.Cholesky):
+            quadratic = jnp.sum(y * a, axis=0)
+            indefinite |= jnp.any(quadratic < -(eps**0.25) * jnp.sum(jnp.abs(y * a), axis=0))
+        a = eqx.error_if(
+            a,
+            indefinite,
+            f"`{self.name}` (+ the diagonal regulariser) is not positive definite. Pass a "
+            "positive semi-definite kernel (and a positive `diag_reg` if it is singular).",
+        )
+        return eqx.error_if(
+            a,
+            residual > tol,
+            f"The solve with `{self.name}` (+ the diagonal regulariser) is inaccurate: the "
+            "residual |A A^-1 y - y| exceeds eps^(1/4) |y| (or the iterative solver's "
+            "tolerance). The kernel is too ill-conditioned for its dtype; pass a positive "
+            "`diag_reg`.",
+        )
+
     def inverse_gram(self, rows: Float[Array, "m p"]) -> Float[Array, "m m"]:
         """$B A^{-1} B^T$ for the rows of `B`, as a posterior covariance needs it.
 

@@ -202,5 +202,5 @@ def test_bad_inputs(getkey):
         dynamics.max_learning_rate(tdd[:6])
     with pytest.raises(eqx.EquinoxRuntimeError, match="not positive semi-definite"):
         dynamics.gradient_descent_mse(-tdd, y)
-    with pytest.raises(eqx.EquinoxRuntimeError, match="`t` must be non-negative"):
+    with pytest.raises(ValueError, match="`t` must be non-negative"):
         dynamics.gradient_descent_mse(tdd, y)(-1.0)
