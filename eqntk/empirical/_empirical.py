@@ -371,18 +371,19 @@ def empirical_kernel(
     axes = [canonical_axes(trace_axes, diagonal_axes, shape) for shape in setup.out_shapes]
     n1 = x1_leaves[0].shape[0]
     n2 = n1 if x2_leaves is None else x2_leaves[0].shape[0]
-    kernels = {}
     if n1 == 0 or n2 == 0:
         # An empty batch has an empty kernel (the traced paths index one example).
-        for name in names:
-            kernels[name] = [
-                jnp.zeros(kernel_shape(n1, n2, shape, ax), dtype)
-                for shape, dtype, ax in zip(setup.out_shapes, setup.out_dtypes, axes)
-            ]
-    if "nngp" in names and "nngp" not in kernels:
-        kernels["nngp"] = _nngp(setup, x1_leaves, x2_leaves, axes)
-    if "ntk" in names and "ntk" not in kernels:
-        kernels["ntk"] = _ntk(setup, x1_leaves, x2_leaves, axes, implementation)
+        empty = [
+            jnp.zeros(kernel_shape(n1, n2, shape, ax), dtype)
+            for shape, dtype, ax in zip(setup.out_shapes, setup.out_dtypes, axes)
+        ]
+        kernels = {name: empty for name in names}
+    else:
+        compute = {
+            "nngp": lambda: _nngp(setup, x1_leaves, x2_leaves, axes),
+            "ntk": lambda: _ntk(setup, x1_leaves, x2_leaves, axes, implementation),
+        }
+        kernels = {name: compute[name]() for name in names}
     trees = {name: jtu.tree_unflatten(setup.out_tree, kernels[name]) for name in names}
     if isinstance(get, str):
         return trees[get]

@@ -9,6 +9,7 @@ carry their derivatives in closed forms that stay finite.
 
 import functools as ft
 import math
+from collections.abc import Callable
 from fractions import Fraction
 
 import jax
@@ -219,10 +220,18 @@ def arcsin(x: Array, one_minus_x2: Array | None = None) -> Array:
         if x.dtype == jnp.float64:
             return jnp.arcsin(x)
         return _arcsin_polynomial(x)
+    # (1 - |x|) / 2 = (1 - x^2) / (2 (1 + |x|)), without the rounding of 1 - |x|.
+    half_versine = jnp.maximum(one_minus_x2, 0) / (2 * (1 + jnp.abs(x)))
+    return _arcsin_folded(x, half_versine, jnp.arcsin if x.dtype == jnp.float64 else _arcsin_small)
+
+
+def _arcsin_folded(x: Array, half_versine: Array, small: Callable[[Array], Array]) -> Array:
+    """$\\arcsin x$ from `small`, an arcsin accurate on [0, 1/2]: for $|x| > 1/2$,
+    $\\arcsin |x| = \\pi/2 - 2 \\arcsin \\sqrt{h}$ with $h = (1 - |x|)/2$ (`half_versine`, at
+    least 0), which keeps relative accuracy near $|x| = 1$."""
     t = jnp.abs(x)
     large = t > 0.5
-    y = jnp.where(large, jnp.sqrt(jnp.maximum(one_minus_x2, 0) / (2 * (1 + t))), t)
-    r = jnp.arcsin(y) if x.dtype == jnp.float64 else _arcsin_small(y)
+    r = small(jnp.where(large, jnp.sqrt(half_versine), t))
     r = jnp.where(large, math.pi / 2 - 2 * r, r)
     return jnp.where(x < 0, -r, r)
 
@@ -239,13 +248,7 @@ _ARCSIN_SMALL = (
 
 
 def _arcsin_polynomial(x: Array) -> Array:
-    t = jnp.abs(x)
-    large = t > 0.5
-    # For |x| > 1/2, arcsin x = pi/2 - 2 arcsin(sqrt((1 - |x|)/2)) keeps relative accuracy.
-    y = jnp.where(large, jnp.sqrt(jnp.maximum(1 - t, 0) / 2), t)
-    r = _arcsin_small(y)
-    r = jnp.where(large, math.pi / 2 - 2 * r, r)
-    return jnp.where(x < 0, -r, r)
+    return _arcsin_folded(x, jnp.maximum(1 - jnp.abs(x), 0) / 2, _arcsin_small)
 
 
 def _arcsin_small(y: Array) -> Array:
