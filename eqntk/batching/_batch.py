@@ -252,7 +252,7 @@ def batch(
     store on disk, one chunk per tile (install with `pip install 'eqntk[store]'`), and the call
     returns the output with read-only `zarr.Array`s in place of arrays: read slices lazily
     (`k.nngp[:100]`), or load a kernel that fits in memory with `np.asarray(k.nngp)`, e.g. for
-    [`eqntk.gp_inference`][]. The store records the job (a hash of the kernel function and its
+    [`eqntk.dynamics.gp_inference`][]. The store records the job (a hash of the kernel function and its
     parameters, of the inputs, the tile size, `get`, the output shapes and dtypes); calling
     again after the process was killed resumes: finished tiles are checked against their
     checksum and kept, the others (including one that was being written) are computed. A store
