@@ -272,7 +272,9 @@ def batch(
     - `store_on_host`: assemble the result in host memory (numpy), tile by tile, so that a
       kernel larger than device memory can be computed.
     - `progress`: show a progress bar (tiles done, rate, time left) on stderr; `None` shows it
-      only when stderr is a terminal.
+      only when stderr is a terminal. With several processes only process 0 shows it; with a
+      `store` its count is that of the whole job (tiles found on disk and those of every
+      process).
     - `store`: a path (e.g. `"kernel.zarr"`) to write the kernel to, tile by tile, as a Zarr
       store that a restart of the same call resumes (`store_on_host` is then irrelevant);
       `None` to compute in memory. See **Tile store** above.
