@@ -6,5 +6,5 @@ Programs written for neural-tangents 0.6 run by changing their imports only. Lay
 [`eqntk.dynamics`][]: there is one kernel engine.
 """
 
-from . import stax as stax
+from . import predict as predict, stax as stax
 from ._kernel import Kernel as Kernel
