@@ -8,3 +8,13 @@ Programs written for neural-tangents 0.6 run by changing their imports only. Lay
 
 from . import predict as predict, stax as stax
 from ._kernel import Kernel as Kernel
+from ._empirical import (
+    empirical_kernel_fn as empirical_kernel_fn,
+    empirical_nngp_fn as empirical_nngp_fn,
+    empirical_ntk_fn as empirical_ntk_fn,
+    empirical_ntk_vp_fn as empirical_ntk_vp_fn,
+    linearize as linearize,
+    monte_carlo_kernel_fn as monte_carlo_kernel_fn,
+    NtkImplementation as NtkImplementation,
+    taylor_expand as taylor_expand,
+)
