@@ -18,3 +18,4 @@ from ._empirical import (
     NtkImplementation as NtkImplementation,
     taylor_expand as taylor_expand,
 )
+from ._batching import batch as batch
