@@ -43,11 +43,23 @@ def batch(kernel_fn, batch_size: int = 0, device_count: int = -1, store_on_devic
         devices = devices[:1]
     elif device_count > 0:
         devices = devices[:device_count]
-    batched = batching.batch(kernel_fn, batch_size, devices=devices,
-                             store_on_host=not store_on_device)
+    plain = batching.batch(
+        kernel_fn, batch_size, devices=devices, store_on_host=not store_on_device
+    )
 
-    def batched_kernel_fn(x1, x2=None, get=None, **kwargs):
-        out = batched(x1, x2, get, **kwargs)
+    def batched_kernel_fn(x1, x2=None, *args, **kwargs):
+        if not args or _is_get(args[0]):
+            get = args[0] if args else kwargs.pop("get", None)
+            out = plain(x1, x2, get, *args[1:], **kwargs)
+        else:
+            # Positional arguments after `x2` that are not `get` (e.g. `params` of an
+            # empirical kernel function) are passed to every tile unchanged.
+            def with_args(a, b, get=None, **kw):
+                return kernel_fn(a, b, *args, **kw)
+
+            out = batching.batch(
+                with_args, batch_size, devices=devices, store_on_host=not store_on_device
+            )(x1, x2, **kwargs)
         if isinstance(out, Kernel):
             # Tiles carry the tile's batch sizes in their metadata; restore the whole batch's.
             n1 = out.nngp.shape[0]
@@ -57,8 +69,15 @@ def batch(kernel_fn, batch_size: int = 0, device_count: int = -1, store_on_devic
             shape2 = list(out.shape2)
             shape1[ba] = n1
             shape2[ba] = n2
-            out = out.replace(shape1=tuple(shape1), shape2=tuple(shape2),
-                              x1_is_x2=x2 is None and out.x1_is_x2)
+            out = out.replace(
+                shape1=tuple(shape1), shape2=tuple(shape2), x1_is_x2=x2 is None and out.x1_is_x2
+            )
         return out
 
     return batched_kernel_fn
+
+
+def _is_get(value) -> bool:
+    if value is None or isinstance(value, str):
+        return True
+    return isinstance(value, tuple) and bool(value) and all(isinstance(v, str) for v in value)

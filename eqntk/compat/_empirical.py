@@ -89,22 +89,34 @@ def _vmap_axis(vmap_axes) -> int:
     )
 
 
-def _kernels(f, params, x1, x2, names, trace_axes, diagonal_axes, vmap_axes, implementation,
-             kwargs):
+def _kernels(
+    f, params, x1, x2, names, trace_axes, diagonal_axes, vmap_axes, implementation, kwargs
+):
     axis = _vmap_axis(vmap_axes)
     model = Applied(params, _with_kwargs(f, kwargs), axis)
     example = jax.tree_util.tree_map(lambda a: jnp.take(a, 0, axis=axis), x1)
     out = jax.eval_shape(model, example)
     ndim = jax.tree_util.tree_leaves(out)[0].ndim + 1
     return empirical.empirical_kernel(
-        model, x1, x2, get=names, implementation=_IMPLEMENTATIONS[int(implementation)],
+        model,
+        x1,
+        x2,
+        get=names,
+        implementation=_IMPLEMENTATIONS[int(implementation)],
         trace_axes=_example_axes(trace_axes, ndim),
-        diagonal_axes=_example_axes(diagonal_axes, ndim), vmap_axes=axis,
+        diagonal_axes=_example_axes(diagonal_axes, ndim),
+        vmap_axes=axis,
     )
 
 
-def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None,
-                        implementation=NtkImplementation.JACOBIAN_CONTRACTION, **_unused):
+def empirical_kernel_fn(
+    f,
+    trace_axes=(-1,),
+    diagonal_axes=(),
+    vmap_axes=None,
+    implementation=NtkImplementation.JACOBIAN_CONTRACTION,
+    **_unused,
+):
     """The empirical NNGP and NTK of `f(params, x)` (neural-tangents'
     `empirical_kernel_fn`), computed by [`eqntk.empirical_kernel`][].
 
@@ -134,8 +146,18 @@ def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None,
 
     def kernel_fn(x1, x2, get, params, **apply_fn_kwargs):
         names = ("nngp", "ntk") if get is None else (get,) if isinstance(get, str) else get
-        out = _kernels(f, params, x1, x2, tuple(names), trace_axes, diagonal_axes, vmap_axes,
-                       implementation, apply_fn_kwargs)
+        out = _kernels(
+            f,
+            params,
+            x1,
+            x2,
+            tuple(names),
+            trace_axes,
+            diagonal_axes,
+            vmap_axes,
+            implementation,
+            apply_fn_kwargs,
+        )
         if isinstance(get, str):
             return out if not isinstance(out, tuple) else getattr(out, get)
         values = out if isinstance(out, tuple) else (out,)
@@ -144,8 +166,14 @@ def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None,
     return kernel_fn
 
 
-def empirical_ntk_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None,
-                     implementation=NtkImplementation.JACOBIAN_CONTRACTION, **_unused):
+def empirical_ntk_fn(
+    f,
+    trace_axes=(-1,),
+    diagonal_axes=(),
+    vmap_axes=None,
+    implementation=NtkImplementation.JACOBIAN_CONTRACTION,
+    **_unused,
+):
     """The empirical NTK of `f(params, x)` (neural-tangents' `empirical_ntk_fn`).
 
     **Returns:** `ntk_fn(x1, x2, params, **apply_fn_kwargs)`.
@@ -276,10 +304,20 @@ def linearize(f, params):
     return taylor_expand(f, params, 1)
 
 
-def monte_carlo_kernel_fn(init_fn, apply_fn, key, n_samples, batch_size=0, device_count=-1,
-                          store_on_device=True, trace_axes=(-1,), diagonal_axes=(),
-                          vmap_axes=None, implementation=NtkImplementation.JACOBIAN_CONTRACTION,
-                          **_unused):
+def monte_carlo_kernel_fn(
+    init_fn,
+    apply_fn,
+    key,
+    n_samples,
+    batch_size=0,
+    device_count=-1,
+    store_on_device=True,
+    trace_axes=(-1,),
+    diagonal_axes=(),
+    vmap_axes=None,
+    implementation=NtkImplementation.JACOBIAN_CONTRACTION,
+    **_unused,
+):
     """Monte Carlo estimates of the NNGP and NTK over random initialisations (neural-tangents'
     `monte_carlo_kernel_fn`), with neural-tangents' keys: sample `s` uses
     `init_fn(split(k_s)[0], x1.shape)` and `rng=split(k_s)[1]`, `k_s` the `s`-th key of the
@@ -314,8 +352,7 @@ def monte_carlo_kernel_fn(init_fn, apply_fn, key, n_samples, batch_size=0, devic
         raise TypeError(f"`n_samples` must be an integer or integers, got {type(n_samples)}.")
     if not counts or any(not isinstance(n, int) or n <= 0 for n in counts):
         raise ValueError(f"`n_samples` must hold positive integers, got {n_samples!r}.")
-    kernel_fn = empirical_kernel_fn(apply_fn, trace_axes, diagonal_axes, vmap_axes,
-                                    implementation)
+    kernel_fn = empirical_kernel_fn(apply_fn, trace_axes, diagonal_axes, vmap_axes, implementation)
 
     def sample_keys(n):
         keys, k = [], key

@@ -9,6 +9,7 @@ key, and `apply_fn` puts them into the module. Batches are neural-tangents' batc
 """
 
 import abc
+import functools as ft
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -56,13 +57,9 @@ class Layer(abc.ABC):
         return module
 
     def template(self, shape: Shape) -> Any:
-        """`build(shape)`, made once per shape (its weights are placeholders)."""
-        cache = self.__dict__.setdefault("_templates", {})
-        key = _freeze(shape)
-        if key not in cache:
-            with jax.ensure_compile_time_eval():
-                cache[key] = self.build(shape)
-        return cache[key]
+        """`build(shape)`. Its weights are placeholders: callers build it inside a trace
+        (`jit`, `eval_shape`), where the unused random draws cost nothing."""
+        return self.build(shape)
 
     def module(self, shape: Shape, params: Any = None) -> Any:
         """The eqntk module for `shape`, holding `params` when given."""
@@ -109,26 +106,31 @@ class ApplyFn:
         self.layer = layer
 
     def __call__(self, params, inputs, *, rng=None, mask_constant=None, **kwargs):
-        layer = self.layer
+        del kwargs
+        return _apply_jit(self.layer, params, inputs, rng, mask_constant)
+
+
+@ft.partial(jax.jit, static_argnums=(0, 4))
+def _apply_jit(layer, params, inputs, rng, mask_constant):
+    x = jax.tree_util.tree_map(
+        lambda a: to_cf(jnp.asarray(a), layer.batch_axis, layer.channel_axis), inputs
+    )
+    shape = _example_shapes(x)
+    if mask_constant is not None:
         x = jax.tree_util.tree_map(
-            lambda a: to_cf(jnp.asarray(a), layer.batch_axis, layer.channel_axis), inputs
+            lambda a: jnp.where(jnp.all(a == mask_constant, axis=1, keepdims=True), 0.0, a),
+            x,
         )
-        shape = _example_shapes(x)
-        if mask_constant is not None:
-            x = jax.tree_util.tree_map(
-                lambda a: jnp.where(jnp.all(a == mask_constant, axis=1, keepdims=True), 0.0, a),
-                x,
-            )
-        model = layer.module(shape, params)
-        n = jax.tree_util.tree_leaves(x)[0].shape[0]
-        if rng is None:
-            y = jax.vmap(lambda e: model(e))(x)
-        else:
-            keys = jr.split(rng, n)
-            y = jax.vmap(lambda e, k: model(e, key=k))(x, keys)
-        return jax.tree_util.tree_map(
-            lambda a: from_cf(a, layer.batch_axis, layer.channel_axis) if a.ndim > 1 else a, y
-        )
+    model = layer.module(shape, params)
+    n = jax.tree_util.tree_leaves(x)[0].shape[0]
+    if rng is None:
+        y = jax.vmap(lambda e: model(e))(x)
+    else:
+        keys = jr.split(rng, n)
+        y = jax.vmap(lambda e, k: model(e, key=k))(x, keys)
+    return jax.tree_util.tree_map(
+        lambda a: from_cf(a, layer.batch_axis, layer.channel_axis) if a.ndim > 1 else a, y
+    )
 
 
 class KernelFn:
@@ -149,10 +151,24 @@ class KernelFn:
         pattern=(None, None),
         **kwargs,
     ):
-        return kernel_of(
-            self.layer, x1_or_kernel, x2, get, diagonal_batch, diagonal_spatial, mask_constant,
+        if isinstance(get, list):
+            get = tuple(get)
+        pattern = (None, None) if pattern is None else tuple(pattern)
+        return _kernel_jit(
+            self.layer,
+            x1_or_kernel,
+            x2,
+            get,
+            diagonal_batch,
+            diagonal_spatial,
+            mask_constant,
             pattern,
         )
+
+
+@ft.partial(jax.jit, static_argnums=(0, 3, 4, 5, 6))
+def _kernel_jit(layer, x1, x2, get, diagonal_batch, diagonal_spatial, mask_constant, pattern):
+    return kernel_of(layer, x1, x2, get, diagonal_batch, diagonal_spatial, mask_constant, pattern)
 
 
 def triple(layer: Layer):
@@ -245,19 +261,27 @@ def kernel_of(layer, x1, x2, get, diagonal_batch, diagonal_spatial, mask_constan
     if x2 is None:
         pattern2 = None
     out = fn(
-        x1_cf, x2_cf, get=None, diagonal_spatial=diagonal_spatial, mask1=mask1, mask2=mask2,
-        pattern1=pattern1, pattern2=pattern2,
+        x1_cf,
+        x2_cf,
+        get=None,
+        diagonal_spatial=diagonal_spatial,
+        mask1=mask1,
+        mask2=mask2,
+        pattern1=pattern1,
+        pattern2=pattern2,
     )
     result = _to_compat(out, ba, ca, False)
     extra = None
     if not diagonal_batch:
         # neural-tangents' `diagonal_batch=False`: `cov1`/`cov2` hold every pair of a batch.
-        full1 = fn(x1_cf, get="nngp", diagonal_spatial=diagonal_spatial, mask1=mask1,
-                   pattern1=pattern1)
+        full1 = fn(
+            x1_cf, get="nngp", diagonal_spatial=diagonal_spatial, mask1=mask1, pattern1=pattern1
+        )
         full2 = None
         if x2_cf is not None:
-            full2 = fn(x2_cf, get="nngp", diagonal_spatial=diagonal_spatial, mask1=mask2,
-                       pattern1=pattern2)
+            full2 = fn(
+                x2_cf, get="nngp", diagonal_spatial=diagonal_spatial, mask1=mask2, pattern1=pattern2
+            )
         extra = (full1, full2)
     return _select(result, get, diagonal_batch, extra)
 
@@ -290,7 +314,9 @@ def _select(k, get, diagonal_batch, extra):
     names = (get,) if isinstance(get, str) else tuple(get)
     for name in names:
         if not isinstance(name, str) or not hasattr(k, name):
-            raise ValueError(f"`get` must name fields of `Kernel` such as {_GET_NAMES}, got {get!r}.")
+            raise ValueError(
+                f"`get` must name fields of `Kernel` such as {_GET_NAMES}, got {get!r}."
+            )
     values = [k.cov1 if (n == "cov2" and k.cov2 is None) else getattr(k, n) for n in names]
     if isinstance(get, str):
         return values[0]
@@ -361,9 +387,7 @@ class ParallelLayer(Layer):
         if params is None:
             return self.template(shape)
         streams = _streams(shape, len(self.layers))
-        return nn.Parallel(
-            [lay.module(s, p) for lay, s, p in zip(self.layers, streams, params)]
-        )
+        return nn.Parallel([lay.module(s, p) for lay, s, p in zip(self.layers, streams, params)])
 
 
 def _streams(shape, n):
@@ -407,9 +431,9 @@ class RepeatLayer(Layer):
             return self.template(shape)
         m = self.layer.template(shape)
         dynamic, static = eqx.partition(m, eqx.is_array)
-        stacked = jax.vmap(
-            lambda p: eqx.filter(self.layer.with_params(m, p, shape), eqx.is_array)
-        )(params)
+        stacked = jax.vmap(lambda p: eqx.filter(self.layer.with_params(m, p, shape), eqx.is_array))(
+            params
+        )
         del dynamic
         return eqx.tree_at(lambda r: r.layers, self.template(shape), eqx.combine(stacked, static))
 
@@ -417,8 +441,13 @@ class RepeatLayer(Layer):
 class Simple(Layer):
     """A layer without parameters, mapped onto a fixed eqntk module."""
 
-    def __init__(self, make: Callable[[Shape], Any], shape_fn: Callable[[Shape], Shape] | None
-                 = None, batch_axis: int = 0, channel_axis: int = -1):
+    def __init__(
+        self,
+        make: Callable[[Shape], Any],
+        shape_fn: Callable[[Shape], Shape] | None = None,
+        batch_axis: int = 0,
+        channel_axis: int = -1,
+    ):
         self.make = make
         self.shape_fn = shape_fn
         self.batch_axis, self.channel_axis = batch_axis, channel_axis
@@ -426,19 +455,19 @@ class Simple(Layer):
     def out_shape(self, shape):
         if self.shape_fn is not None:
             return self.shape_fn(shape)
-        return _traced_shape(self.template(shape), shape)
+        return _traced_shape(self, shape)
 
     def build(self, shape):
         return self.make(shape)
 
 
-def _traced_shape(model, shape):
+def _traced_shape(layer, shape):
     dtype = jnp.asarray(0.0).dtype
     if _is_multi(shape):
         x = [jax.ShapeDtypeStruct(tuple(s), dtype) for s in shape]
     else:
         x = jax.ShapeDtypeStruct(tuple(shape), dtype)
-    out = eqx.filter_eval_shape(lambda m, a: m(a), model, x)
+    out = jax.eval_shape(lambda a: layer.build(shape)(a), x)
     if isinstance(out, list | tuple):
         return [tuple(o.shape) for o in out]
     return tuple(out.shape)
@@ -481,8 +510,13 @@ class DenseLayer(Layer):
     def build(self, shape):
         s = self.s if self.parameterization == "standard" else (1, 1)
         return nn.Dense(
-            shape[0] // s[0], self.out_dim, W_std=self.W_std, b_std=self.b_std,
-            parameterization=self.parameterization, s=s, key=dummy_key(),
+            shape[0] // s[0],
+            self.out_dim,
+            W_std=self.W_std,
+            b_std=self.b_std,
+            parameterization=self.parameterization,
+            s=s,
+            key=dummy_key(),
         )
 
     def with_params(self, module, params, shape):
@@ -494,8 +528,19 @@ class DenseLayer(Layer):
 
 
 class ConvLayer(Layer):
-    def __init__(self, kind, out_chan, filter_shape, strides, padding, W_std, b_std,
-                 dimension_numbers, parameterization, s):
+    def __init__(
+        self,
+        kind,
+        out_chan,
+        filter_shape,
+        strides,
+        padding,
+        W_std,
+        b_std,
+        dimension_numbers,
+        parameterization,
+        s,
+    ):
         self.kind = kind
         self.out_chan, self.filter_shape = out_chan, tuple(filter_shape)
         self.strides = None if strides is None else tuple(strides)
@@ -530,18 +575,19 @@ class ConvLayer(Layer):
         return self.out_chan * (self.s[1] if self.parameterization == "standard" else 1)
 
     def out_shape(self, shape):
-        return _traced_shape(self.template(shape), shape)
+        return _traced_shape(self, shape)
 
     def init(self, key, shape):
         k1, k2 = jr.split(key)
         n_in = shape[0]
         width = self._width()
         spatial = iter(self.filter_shape)
-        w_shape = [width if c == "O" else n_in if c == "I" else next(spatial)
-                   for c in self.rhs_spec]
+        w_shape = [
+            width if c == "O" else n_in if c == "I" else next(spatial) for c in self.rhs_spec
+        ]
         if self.kind == "local":
             # Locally connected weights: eqntk's own layout `(out, in * taps, *spatial_out)`.
-            m = self.template(shape)
+            m = eqx.filter_eval_shape(self.build, shape)
             w = jr.normal(k1, m.weight.shape)
             b = None if self.b_std is None else jr.normal(k2, m.bias.shape)
         else:
@@ -560,9 +606,16 @@ class ConvLayer(Layer):
         cls = {"conv": nn.Conv, "transpose": nn.ConvTranspose, "local": nn.ConvLocal}[self.kind]
         s = self.s if self.parameterization == "standard" else (1, 1)
         return cls(
-            shape[0] // s[0], self.out_chan, self.filter_shape, strides=self.strides,
-            padding=self.padding, W_std=self.W_std, b_std=self.b_std,
-            parameterization=self.parameterization, s=s, key=dummy_key(),
+            shape[0] // s[0],
+            self.out_chan,
+            self.filter_shape,
+            strides=self.strides,
+            padding=self.padding,
+            W_std=self.W_std,
+            b_std=self.b_std,
+            parameterization=self.parameterization,
+            s=s,
+            key=dummy_key(),
         )
 
     def with_params(self, module, params, shape):
@@ -681,8 +734,7 @@ class UserLayer(Layer):
         return self.init_fn(key, self._nt(shape))[1]
 
     def build(self, shape):
-        return UserModule(None, self.apply_fn, self.kernel_fn, self.batch_axis,
-                          self.channel_axis)
+        return UserModule(None, self.apply_fn, self.kernel_fn, self.batch_axis, self.channel_axis)
 
     def with_params(self, module, params, shape):
         return eqx.tree_at(lambda m: m.params, module, params, is_leaf=lambda x: x is None)

@@ -63,7 +63,11 @@ def _gaussians(out, get, names, with_cov):
 
 
 def gradient_descent_mse(
-    k_train_train, y_train, learning_rate=1.0, diag_reg=0.0, diag_reg_absolute_scale=False,
+    k_train_train,
+    y_train,
+    learning_rate=1.0,
+    diag_reg=0.0,
+    diag_reg_absolute_scale=False,
     trace_axes=(-1,),
 ):
     """Closed-form gradient-flow dynamics of the MSE loss (neural-tangents'
@@ -92,7 +96,11 @@ def gradient_descent_mse(
     ```
     """
     predictor = dynamics.gradient_descent_mse(
-        jnp.asarray(k_train_train), y_train, learning_rate, diag_reg, diag_reg_absolute_scale,
+        jnp.asarray(k_train_train),
+        y_train,
+        learning_rate,
+        diag_reg,
+        diag_reg_absolute_scale,
         trace_axes,
     )
     y_train = jnp.asarray(y_train)
@@ -147,17 +155,19 @@ def gp_inference(
     def predictor(names):
         if names not in cache:
             cache[names] = dynamics.gp_inference(
-                _kernel_like(k_train_train), y_train, diag_reg, diag_reg_absolute_scale,
-                trace_axes, get=names,
+                _kernel_like(k_train_train),
+                y_train,
+                diag_reg,
+                diag_reg_absolute_scale,
+                trace_axes,
+                get=names,
             )
         return cache[names]
 
     def predict_fn(get=None, k_test_train=None, k_test_test=None):
         names = ("nngp", "ntk") if get is None else (get,) if isinstance(get, str) else get
         names = tuple(names)
-        out = predictor(names)(
-            _kernel_like(k_test_train), _kernel_like(k_test_test), get=names
-        )
+        out = predictor(names)(_kernel_like(k_test_train), _kernel_like(k_test_test), get=names)
         return _gaussians(out, get, names, k_test_test is not None)
 
     return predict_fn
@@ -174,8 +184,14 @@ def _kernel_like(k):
 
 
 def gradient_descent_mse_ensemble(
-    kernel_fn, x_train, y_train, learning_rate=1.0, diag_reg=0.0,
-    diag_reg_absolute_scale=False, trace_axes=(-1,), **kernel_fn_train_train_kwargs,
+    kernel_fn,
+    x_train,
+    y_train,
+    learning_rate=1.0,
+    diag_reg=0.0,
+    diag_reg_absolute_scale=False,
+    trace_axes=(-1,),
+    **kernel_fn_train_train_kwargs,
 ):
     """Mean and covariance of an infinite ensemble trained on the MSE (neural-tangents'
     `predict.gradient_descent_mse_ensemble`), computed by
@@ -210,18 +226,25 @@ def gradient_descent_mse_ensemble(
         kwargs = {**kernel_fn_train_train_kwargs, **kernel_fn_test_kwargs}
         fn = functools.partial(kernel_fn, **kwargs) if kwargs else kernel_fn
         predictor = dynamics.gradient_descent_mse_ensemble(
-            fn, jnp.asarray(x_train), y_train, learning_rate, diag_reg,
-            diag_reg_absolute_scale, trace_axes,
+            fn,
+            jnp.asarray(x_train),
+            y_train,
+            learning_rate,
+            diag_reg,
+            diag_reg_absolute_scale,
+            trace_axes,
         )
         names = ("nngp", "ntk") if get is None else (get,) if isinstance(get, str) else tuple(get)
+        x_test = None if x_test is None else jnp.asarray(x_test)
         out = predictor(t, x_test, get=names, compute_cov=compute_cov)
         return _gaussians(out, get, names, compute_cov)
 
     return predict_fn
 
 
-def gradient_descent(loss, k_train_train, y_train, learning_rate=1.0, momentum=None,
-                     trace_axes=(-1,)):
+def gradient_descent(
+    loss, k_train_train, y_train, learning_rate=1.0, momentum=None, trace_axes=(-1,)
+):
     """Gradient-descent dynamics for any loss (neural-tangents' `predict.gradient_descent`),
     solved by [`eqntk.dynamics.gradient_descent`][] (diffrax).
 
@@ -247,8 +270,9 @@ def gradient_descent(loss, k_train_train, y_train, learning_rate=1.0, momentum=N
     assert abs(later.fx_train - predict_fn(2.0, 0.0)).max() < 1e-5
     ```
     """
-    predictor = dynamics.gradient_descent(loss, jnp.asarray(k_train_train), y_train,
-                                          learning_rate, momentum, trace_axes)
+    predictor = dynamics.gradient_descent(
+        loss, jnp.asarray(k_train_train), y_train, learning_rate, momentum, trace_axes
+    )
 
     def predict_fn(t=None, fx_train_or_state_0=0.0, fx_test_0=None, k_test_train=None):
         state_in = isinstance(fx_train_or_state_0, ODEState)
@@ -265,7 +289,9 @@ def gradient_descent(loss, k_train_train, y_train, learning_rate=1.0, momentum=N
         if fx_test_0 is not None and k_test_train is None:
             raise ValueError("`k_test_train` must be given with `fx_test_0`.")
         out = predictor(
-            _time(t, predictor), 0.0 if fx_train_0 is None else fx_train_0, fx_test_0,
+            _time(t, predictor),
+            0.0 if fx_train_0 is None else fx_train_0,
+            fx_test_0,
             k_test_train if fx_test_0 is not None else None,
         )
         if state_in:
@@ -283,8 +309,7 @@ def _time(t, predictor):
     if t is not None:
         return t
     raise NotImplementedError(
-        "`gradient_descent` with `t=None` (infinite time) is not supported yet; pass a finite "
-        "time."
+        "`gradient_descent` with `t=None` (infinite time) is not supported yet; pass a finite time."
     )
 
 

@@ -203,8 +203,7 @@ def Dense(
     assert out_shape == (-1, 4) and W.shape == (3, 4) and b.shape == (1, 4)
     ```
     """
-    return triple(DenseLayer(out_dim, W_std, b_std, batch_axis, channel_axis,
-                             parameterization, s))
+    return triple(DenseLayer(out_dim, W_std, b_std, batch_axis, channel_axis, parameterization, s))
 
 
 def _conv(kind):
@@ -219,8 +218,20 @@ def _conv(kind):
         parameterization: str = "ntk",
         s: tuple[int, int] = (1, 1),
     ):
-        return triple(ConvLayer(kind, out_chan, filter_shape, strides, padding, W_std, b_std,
-                                dimension_numbers, parameterization, s))
+        return triple(
+            ConvLayer(
+                kind,
+                out_chan,
+                filter_shape,
+                strides,
+                padding,
+                W_std,
+                b_std,
+                dimension_numbers,
+                parameterization,
+                s,
+            )
+        )
 
     return make
 
@@ -282,7 +293,8 @@ def AvgPool(
     pad = getattr(padding, "name", padding)
     return _with_axes(
         lambda shape: nn.AvgPool(window_shape, strides, pad, normalize_edges),
-        batch_axis=batch_axis, channel_axis=channel_axis,
+        batch_axis=batch_axis,
+        channel_axis=channel_axis,
     )
 
 
@@ -295,20 +307,25 @@ def SumPool(
 ):
     """Sum pooling over windows (neural-tangents' `stax.SumPool`)."""
     pad = getattr(padding, "name", padding)
-    return _with_axes(lambda shape: nn.SumPool(window_shape, strides, pad),
-                      batch_axis=batch_axis, channel_axis=channel_axis)
+    return _with_axes(
+        lambda shape: nn.SumPool(window_shape, strides, pad),
+        batch_axis=batch_axis,
+        channel_axis=channel_axis,
+    )
 
 
 def GlobalAvgPool(batch_axis: int = 0, channel_axis: int = -1):
     """Average over every spatial position (neural-tangents' `stax.GlobalAvgPool`)."""
-    return _with_axes(lambda shape: nn.GlobalAvgPool(), lambda shape: shape[:1],
-                      batch_axis, channel_axis)
+    return _with_axes(
+        lambda shape: nn.GlobalAvgPool(), lambda shape: shape[:1], batch_axis, channel_axis
+    )
 
 
 def GlobalSumPool(batch_axis: int = 0, channel_axis: int = -1):
     """Sum over every spatial position (neural-tangents' `stax.GlobalSumPool`)."""
-    return _with_axes(lambda shape: nn.GlobalSumPool(), lambda shape: shape[:1],
-                      batch_axis, channel_axis)
+    return _with_axes(
+        lambda shape: nn.GlobalSumPool(), lambda shape: shape[:1], batch_axis, channel_axis
+    )
 
 
 def Flatten(batch_axis: int = 0, batch_axis_out: int = 0):
@@ -359,8 +376,9 @@ def Dropout(rate: float, mode: str = "train"):
     needs `rng=` in `"train"` mode."""
     if mode not in ("train", "test"):
         raise ValueError(f"`mode` must be 'train' or 'test', got {mode!r}.")
-    return triple(Simple(lambda shape: nn.Dropout(rate, inference=mode == "test"),
-                         lambda shape: shape))
+    return triple(
+        Simple(lambda shape: nn.Dropout(rate, inference=mode == "test"), lambda shape: shape)
+    )
 
 
 def GlobalSelfAttention(
@@ -391,20 +409,41 @@ def GlobalSelfAttention(
 
     def make(shape):
         return nn.GlobalSelfAttention(
-            shape[0], n_chan_out, n_chan_key, n_chan_val, n_heads, linear_scaling=linear_scaling,
-            W_key_std=W_key_std, W_value_std=W_value_std, W_query_std=W_query_std,
-            W_out_std=W_out_std, b_std=b_std, attention=mech, pos_emb=pos,
-            pos_emb_p_norm=pos_emb_p_norm, pos_emb_decay=pos_emb_decay_fn,
-            pos_emb_channels=n_chan_pos_emb, W_pos_emb_std=W_pos_emb_std,
-            val_pos_emb=val_pos_emb, spatial_shape=tuple(shape[1:]), key=dummy_key(),
+            shape[0],
+            n_chan_out,
+            n_chan_key,
+            n_chan_val,
+            n_heads,
+            linear_scaling=linear_scaling,
+            W_key_std=W_key_std,
+            W_value_std=W_value_std,
+            W_query_std=W_query_std,
+            W_out_std=W_out_std,
+            b_std=b_std,
+            attention=mech,
+            pos_emb=pos,
+            pos_emb_p_norm=pos_emb_p_norm,
+            pos_emb_decay=pos_emb_decay_fn,
+            pos_emb_channels=n_chan_pos_emb,
+            W_pos_emb_std=W_pos_emb_std,
+            val_pos_emb=val_pos_emb,
+            spatial_shape=tuple(shape[1:]),
+            key=dummy_key(),
         )
 
-    return _with_axes(make, lambda shape: (n_chan_out,) + tuple(shape[1:]), batch_axis,
-                      channel_axis)
+    return _with_axes(
+        make, lambda shape: (n_chan_out,) + tuple(shape[1:]), batch_axis, channel_axis
+    )
 
 
-def ImageResize(shape, method, antialias: bool = True, precision=None, batch_axis: int = 0,
-                channel_axis: int = -1):
+def ImageResize(
+    shape,
+    method,
+    antialias: bool = True,
+    precision=None,
+    batch_axis: int = 0,
+    channel_axis: int = -1,
+):
     """Resize the spatial axes (neural-tangents' `stax.ImageResize`; `shape` is the batched
     output shape, `-1` keeping an axis)."""
     method = getattr(method, "name", method).lower()
