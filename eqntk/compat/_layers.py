@@ -94,9 +94,18 @@ class InitFn:
     def __call__(self, rng, input_shape):
         layer = self.layer
         shape = _cf_shapes(input_shape, layer.batch_axis, layer.channel_axis)
-        params = layer.init(rng, shape)
         out = layer.out_shape(shape)
+        if isinstance(layer, UserLayer) or _is_multi(shape):
+            params = layer.init(rng, shape)
+        else:
+            # One compilation for the whole draw, not one per random array.
+            params = _init_jit(layer, rng, tuple(shape))
         return _nt_shapes(out, _batch_size(input_shape, layer), layer), params
+
+
+@ft.partial(jax.jit, static_argnums=(0, 2))
+def _init_jit(layer, rng, shape):
+    return layer.init(rng, shape)
 
 
 class ApplyFn:
@@ -154,21 +163,26 @@ class KernelFn:
         if isinstance(get, list):
             get = tuple(get)
         pattern = (None, None) if pattern is None else tuple(pattern)
-        return _kernel_jit(
+        names = None if get is None else (get,) if isinstance(get, str) else tuple(get)
+        needs_all = names is None or "ntk" in names or not set(names) <= set(_GET_NAMES)
+        out, extra = _kernel_jit(
             self.layer,
             x1_or_kernel,
             x2,
-            get,
+            "all" if needs_all else "nngp",
             diagonal_batch,
             diagonal_spatial,
             mask_constant,
             pattern,
         )
+        return _select(out, get, diagonal_batch, extra)
 
 
 @ft.partial(jax.jit, static_argnums=(0, 3, 4, 5, 6))
-def _kernel_jit(layer, x1, x2, get, diagonal_batch, diagonal_spatial, mask_constant, pattern):
-    return kernel_of(layer, x1, x2, get, diagonal_batch, diagonal_spatial, mask_constant, pattern)
+def _kernel_jit(layer, x1, x2, need, diagonal_batch, diagonal_spatial, mask_constant, pattern):
+    # One compilation serves every `get` that needs the NTK (or only the NNGP): small kernels
+    # are dominated by compilation, large ones by the NTK only when it is asked for.
+    return kernel_of(layer, x1, x2, need, diagonal_batch, diagonal_spatial, mask_constant, pattern)
 
 
 def triple(layer: Layer):
@@ -222,7 +236,9 @@ def _example_shapes(x):
 # kernel_fn.
 
 
-def kernel_of(layer, x1, x2, get, diagonal_batch, diagonal_spatial, mask_constant, pattern):
+def kernel_of(layer, x1, x2, need, diagonal_batch, diagonal_spatial, mask_constant, pattern):
+    """The compat `Kernel` (`need="all"`) or a dict of `nngp`, `cov1`, `cov2` (`"nngp"`), and
+    the full-batch covariances for `diagonal_batch=False` (or None)."""
     ba, ca = layer.batch_axis, layer.channel_axis
     pattern1, pattern2 = pattern if pattern is not None else (None, None)
     if isinstance(x1, Kernel | list | tuple) and (
@@ -240,8 +256,7 @@ def kernel_of(layer, x1, x2, get, diagonal_batch, diagonal_spatial, mask_constan
         start = eks[0] if len(eks) == 1 else tuple(eks)
         out = _apply_to_kernel(model, start, diagonal_spatial)
         ba, ca = ks[0].batch_axis, ks[0].channel_axis
-        result = _to_compat(out, ba, ca, no_ntk)
-        return _select(result, get, diagonal_batch, None)
+        return _to_compat(out, ba, ca, no_ntk), None
     x1 = jnp.asarray(x1)
     x2 = None if x2 is None else jnp.asarray(x2)
     if x2 is not None and x2.ndim != x1.ndim:
@@ -263,14 +278,17 @@ def kernel_of(layer, x1, x2, get, diagonal_batch, diagonal_spatial, mask_constan
     out = fn(
         x1_cf,
         x2_cf,
-        get=None,
+        get=None if need == "all" else ("nngp", "cov1", "cov2"),
         diagonal_spatial=diagonal_spatial,
         mask1=mask1,
         mask2=mask2,
         pattern1=pattern1,
         pattern2=pattern2,
     )
-    result = _to_compat(out, ba, ca, False)
+    if need == "all":
+        result = _to_compat(out, ba, ca, False)
+    else:
+        result = {"nngp": out.nngp, "cov1": out.cov1, "cov2": None if x2 is None else out.cov2}
     extra = None
     if not diagonal_batch:
         # neural-tangents' `diagonal_batch=False`: `cov1`/`cov2` hold every pair of a batch.
@@ -283,7 +301,7 @@ def kernel_of(layer, x1, x2, get, diagonal_batch, diagonal_spatial, mask_constan
                 x2_cf, get="nngp", diagonal_spatial=diagonal_spatial, mask1=mask2, pattern1=pattern2
             )
         extra = (full1, full2)
-    return _select(result, get, diagonal_batch, extra)
+    return result, extra
 
 
 def _apply_to_kernel(model, k, diagonal_spatial):
@@ -303,9 +321,22 @@ def _to_compat(out, ba, ca, no_ntk):
 _GET_NAMES = ("nngp", "ntk", "cov1", "cov2")
 
 
+class _Arrays:
+    """The NNGP-only results, read like a `Kernel`."""
+
+    def __init__(self, nngp, cov1, cov2):
+        self.nngp, self.cov1, self.cov2 = nngp, cov1, cov2
+
+    def replace(self, cov1, cov2, diagonal_batch):
+        del diagonal_batch
+        return _Arrays(self.nngp, cov1, cov2)
+
+
 def _select(k, get, diagonal_batch, extra):
     if isinstance(k, list):
         return [_select(ki, get, diagonal_batch, extra) for ki in k]
+    if isinstance(k, dict):
+        k = _Arrays(**k)
     if not diagonal_batch and extra is not None:
         full1, full2 = extra
         k = k.replace(cov1=full1, cov2=full2, diagonal_batch=False)
