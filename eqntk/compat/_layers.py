@@ -460,12 +460,11 @@ class RepeatLayer(Layer):
     def module(self, shape, params=None):
         if params is None:
             return self.template(shape)
-        m = self.layer.template(shape)
-        dynamic, static = eqx.partition(m, eqx.is_array)
-        stacked = jax.vmap(lambda p: eqx.filter(self.layer.with_params(m, p, shape), eqx.is_array))(
+        template = self.layer.template(shape)
+        static = eqx.partition(template, eqx.is_array)[1]
+        stacked = jax.vmap(lambda p: eqx.filter(self.layer.module(shape, p), eqx.is_array))(
             params
         )
-        del dynamic
         return eqx.tree_at(lambda r: r.layers, self.template(shape), eqx.combine(stacked, static))
 
 
@@ -495,7 +494,7 @@ class Simple(Layer):
 def _traced_shape(layer, shape):
     dtype = jnp.asarray(0.0).dtype
     if _is_multi(shape):
-        x = [jax.ShapeDtypeStruct(tuple(s), dtype) for s in shape]
+        x = tuple(jax.ShapeDtypeStruct(tuple(s), dtype) for s in shape)
     else:
         x = jax.ShapeDtypeStruct(tuple(shape), dtype)
     out = jax.eval_shape(lambda a: layer.build(shape)(a), x)

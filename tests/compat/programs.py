@@ -41,8 +41,9 @@ def infinite_fcn(batch_size=0):
     x_train, y_train, x_test, y_test = _data(24, 8, (12,), 3)
     _, _, kernel_fn = stax.serial(stax.Dense(1, 2.0, 0.05), stax.Relu(), stax.Dense(1, 2.0, 0.05))
     kernel_fn = nt.batch(kernel_fn, device_count=0, batch_size=batch_size)
-    predict_fn = nt.predict.gradient_descent_mse_ensemble(kernel_fn, x_train, y_train,
-                                                          diag_reg=1e-3)
+    predict_fn = nt.predict.gradient_descent_mse_ensemble(
+        kernel_fn, x_train, y_train, diag_reg=1e-3
+    )
     fx_test_nngp, fx_test_ntk = predict_fn(x_test=x_test)
     return dict(fx_test_nngp=fx_test_nngp, fx_test_ntk=fx_test_ntk)
 
@@ -51,8 +52,9 @@ def function_space():
     """examples/function_space.py."""
     learning_rate, train_time = 1.0, 20.0
     x_train, y_train, x_test, y_test = _data(16, 8, (10,), 3)
-    init_fn, apply_fn, _ = stax.serial(stax.Dense(64, 1.0, 0.05), stax.Erf(),
-                                       stax.Dense(3, 1.0, 0.05))
+    init_fn, apply_fn, _ = stax.serial(
+        stax.Dense(64, 1.0, 0.05), stax.Erf(), stax.Dense(3, 1.0, 0.05)
+    )
     key = random.PRNGKey(0)
     _, params = init_fn(key, (-1, 10))
     opt_init, opt_apply, get_params = optimizers.sgd(learning_rate)
@@ -69,8 +71,14 @@ def function_space():
         params = get_params(state)
         state = opt_apply(i, grad_loss(params, x_train, y_train), state)
     fx_train_lin, fx_test_lin = predictor(train_time, fx_train, fx_test, g_td)
-    return dict(g_dd=g_dd, g_td=g_td, fx_train_lin=fx_train_lin, fx_test_lin=fx_test_lin,
-                fx_train=apply_fn(params, x_train), fx_test=apply_fn(params, x_test))
+    return dict(
+        g_dd=g_dd,
+        g_td=g_td,
+        fx_train_lin=fx_train_lin,
+        fx_test_lin=fx_test_lin,
+        fx_train=apply_fn(params, x_train),
+        fx_test=apply_fn(params, x_test),
+    )
 
 
 def weight_space():
@@ -88,7 +96,7 @@ def weight_space():
     grad_loss = jit(grad(lambda params, x, y: loss(f(params, x), y)))
     grad_loss_lin = jit(grad(lambda params, x, y: loss(f_lin(params, x), y)))
     for i in range(4):
-        x, y = x_train[8 * i: 8 * (i + 1)], y_train[8 * i: 8 * (i + 1)]
+        x, y = x_train[8 * i : 8 * (i + 1)], y_train[8 * i : 8 * (i + 1)]
         params = get_params(state)
         state = opt_apply(i, grad_loss(params, x, y), state)
         params_lin = get_params(state_lin)
@@ -103,8 +111,13 @@ def empirical_ntk():
     x1 = random.normal(key1, (2, 8, 8, 3))
     x2 = random.normal(key2, (3, 8, 8, 3))
     init_fn, f, _ = stax.serial(
-        stax.Conv(8, (3, 3)), stax.Relu(), stax.Conv(8, (3, 3)), stax.Relu(),
-        stax.Conv(8, (3, 3)), stax.Flatten(), stax.Dense(10),
+        stax.Conv(8, (3, 3)),
+        stax.Relu(),
+        stax.Conv(8, (3, 3)),
+        stax.Relu(),
+        stax.Conv(8, (3, 3)),
+        stax.Flatten(),
+        stax.Dense(10),
     )
     _, params = init_fn(key3, x1.shape)
     kwargs = dict(f=f, trace_axes=(), vmap_axes=0)
@@ -142,8 +155,12 @@ def elementwise_numerical():
         stax.Dense(1), stax.ElementwiseNumerical(jax.nn.gelu, deg=25), stax.Dense(1)
     )
     kernel_numerical = kernel_fn_numerical(x1, x2)
-    return dict(closed_nngp=kernel_closed_form.nngp, closed_ntk=kernel_closed_form.ntk,
-                numerical_nngp=kernel_numerical.nngp, numerical_ntk=kernel_numerical.ntk)
+    return dict(
+        closed_nngp=kernel_closed_form.nngp,
+        closed_ntk=kernel_closed_form.ntk,
+        numerical_nngp=kernel_numerical.nngp,
+        numerical_ntk=kernel_numerical.ntk,
+    )
 
 
 def readme_kernels():
@@ -166,10 +183,18 @@ def readme_kernels():
     y_test_ntk = predict_fn(x_test=x_test, get="ntk")
     both_pred = predict_fn(x_test=x_test, get=("nngp", "ntk"))
     _, params = init_fn(key1, input_shape=x1.shape)
-    return dict(nngp=nngp, ntk=ntk, both_nngp=both.nngp, both_ntk=both.ntk,
-                kernel_kernel_nngp=kernel.nngp, kernel_kernel_ntk=kernel.ntk,
-                y_test_nngp=y_test_nngp, y_test_ntk=y_test_ntk, both_pred_ntk=both_pred.ntk,
-                apply=apply_fn(params, x1))
+    return dict(
+        nngp=nngp,
+        ntk=ntk,
+        both_nngp=both.nngp,
+        both_ntk=both.ntk,
+        kernel_kernel_nngp=kernel.nngp,
+        kernel_kernel_ntk=kernel.ntk,
+        y_test_nngp=y_test_nngp,
+        y_test_ntk=y_test_ntk,
+        both_pred_ntk=both_pred.ntk,
+        apply=apply_fn(params, x1),
+    )
 
 
 def readme_wide_resnet():
@@ -177,10 +202,16 @@ def readme_wide_resnet():
 
     def WideResnetBlock(channels, strides=(1, 1), channel_mismatch=False):
         Main = stax.serial(
-            stax.Relu(), stax.Conv(channels, (3, 3), strides, padding="SAME"),
-            stax.Relu(), stax.Conv(channels, (3, 3), padding="SAME"))
-        Shortcut = stax.Identity() if not channel_mismatch else stax.Conv(
-            channels, (3, 3), strides, padding="SAME")
+            stax.Relu(),
+            stax.Conv(channels, (3, 3), strides, padding="SAME"),
+            stax.Relu(),
+            stax.Conv(channels, (3, 3), padding="SAME"),
+        )
+        Shortcut = (
+            stax.Identity()
+            if not channel_mismatch
+            else stax.Conv(channels, (3, 3), strides, padding="SAME")
+        )
         return stax.serial(stax.FanOut(2), stax.parallel(Main, Shortcut), stax.FanInSum())
 
     def WideResnetGroup(n, channels, strides=(1, 1)):
@@ -197,7 +228,8 @@ def readme_wide_resnet():
             WideResnetGroup(block_size, int(64 * k), (2, 2)),
             stax.AvgPool((8, 8)),
             stax.Flatten(),
-            stax.Dense(num_classes, 1.0, 0.0))
+            stax.Dense(num_classes, 1.0, 0.0),
+        )
 
     init_fn, apply_fn, kernel_fn = WideResnet(block_size=1, k=0.25, num_classes=2)
     x = random.normal(random.PRNGKey(3), (2, 32, 32, 3))

@@ -7,17 +7,17 @@ from . import programs
 from .helpers import check_against_reference
 
 
-FAST = [
-    "infinite_fcn",
+FAST = ["infinite_fcn", "elementwise"]
+SLOW = [
     "infinite_fcn_batched",
     "function_space",
     "weight_space",
-    "elementwise",
     "elementwise_numerical",
     "readme_kernels",
     "readme_linearize_and_empirical",
+    "empirical_ntk",
+    "readme_wide_resnet",
 ]
-SLOW = ["empirical_ntk", "readme_wide_resnet"]
 
 
 @pytest.mark.parametrize("name", FAST)
