@@ -7,15 +7,15 @@ Programs written for neural-tangents 0.6 run by changing their imports only. Lay
 """
 
 from . import predict as predict, stax as stax
-from ._kernel import Kernel as Kernel
+from ._batching import batch as batch
 from ._empirical import (
+    NtkImplementation as NtkImplementation,
     empirical_kernel_fn as empirical_kernel_fn,
     empirical_nngp_fn as empirical_nngp_fn,
     empirical_ntk_fn as empirical_ntk_fn,
     empirical_ntk_vp_fn as empirical_ntk_vp_fn,
     linearize as linearize,
     monte_carlo_kernel_fn as monte_carlo_kernel_fn,
-    NtkImplementation as NtkImplementation,
     taylor_expand as taylor_expand,
 )
-from ._batching import batch as batch
+from ._kernel import Kernel as Kernel

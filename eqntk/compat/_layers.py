@@ -11,6 +11,7 @@ key, and `apply_fn` puts them into the module. Batches are neural-tangents' batc
 import abc
 import functools as ft
 import math
+import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,6 +38,9 @@ class Layer(abc.ABC):
 
     batch_axis: int = 0
     channel_axis: int = -1
+    # Whether the layer was given a layout other than neural-tangents' default: the first such
+    # layer of a `serial` sets the layout of the network's inputs and outputs.
+    _explicit_axes: bool = False
 
     @abc.abstractmethod
     def out_shape(self, shape: Shape) -> Shape:
@@ -462,9 +466,7 @@ class RepeatLayer(Layer):
             return self.template(shape)
         template = self.layer.template(shape)
         static = eqx.partition(template, eqx.is_array)[1]
-        stacked = jax.vmap(lambda p: eqx.filter(self.layer.module(shape, p), eqx.is_array))(
-            params
-        )
+        stacked = jax.vmap(lambda p: eqx.filter(self.layer.module(shape, p), eqx.is_array))(params)
         return eqx.tree_at(lambda r: r.layers, self.template(shape), eqx.combine(stacked, static))
 
 
@@ -534,7 +536,7 @@ class DenseLayer(Layer):
             b = jr.normal(k2, tuple(b_shape))
         if self.parameterization == "standard":
             w = w * (self.W_std / (n_in / self.s[0]) ** 0.5)
-            b = None if b is None else b * self.b_std
+            b = None if b is None else b * typing.cast(float, self.b_std)
         return (w, b)
 
     def build(self, shape):
@@ -629,7 +631,7 @@ class ConvLayer(Layer):
         if self.parameterization == "standard":
             fan_in = n_in / self.s[0] * math.prod(self.filter_shape)
             w = w * (self.W_std / fan_in**0.5)
-            b = None if b is None else b * self.b_std
+            b = None if b is None else b * typing.cast(float, self.b_std)
         return (w, b)
 
     def build(self, shape):

@@ -288,7 +288,7 @@ def gradient_descent(
             fx_train_0 = fx_train_or_state_0
         if fx_test_0 is not None and k_test_train is None:
             raise ValueError("`k_test_train` must be given with `fx_test_0`.")
-        out = predictor(
+        out: Any = predictor(
             _time(t, predictor),
             0.0 if fx_train_0 is None else fx_train_0,
             fx_test_0,

@@ -3,13 +3,13 @@
 import enum
 import functools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from .. import nn
 from ._layers import (
     ConvLayer,
     DenseLayer,
     FlattenLast,
-    Layer,
     ParallelLayer,
     RepeatLayer,
     Serial,
@@ -290,7 +290,7 @@ def AvgPool(
     channel_axis: int = -1,
 ):
     """Average pooling over windows (neural-tangents' `stax.AvgPool`; strides default to 1)."""
-    pad = getattr(padding, "name", padding)
+    pad: Any = getattr(padding, "name", padding)
     return _with_axes(
         lambda shape: nn.AvgPool(window_shape, strides, pad, normalize_edges),
         batch_axis=batch_axis,
@@ -306,7 +306,7 @@ def SumPool(
     channel_axis: int = -1,
 ):
     """Sum pooling over windows (neural-tangents' `stax.SumPool`)."""
-    pad = getattr(padding, "name", padding)
+    pad: Any = getattr(padding, "name", padding)
     return _with_axes(
         lambda shape: nn.SumPool(window_shape, strides, pad),
         batch_axis=batch_axis,
@@ -646,7 +646,3 @@ class Bool(enum.IntEnum):
     NO = 0
     MAYBE = 1
     YES = 2
-
-
-__all__ = [name for name in dir() if not name.startswith("_")]
-_ = Layer
