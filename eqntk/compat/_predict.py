@@ -289,7 +289,7 @@ def gradient_descent(
         if fx_test_0 is not None and k_test_train is None:
             raise ValueError("`k_test_train` must be given with `fx_test_0`.")
         out: Any = predictor(
-            _time(t, predictor),
+            t,
             0.0 if fx_train_0 is None else fx_train_0,
             fx_test_0,
             k_test_train if fx_test_0 is not None else None,
@@ -303,14 +303,6 @@ def gradient_descent(
         return out.fx_train, out.fx_test
 
     return predict_fn
-
-
-def _time(t, predictor):
-    if t is not None:
-        return t
-    raise NotImplementedError(
-        "`gradient_descent` with `t=None` (infinite time) is not supported yet; pass a finite time."
-    )
 
 
 def max_learning_rate(ntk_train_train, y_train_size=None, momentum=0.0, eps=1e-12):
