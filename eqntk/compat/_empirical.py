@@ -67,6 +67,11 @@ class _Partial:
         return self.f(params, x, **dict(self.items))
 
 
+def _arrays(tree):
+    """NumPy inputs as JAX arrays (eqntk's entry points take JAX arrays)."""
+    return None if tree is None else jax.tree_util.tree_map(jnp.asarray, tree)
+
+
 def _example_axes(axes, out_ndim: int):
     """neural-tangents' axes of the batched output as axes of one example's output."""
     axes = (axes,) if isinstance(axes, int) else tuple(axes)
@@ -93,6 +98,7 @@ def _kernels(
     f, params, x1, x2, names, trace_axes, diagonal_axes, vmap_axes, implementation, kwargs
 ):
     axis = _vmap_axis(vmap_axes)
+    x1, x2 = _arrays(x1), _arrays(x2)
     model = Applied(params, _with_kwargs(f, kwargs), axis)
     example = jax.tree_util.tree_map(lambda a: jnp.take(a, 0, axis=axis), x1)
     out = jax.eval_shape(model, example)
@@ -240,7 +246,8 @@ def empirical_ntk_vp_fn(f, x1, x2, params, **apply_fn_kwargs):
     ```
     """
     model = Applied(params, _with_kwargs(f, apply_fn_kwargs))
-    return lambda cotangents: empirical.empirical_ntk_vp(model, x1, x2, cotangents)
+    x1, x2 = _arrays(x1), _arrays(x2)
+    return lambda cotangents: empirical.empirical_ntk_vp(model, x1, x2, _arrays(cotangents))
 
 
 class _Batched(eqx.Module):

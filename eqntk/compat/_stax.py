@@ -422,7 +422,7 @@ def GlobalSelfAttention(
             b_std=b_std,
             attention=mech,
             pos_emb=pos,
-            pos_emb_p_norm=pos_emb_p_norm,
+            pos_emb_p_norm=float(pos_emb_p_norm),
             pos_emb_decay=pos_emb_decay_fn,
             pos_emb_channels=n_chan_pos_emb,
             W_pos_emb_std=W_pos_emb_std,
