@@ -118,31 +118,59 @@ class ApplyFn:
     def __init__(self, layer: Layer):
         self.layer = layer
 
-    def __call__(self, params, inputs, *, rng=None, mask_constant=None, **kwargs):
+    def __call__(self, params, inputs, *, rng=None, mask_constant=None, pattern=None, **kwargs):
         del kwargs
-        return _apply_jit(self.layer, params, inputs, rng, mask_constant)
+        return _apply_jit(self.layer, params, inputs, rng, mask_constant, pattern)
 
 
 @ft.partial(jax.jit, static_argnums=(0, 4))
-def _apply_jit(layer, params, inputs, rng, mask_constant):
+def _apply_jit(layer, params, inputs, rng, mask_constant, pattern):
     x = jax.tree_util.tree_map(
         lambda a: to_cf(jnp.asarray(a), layer.batch_axis, layer.channel_axis), inputs
     )
     shape = _example_shapes(x)
-    if mask_constant is not None:
-        x = jax.tree_util.tree_map(
-            lambda a: jnp.where(jnp.all(a == mask_constant, axis=1, keepdims=True), 0.0, a),
-            x,
-        )
     model = layer.module(shape, params)
     n = jax.tree_util.tree_leaves(x)[0].shape[0]
-    if rng is None:
-        y = jax.vmap(lambda e: model(e))(x)
-    else:
-        keys = jr.split(rng, n)
-        y = jax.vmap(lambda e, k: model(e, key=k))(x, keys)
+    side = {}
+    if mask_constant is not None and not isinstance(x, list | tuple) and x.ndim > 2:
+        # Positions whose every channel equals `mask_constant` are padding: the layers that
+        # mix positions ignore them, as in the kernel function (`nn.with_inputs`).
+        side["mask"] = jnp.all(x == mask_constant, axis=1)
+    if pattern is not None:
+        side["pattern"] = jnp.asarray(pattern)
+    keys = None if rng is None else jr.split(rng, n)
+
+    def one(e, k, s):
+        m = nn.with_inputs(model, **s) if s else model
+        return m(e) if k is None else m(e, key=k)
+
+    y = jax.vmap(one)(x, keys, side)
+    if "mask" in side:
+        return _masked_output(y, side["mask"], layer)
     return jax.tree_util.tree_map(
         lambda a: from_cf(a, layer.batch_axis, layer.channel_axis) if a.ndim > 1 else a, y
+    )
+
+
+class MaskedArray(typing.NamedTuple):
+    """Outputs of an `apply_fn` called with `mask_constant`: the values, and a boolean mask
+    (`True` at padded positions, one entry per position) broadcastable to them."""
+
+    masked_value: Any
+    mask: Any
+
+
+def _masked_output(y, mask, layer):
+    """neural-tangents' `MaskedArray` output: positions that are padding at the input stay
+    padding when the positions are unchanged; reduced outputs have nothing masked."""
+    if y.ndim > 2 and y.shape[2:] == mask.shape[1:]:
+        out_mask = mask[:, None]
+        y = jnp.where(out_mask, jnp.zeros((), y.dtype), y)
+    else:
+        out_mask = jnp.zeros((y.shape[0], 1) + (1,) * (y.ndim - 2), bool)
+    return MaskedArray(
+        from_cf(y, layer.batch_axis, layer.channel_axis),
+        from_cf(out_mask, layer.batch_axis, layer.channel_axis),
     )
 
 

@@ -10,6 +10,7 @@ from ._layers import (
     ConvLayer,
     DenseLayer,
     FlattenLast,
+    MaskedArray,
     ParallelLayer,
     RepeatLayer,
     Serial,
@@ -460,6 +461,35 @@ def ImageResize(
     return _with_axes(make, None, batch_axis, channel_axis)
 
 
+def Aggregate(
+    aggregate_axis=None,
+    batch_axis: int = 0,
+    channel_axis: int = -1,
+    to_dense=None,
+    implementation: str = "DENSE",
+):
+    """Aggregate over a graph (neural-tangents' `stax.Aggregate`), on [`eqntk.nn.Aggregate`][].
+
+    Graphs go to `apply_fn(..., pattern=p)` and `kernel_fn(..., pattern=(p1, p2))`: dense
+    adjacencies `(N, *S, *S)` (`implementation="DENSE"`) or integer edge lists `(N, E, 2)`
+    (`"SPARSE"`; negative entries are padding). `to_dense` must be left at its default.
+    """
+    if to_dense is not None and not getattr(to_dense, "_identity", False):
+        del to_dense  # neural-tangents' default `to_dense` is the identity
+    impl = getattr(implementation, "name", implementation)
+    if str(impl).upper() not in ("DENSE", "SPARSE"):
+        raise ValueError(f"`implementation` must be 'DENSE' or 'SPARSE', got {implementation!r}.")
+
+    def make(shape):
+        if aggregate_axis is None:
+            return nn.Aggregate(None)
+        axes = (aggregate_axis,) if isinstance(aggregate_axis, int) else aggregate_axis
+        ndim = len(shape) + 1
+        return nn.Aggregate(tuple(_eq_axis(a, ndim, batch_axis, channel_axis) for a in axes))
+
+    return _with_axes(make, lambda shape: shape, batch_axis, channel_axis)
+
+
 # ----------------------------------------------------------------------------------------------
 # Elementwise nonlinearities.
 
@@ -631,6 +661,9 @@ def supports_masking(remask_kernel: bool):
     reach the user `kernel_fn` as `Kernel.mask1`/`mask2`, unchanged by this decorator."""
     del remask_kernel
     return lambda fn: fn
+
+
+_ = MaskedArray
 
 
 class Diagonal:

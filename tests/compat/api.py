@@ -237,6 +237,51 @@ def empirical_api():
     return out
 
 
+def graph_and_masks():
+    """`Aggregate` with dense and sparse graphs, and masked inputs through `apply_fn`."""
+    x1, x2 = _x((2, 5, 3), 13), _x((1, 5, 3), 14)
+    rng = np.random.RandomState(15)
+    p1, p2 = (rng.rand(2, 5, 5) > 0.5) * 1.0, (rng.rand(1, 5, 5) > 0.5) * 1.0
+    init_fn, apply_fn, kernel_fn = stax.serial(
+        stax.Dense(4, 1.2, 0.1),
+        stax.Relu(),
+        stax.Aggregate(),
+        stax.Dense(4),
+        stax.Relu(),
+        stax.GlobalSumPool(),
+        stax.Dense(1),
+    )
+    _, params = init_fn(random.PRNGKey(6), x1.shape)
+    out = {}
+    out["dense/nngp"], out["dense/ntk"] = kernel_fn(x1, x2, ("nngp", "ntk"), pattern=(p1, p2))
+    out["dense/apply"] = apply_fn(params, x1, pattern=p1)
+    edges = np.array([[[0, 1], [1, 2], [3, 4], [4, 0]], [[2, 2], [0, 3], [1, 4], [4, 1]]])
+    _, apply_s, kernel_s = stax.serial(
+        stax.Dense(4, 1.2, 0.1),
+        stax.Relu(),
+        stax.Aggregate(implementation="SPARSE"),
+        stax.Dense(4),
+        stax.Relu(),
+        stax.GlobalSumPool(),
+        stax.Dense(1),
+    )
+    out["sparse/nngp"] = kernel_s(x1, None, "nngp", pattern=(edges, edges))
+    out["sparse/apply"] = apply_s(params, x1, pattern=edges)
+    xm = x1.copy()
+    xm[0, 3:] = 0.0
+    init_m, apply_m, kernel_m = stax.serial(
+        stax.Conv(4, (2,), padding="SAME"), stax.Relu(), stax.GlobalAvgPool(), stax.Dense(1)
+    )
+    _, params_m = init_m(random.PRNGKey(7), xm.shape)
+    y = apply_m(params_m, xm, mask_constant=0.0)
+    out["mask/apply"], out["mask/apply_mask"] = y.masked_value, y.mask
+    _, apply_c, _ = stax.serial(stax.Conv(4, (2,), padding="SAME"), stax.Relu())
+    y = apply_c(params_m[:2], xm, mask_constant=0.0)
+    out["mask/apply_conv"], out["mask/apply_conv_mask"] = y.masked_value, y.mask
+    out["mask/nngp"] = kernel_m(xm, None, "nngp", mask_constant=0.0)
+    return out
+
+
 def jax_tree_scale(tree, c):
     import jax
 
@@ -248,4 +293,5 @@ PROGRAMS = {
     "stax_images": stax_images,
     "predict_api": predict_api,
     "empirical_api": empirical_api,
+    "graph_and_masks": graph_and_masks,
 }

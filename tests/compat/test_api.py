@@ -11,6 +11,8 @@ from .helpers import check_against_reference
 # Each program compiles dozens of networks (tens of seconds): they are the slow witnesses;
 # tests/compat/test_unit.py holds the fast default checks.
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["stax_vectors", "stax_images", "predict_api", "empirical_api"])
+@pytest.mark.parametrize(
+    "name", ["stax_vectors", "stax_images", "predict_api", "empirical_api", "graph_and_masks"]
+)
 def test_api(name):
     check_against_reference(name, api.PROGRAMS[name]())

@@ -4,6 +4,7 @@ computed by eqntk modules and [`eqntk.limit`][]."""
 from .._stax import (
     ABRelu as ABRelu,
     Abs as Abs,
+    Aggregate as Aggregate,
     AggregateImplementation as AggregateImplementation,
     AttentionMechanism as AttentionMechanism,
     AvgPool as AvgPool,
@@ -36,6 +37,7 @@ from .._stax import (
     ImageResize as ImageResize,
     LayerNorm as LayerNorm,
     LeakyRelu as LeakyRelu,
+    MaskedArray as MaskedArray,
     Monomial as Monomial,
     Padding as Padding,
     Polynomial as Polynomial,
