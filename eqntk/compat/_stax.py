@@ -461,6 +461,40 @@ def ImageResize(
     return _with_axes(make, None, batch_axis, channel_axis)
 
 
+class _SliceMaker:
+    """neural-tangents' `stax.Slice`: `Slice[:, 1:3, ::2]` gives the index tuple."""
+
+    def __getitem__(self, idx):
+        return idx
+
+
+Slice = _SliceMaker()
+
+
+def Index(idx, batch_axis: int = 0, channel_axis: int = -1):
+    """Index the spatial axes (neural-tangents' `stax.Index`), on [`eqntk.nn.Index`][]. `idx`
+    indexes the batched array (e.g. `stax.Slice[:, ::2, 1:]`); the batch and channel axes must
+    be left whole."""
+    entries = idx if isinstance(idx, tuple) else (idx,)
+
+    def make(shape):
+        ndim = len(shape) + 1
+        full = list(entries)
+        if any(e is Ellipsis for e in full):
+            i = full.index(Ellipsis)
+            full[i : i + 1] = [slice(None)] * (ndim - len(full) + 1)
+        full += [slice(None)] * (ndim - len(full))
+        b, c = batch_axis % ndim, channel_axis % ndim
+        for axis in (b, c):
+            if full[axis] != slice(None):
+                raise NotImplementedError(
+                    f"`Index` can only index spatial axes; got {idx!r} on axis {axis}."
+                )
+        return nn.Index([full[i] for i in range(ndim) if i not in (b, c)])
+
+    return _with_axes(make, None, batch_axis, channel_axis)
+
+
 def Aggregate(
     aggregate_axis=None,
     batch_axis: int = 0,

@@ -282,6 +282,28 @@ def graph_and_masks():
     return out
 
 
+def stax_index():
+    """`Index` with `Slice`; `ImageResize`'s finite outputs."""
+    x1, x2 = _x((2, 5, 4, 2), 16), _x((1, 5, 4, 2), 17)
+    out = _layer_outputs(
+        "index",
+        _dense_head(stax.Conv(3, (2, 2)), stax.Relu(), stax.Index(stax.Slice[:, ::2, 1:])),
+        x1,
+        x2,
+    )
+    out.update(
+        _layer_outputs(
+            "resize",
+            _dense_head(
+                stax.Conv(3, (2, 2)), stax.Relu(), stax.ImageResize((-1, 6, 2, -1), "linear")
+            ),
+            x1,
+            x2,
+        )
+    )
+    return out
+
+
 def jax_tree_scale(tree, c):
     import jax
 
@@ -294,4 +316,5 @@ PROGRAMS = {
     "predict_api": predict_api,
     "empirical_api": empirical_api,
     "graph_and_masks": graph_and_masks,
+    "stax_index": stax_index,
 }

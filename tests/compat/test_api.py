@@ -12,7 +12,15 @@ from .helpers import check_against_reference
 # tests/compat/test_unit.py holds the fast default checks.
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name", ["stax_vectors", "stax_images", "predict_api", "empirical_api", "graph_and_masks"]
+    "name",
+    [
+        "stax_vectors",
+        "stax_images",
+        "predict_api",
+        "empirical_api",
+        "graph_and_masks",
+        "stax_index",
+    ],
 )
 def test_api(name):
     check_against_reference(name, api.PROGRAMS[name]())
