@@ -103,7 +103,7 @@ def parallel(*layers):
     from eqntk.compat import stax
 
     _, _, kernel_fn = stax.serial(
-        stax.FanOut(2), stax.parallel(stax.Dense(8), stax.Identity()), stax.FanInSum())
+        stax.FanOut(2), stax.parallel(stax.Dense(8), stax.Dense(8, 2.0)), stax.FanInSum())
     assert kernel_fn(jr.normal(jr.key(0), (3, 2)), get="nngp").shape == (3, 3)
     ```
     """
