@@ -281,8 +281,11 @@ def taylor_expand(f, params, degree: int):
 
     def f_tayl(p, *args, **kwargs):
         fk = _with_kwargs(lambda q, a, **kw: f(q, *a, **kw), kwargs)
-        expansion = empirical.taylor_expand(_Batched(params, lambda q, *a: fk(q, a)), degree)
-        new = eqx.filter(_Batched(p, expansion.model.f), eqx.is_inexact_array)
+        # Python scalars are parameters too: as arrays, they are leaves the expansion sees.
+        expansion = empirical.taylor_expand(
+            _Batched(_arrays(params), lambda q, *a: fk(q, a)), degree
+        )
+        new = eqx.filter(_Batched(_arrays(p), expansion.model.f), eqx.is_inexact_array)
         expansion = eqx.tree_at(lambda e: e.params, expansion, new)
         return expansion(args)
 
