@@ -519,7 +519,10 @@ def Aggregate(
             return nn.Aggregate(None)
         axes = (aggregate_axis,) if isinstance(aggregate_axis, int) else aggregate_axis
         ndim = len(shape) + 1
-        return nn.Aggregate(tuple(_eq_axis(a, ndim, batch_axis, channel_axis) for a in axes))
+        eq_axes = [_eq_axis(a, ndim, batch_axis, channel_axis) for a in axes]
+        if "channel" in eq_axes:
+            raise ValueError(f"`aggregate_axis` must be spatial axes, got {aggregate_axis!r}.")
+        return nn.Aggregate([int(a) for a in eq_axes])
 
     return _with_axes(make, lambda shape: shape, batch_axis, channel_axis)
 
