@@ -77,6 +77,7 @@ def test_bad_arguments_name_the_argument():
         nt.monte_carlo_kernel_fn(None, None, jr.key(0), [0, 2])
 
 
+@pytest.mark.slow  # one ODE solve to steady state (~3 s unloaded)
 def test_gradient_descent_infinite_time_is_the_mse_limit():
     k = jnp.eye(3) + 0.1
     k_td = jnp.full((2, 3), 0.2)
