@@ -48,6 +48,9 @@ def batch(kernel_fn, batch_size: int = 0, device_count: int = -1, store_on_devic
     )
 
     def batched_kernel_fn(x1, x2=None, *args, **kwargs):
+        pattern = kwargs.get("pattern")
+        if pattern is not None and any(p is not None for p in pattern):
+            return _tiles_with_patterns(kernel_fn, batch_size, x1, x2, args, kwargs)
         if not args or _is_get(args[0]):
             get = args[0] if args else kwargs.pop("get", None)
             out = plain(x1, x2, get, *args[1:], **kwargs)
@@ -81,3 +84,52 @@ def _is_get(value) -> bool:
     if value is None or isinstance(value, str):
         return True
     return isinstance(value, tuple) and bool(value) and all(isinstance(v, str) for v in value)
+
+
+def _tiles_with_patterns(kernel_fn, batch_size, x1, x2, args, kwargs):
+    """The kernel tile by tile, each tile given the graphs of its own examples
+    (`pattern=(p1, p2)` sliced like `x1` and `x2`)."""
+    import jax.numpy as jnp
+
+    p1, p2 = kwargs.pop("pattern")
+    same = x2 is None
+    x2_, p2_ = (x1, p1) if same else (x2, p2)
+    get = args[0] if args else kwargs.pop("get", None)
+    names = None if get is None else (get,) if isinstance(get, str) else tuple(get)
+    if names is not None and not set(names) <= {"nngp", "ntk"}:
+        raise NotImplementedError(
+            f"`batch` with `pattern` computes `get=None`, 'nngp' or 'ntk', got {get!r}."
+        )
+    n1, n2 = len(x1), len(x2_)
+    rows = []
+    for i in range(0, n1, batch_size):
+        s1 = slice(i, i + batch_size)
+        row = []
+        for j in range(0, n2, batch_size):
+            s2 = slice(j, j + batch_size)
+            row.append(kernel_fn(x1[s1], x2_[s2], get, pattern=(p1[s1], p2_[s2]), **kwargs))
+        rows.append(row)
+
+    def join(tiles):
+        return jnp.concatenate([jnp.concatenate(row, 1) for row in tiles], 0)
+
+    first = rows[0][0]
+    if isinstance(first, Kernel):
+        shape1, shape2 = list(first.shape1), list(first.shape2)
+        shape1[first.batch_axis], shape2[first.batch_axis] = n1, n2
+        return first.replace(
+            nngp=join([[t.nngp for t in row] for row in rows]),
+            ntk=None if first.ntk is None else join([[t.ntk for t in row] for row in rows]),
+            cov1=jnp.concatenate([row[0].cov1 for row in rows], 0),
+            cov2=None if same else jnp.concatenate([t.cov2 for t in rows[0]], 0),
+            x1_is_x2=same,
+            shape1=tuple(shape1),
+            shape2=tuple(shape2),
+            mask1=None,
+            mask2=None,
+        )
+    if isinstance(first, tuple):
+        return type(first)(
+            *(join([[t[k] for t in row] for row in rows]) for k in range(len(first)))
+        )
+    return join(rows)

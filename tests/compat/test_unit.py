@@ -89,3 +89,18 @@ def test_gradient_descent_infinite_time_is_the_mse_limit():
     # (diffrax's steady-state event); the residual left is far below 1e-6 for this kernel.
     assert jnp.allclose(fx_train, mse_train, atol=1e-6)
     assert jnp.allclose(fx_test, mse_test, atol=1e-6)
+
+
+@pytest.mark.slow  # two compilations (~3 s unloaded)
+def test_batch_slices_patterns_with_their_examples():
+    _, _, kernel_fn = stax.serial(
+        stax.Dense(4), stax.Relu(), stax.Aggregate(), stax.GlobalSumPool(), stax.Dense(1)
+    )
+    x1, x2 = jr.normal(jr.key(0), (4, 3, 2)), jr.normal(jr.key(1), (2, 3, 2))
+    p1 = (jr.uniform(jr.key(2), (4, 3, 3)) > 0.5).astype(float)
+    p2 = (jr.uniform(jr.key(3), (2, 3, 3)) > 0.5).astype(float)
+    whole = kernel_fn(x1, x2, pattern=(p1, p2))
+    tiled = nt.batch(kernel_fn, batch_size=2)(x1, x2, pattern=(p1, p2))
+    # Each entry depends on one example of each batch only: the tiles are exact.
+    assert jnp.allclose(tiled.ntk, whole.ntk, rtol=1e-12)
+    assert jnp.allclose(tiled.cov2, whole.cov2, rtol=1e-12) and tiled.shape1 == whole.shape1
