@@ -230,7 +230,7 @@ class ODEPredictor(AbstractCallable):
     @eqx.filter_jit
     def __call__(
         self,
-        t: Float[ArrayLike, "*times"],
+        t: Float[ArrayLike, "*times"] | None = None,
         fx_train_0: Float[ArrayLike, "..."] = 0.0,
         fx_test_0: Float[ArrayLike, "..."] | None = None,
         k_test_train: Float[ArrayLike, "..."] | None = None,
@@ -243,7 +243,9 @@ class ODEPredictor(AbstractCallable):
         **Arguments:**
 
         - `t`: a time or an array of non-decreasing, finite, non-negative times of any shape
-          (continuous steps); with `saveat`, the end time of the solve (a scalar). For
+          (continuous steps); `None` for infinite time: the solve runs until the outputs stop
+          changing (`diffrax.steady_state_event`), an error if they do not within
+          `max_steps`; with `saveat`, the end time of the solve (a scalar). For
           $t = \\infty$ with the MSE, use [`eqntk.dynamics.gradient_descent_mse`][].
         - `fx_train_0`: the outputs on the training set at $t = 0$ (broadcast to the shape of
           `y_train`).
@@ -289,10 +291,16 @@ class ODEPredictor(AbstractCallable):
         """
         dtype = self.k.dtype
         f0 = self.layout.to_matrix(self.layout.check("fx_train_0", fx_train_0)).astype(dtype)
-        times, t_shape = as_times(t, dtype, finite=True)
+        infinite = t is None
+        if infinite and saveat is not None:
+            raise ValueError("`saveat` needs a finite end time `t`, got `t=None`.")
+        times, t_shape = as_times(0.0 if infinite else t, dtype, finite=True)
         scale = self.learning_rate if self.momentum is None else jnp.sqrt(self.learning_rate)
         taus = times * scale
-        if saveat is None:
+        if infinite:
+            # Infinite time: solve until the outputs stop changing (a steady state).
+            solver_saveat = dfx.SaveAt(t1=True)
+        elif saveat is None:
             solver_saveat = dfx.SaveAt(ts=taus)
         else:
             if t_shape != ():
@@ -344,11 +352,15 @@ class ODEPredictor(AbstractCallable):
             state = eqx.error_if(state, bad_start, start_message)
         else:
             event = dfx.Event(lambda tau, y, args, **kwargs: field.nonfinite(y))
+        if infinite:
+            steady = dfx.steady_state_event()
+            nonfinite = (lambda tau, y, args, **kwargs: field.nonfinite(y)) if event else None
+            event = dfx.Event(steady if nonfinite is None else (nonfinite, steady))
         solution = dfx.diffeqsolve(
             dfx.ODETerm(field),
             self.solver,
             t0=jnp.zeros((), dtype),
-            t1=jnp.max(taus),
+            t1=jnp.asarray(jnp.inf, dtype) if infinite else jnp.max(taus),
             dt0=self.dt0,
             y0=state,
             saveat=solver_saveat,
@@ -361,6 +373,10 @@ class ODEPredictor(AbstractCallable):
         # The only event is a non-finite state, loss or gradient: the solve stopped there.
         # (The two checks exclude each other: only one error can be reported.)
         stopped = solution.result == dfx.RESULTS.event_occurred
+        if infinite:
+            # Reaching the steady state is the expected stop; only the other event is an error.
+            mask = solution.event_mask
+            stopped = stopped & mask[0] if isinstance(mask, tuple) else jnp.asarray(False)
         solution = eqx.error_if(solution, stopped & bad_start, start_message)
         solution = eqx.error_if(
             solution,

@@ -1,5 +1,6 @@
 """`monte_carlo_kernel`: NNGP and NTK estimates from an ensemble of finite networks."""
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,7 +20,7 @@ def monte_carlo_kernel(
     key: PRNGKeyArray,
     x1: PyTree[Array],
     x2: PyTree[Array] | None = None,
-    n_samples: int = 64,
+    n_samples: int | Sequence[int] = 64,
     batch_size: int | None = None,
     get: str | tuple[str, ...] = ("nngp", "ntk"),
     *,
@@ -50,8 +51,11 @@ def monte_carlo_kernel(
       called on ONE example).
     - `key`: the `jax.random` key of the ensemble.
     - `x1`, `x2`: batches of inputs (batch axis `vmap_axes`); `x2=None` means `x2 = x1`.
-    - `n_samples`: the number of networks, a multiple of `batch_size`.
-    - `batch_size`: how many networks are built and evaluated at once (default: all).
+    - `n_samples`: the number of networks, a multiple of `batch_size`; or a sequence of
+      numbers, for the estimates at each (sharing their samples: the estimate at `n` averages
+      the first `n` networks of the largest count).
+    - `batch_size`: how many networks are built and evaluated at once (default: all, or the
+      greatest common divisor of several counts).
     - `get`: `"nngp"`, `"ntk"` or a tuple of these.
     - `implementation`, `trace_axes`, `diagonal_axes`, `vmap_axes`, `filter`: as in
       [`eqntk.empirical_kernel`][].
@@ -59,7 +63,8 @@ def monte_carlo_kernel(
     **Returns:**
 
     The estimates, as [`eqntk.empirical_kernel`][] returns kernels: an array (or PyTree of
-    arrays, for PyTree outputs) for a string `get`, a named tuple for a tuple `get`.
+    arrays, for PyTree outputs) for a string `get`, a named tuple for a tuple `get`; for a
+    sequence `n_samples`, a tuple of these, one per count.
 
     **Example:**
 
@@ -79,10 +84,15 @@ def monte_carlo_kernel(
     assert ntk.shape == exact.shape == (5, 5)
     ```
     """
-    if not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"`n_samples` must be a positive integer, got {n_samples!r}.")
-    batch_size = n_samples if batch_size is None else batch_size
-    if not isinstance(batch_size, int) or batch_size < 1 or n_samples % batch_size:
+    counts = (n_samples,) if isinstance(n_samples, int) else tuple(n_samples)
+    if not counts or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in counts):
+        raise ValueError(
+            f"`n_samples` must be a positive integer or a sequence of them, got {n_samples!r}."
+        )
+    n_max = max(counts)
+    if batch_size is None:
+        batch_size = n_max if isinstance(n_samples, int) else math.gcd(*counts)
+    if not isinstance(batch_size, int) or batch_size < 1 or any(n % batch_size for n in counts):
         raise ValueError(
             f"`batch_size` must be a positive integer that divides `n_samples` ({n_samples}), "
             f"got {batch_size!r}."
@@ -108,12 +118,20 @@ def monte_carlo_kernel(
         kernels = eqx.filter_vmap(one)(models)
         return jtu.tree_map(lambda t, k: t + k.sum(0), total, kernels), None
 
-    keys = jr.split(key, n_samples)
-    keys = keys.reshape(n_samples // batch_size, batch_size, *keys.shape[1:])
+    keys = jr.split(key, n_max)
+    keys = keys.reshape(n_max // batch_size, batch_size, *keys.shape[1:])
     shapes = eqx.filter_eval_shape(lambda k: one(make_model(k)), keys[0, 0])
-    zeros = jtu.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-    total, _ = jax.lax.scan(batch_sum, zeros, keys)
-    means = jtu.tree_map(lambda t: t / n_samples, total)
-    if isinstance(get, str):
-        return means[0]
-    return named_tuple("EmpiricalKernels", names)(*means)
+    total = jtu.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    # Several sample counts share their samples: the estimate at `n` uses the first `n`
+    # networks, and the sums run once up to the largest count.
+    estimates, done = {}, 0
+    for n in sorted(set(counts)):
+        total, _ = jax.lax.scan(batch_sum, total, keys[done // batch_size : n // batch_size])
+        done = n
+        means = jtu.tree_map(lambda t: t / n, total)
+        estimates[n] = (
+            means[0] if isinstance(get, str) else named_tuple("EmpiricalKernels", names)(*means)
+        )
+    if isinstance(n_samples, int):
+        return estimates[n_samples]
+    return tuple(estimates[n] for n in counts)

@@ -105,3 +105,16 @@ def test_bad_inputs(getkey):
         eqntk.monte_carlo_kernel(_fcn(4, 1, nn.Relu), getkey(), x, n_samples=5, batch_size=2)
     with pytest.raises(ValueError, match="`n_samples` must be a positive integer"):
         eqntk.monte_carlo_kernel(_fcn(4, 1, nn.Relu), getkey(), x, n_samples=0)
+
+
+def test_several_sample_counts_share_their_samples():
+    def make_model(key):
+        k1, k2 = jr.split(key)
+        return nn.Sequential([nn.Dense(2, 8, key=k1), nn.Relu(), nn.Dense(8, 1, key=k2)])
+
+    x = jr.normal(jr.key(0), (3, 2))
+    two, four = eqntk.monte_carlo_kernel(make_model, jr.key(1), x, n_samples=(2, 4), get="ntk")
+    single = eqntk.monte_carlo_kernel(make_model, jr.key(1), x, n_samples=4, get="ntk")
+    # The largest count is the plain estimate; the smaller one averages its first networks.
+    assert jnp.allclose(four, single, rtol=1e-12)
+    assert two.shape == (3, 3) and not jnp.allclose(two, four)

@@ -1,0 +1,106 @@
+"""Fast checks of `eqntk.compat`'s conventions: layouts, return types, errors."""
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import pytest
+
+import eqntk.compat as nt
+from eqntk.compat import stax
+
+
+def test_param_layouts_and_flatten_order():
+    init_fn, apply_fn, _ = stax.serial(
+        stax.Conv(3, (2, 2), b_std=0.1), stax.Flatten(), stax.Dense(2, b_std=0.1)
+    )
+    out_shape, (conv, flat, dense) = init_fn(jr.key(0), (-1, 4, 4, 2))
+    assert out_shape == (-1, 2) and flat == ()
+    assert conv[0].shape == (2, 2, 2, 3) and conv[1].shape == (1, 1, 1, 3)  # HWIO, NHWC bias
+    assert dense[0].shape == (27, 2) and dense[1].shape == (1, 2)  # (in, out)
+    _, flatten_apply, _ = stax.Flatten()
+    x = jr.normal(jr.key(1), (2, 3, 3, 2))
+    assert (flatten_apply((), x) == x.reshape(2, -1)).all()  # (h, w, c) order
+    y = apply_fn((conv, flat, dense), jr.normal(jr.key(2), (5, 4, 4, 2)))
+    assert y.shape == (5, 2)
+
+
+def test_kernel_get_forms_and_continuation():
+    _, _, kernel_fn = stax.serial(stax.Dense(4, 1.5, 0.1), stax.Relu(), stax.Dense(1))
+    x1, x2 = jr.normal(jr.key(0), (3, 2)), jr.normal(jr.key(1), (2, 2))
+    k = kernel_fn(x1, x2)
+    assert isinstance(k, nt.Kernel) and k.shape1 == (3, 1) and k.shape2 == (2, 1)
+    nngp, ntk = kernel_fn(x1, x2, ("nngp", "ntk"))
+    assert jnp.array_equal(nngp, k.nngp) and jnp.array_equal(ntk, k.ntk)
+    jitted = jax.jit(kernel_fn, static_argnames="get")
+    assert jnp.allclose(jitted(x1, x2, get="ntk"), k.ntk)
+    # Continuing from a Kernel of another width, and from a Kernel without an NTK.
+    _, _, head = stax.serial(stax.Relu(), stax.Dense(3))
+    assert head(k).nngp.shape == (3, 2)
+    assert head(k.replace(ntk=None)).ntk is None
+
+
+@pytest.mark.slow  # compiles three kernels and an eigendecomposition (~5 s)
+def test_predict_return_values():
+    _, _, kernel_fn = stax.serial(stax.Dense(4, 1.5, 0.1), stax.Relu(), stax.Dense(1))
+    x_train, x_test = jr.normal(jr.key(0), (4, 2)), jr.normal(jr.key(1), (2, 2))
+    y_train = jr.normal(jr.key(2), (4, 1))
+    predict_fn = nt.predict.gradient_descent_mse_ensemble(kernel_fn, x_train, y_train)
+    nngp_mean, ntk_mean = predict_fn(x_test=x_test)
+    gaussian = predict_fn(x_test=x_test, get="nngp", compute_cov=True)
+    assert isinstance(gaussian, nt.predict.Gaussian)
+    assert jnp.allclose(gaussian.mean, nngp_mean) and gaussian.covariance.shape == (2, 2)
+    assert ntk_mean.shape == (2, 1)
+
+
+def test_batch_size_zero_is_unbatched():
+    _, _, kernel_fn = stax.Dense(1)
+    assert nt.batch(kernel_fn, batch_size=0) is kernel_fn
+    with pytest.raises(ValueError, match="batch_size"):
+        nt.batch(kernel_fn, batch_size=-1)
+
+
+def test_monte_carlo_sample_counts_share_samples():
+    init_fn, apply_fn, _ = stax.serial(stax.Dense(8), stax.Relu(), stax.Dense(1))
+    x = jr.normal(jr.key(0), (2, 3))
+    several = list(nt.monte_carlo_kernel_fn(init_fn, apply_fn, jr.key(1), [1, 2])(x, None, "ntk"))
+    two = nt.monte_carlo_kernel_fn(init_fn, apply_fn, jr.key(1), 2)(x, None, "ntk")
+    # The estimate at 2 samples continues the one at 1: exactly the 2-sample estimate.
+    assert len(several) == 2 and jnp.allclose(several[1], two, rtol=1e-12)
+
+
+def test_bad_arguments_name_the_argument():
+    with pytest.raises(ValueError, match="Parameterization"):
+        stax.Dense(2, parameterization="mean_field")
+    with pytest.raises(ValueError, match="padding"):
+        stax.Conv(2, (3, 3), padding="REFLECT")
+    with pytest.raises(ValueError, match="n_samples"):
+        nt.monte_carlo_kernel_fn(None, None, jr.key(0), [0, 2])
+
+
+@pytest.mark.slow  # one ODE solve to steady state (~3 s unloaded)
+def test_gradient_descent_infinite_time_is_the_mse_limit():
+    k = jnp.eye(3) + 0.1
+    k_td = jnp.full((2, 3), 0.2)
+    y = jr.normal(jr.key(0), (3, 1))
+    loss = lambda fx, y_hat: 0.5 * jnp.sum((fx - y_hat) ** 2)
+    fx_train, fx_test = nt.predict.gradient_descent(loss, k, y)(None, 0.0, jnp.zeros((2, 1)), k_td)
+    mse_train, mse_test = nt.predict.gradient_descent_mse(k, y)(None, 0.0, jnp.zeros((2, 1)), k_td)
+    # The solve stops once the vector field is below the step-size controller's tolerances
+    # (diffrax's steady-state event); the residual left is far below 1e-6 for this kernel.
+    assert jnp.allclose(fx_train, mse_train, atol=1e-6)
+    assert jnp.allclose(fx_test, mse_test, atol=1e-6)
+
+
+@pytest.mark.slow  # two compilations (~3 s unloaded)
+def test_batch_slices_patterns_with_their_examples():
+    _, _, kernel_fn = stax.serial(
+        stax.Dense(4), stax.Relu(), stax.Aggregate(), stax.GlobalSumPool(), stax.Dense(1)
+    )
+    x1, x2 = jr.normal(jr.key(0), (4, 3, 2)), jr.normal(jr.key(1), (2, 3, 2))
+    p1 = (jr.uniform(jr.key(2), (4, 3, 3)) > 0.5).astype(float)
+    p2 = (jr.uniform(jr.key(3), (2, 3, 3)) > 0.5).astype(float)
+    whole = kernel_fn(x1, x2, pattern=(p1, p2))
+    tiled = nt.batch(kernel_fn, batch_size=2)(x1, x2, pattern=(p1, p2))
+    # Each entry depends on one example of each batch only: the tiles are exact.
+    assert jnp.allclose(tiled.ntk, whole.ntk, rtol=1e-12)
+    assert jnp.allclose(tiled.cov2, whole.cov2, rtol=1e-12) and tiled.shape1 == whole.shape1
