@@ -16,10 +16,16 @@ from ._gaussian import Gaussian as Gaussian
 from ._gp import GPPredictor as GPPredictor, gp_inference as gp_inference
 from ._likelihood import marginal_log_likelihood as marginal_log_likelihood
 from ._lr import max_learning_rate as max_learning_rate
+from ._matrix_free import (
+    MatrixFreePredictor as MatrixFreePredictor,
+    gp_inference_matrix_free as gp_inference_matrix_free,
+    marginal_log_likelihood_matrix_free as marginal_log_likelihood_matrix_free,
+)
 from ._mse import MSEPredictor as MSEPredictor, gradient_descent_mse as gradient_descent_mse
 from ._ode import (
     ODEPredictor as ODEPredictor,
     ODESolution as ODESolution,
     gradient_descent as gradient_descent,
 )
+from ._tiled import PivotedCholesky as PivotedCholesky, TiledKernelOperator as TiledKernelOperator
 from ._trajectory import Trajectory as Trajectory
