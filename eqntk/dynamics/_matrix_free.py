@@ -52,7 +52,11 @@ def _solve(operator, y, rank, rtol, atol, max_steps) -> tuple[Array, PivotedChol
     if rank > 0:
         preconditioner = PivotedCholesky(operator, min(rank, operator.n))
         options["preconditioner"] = preconditioner.operator(operator.in_structure())
-    solver = lx.CG(rtol=rtol, atol=atol, max_steps=max_steps)
+    # lineax tests every entry of the residual against atol + rtol |b_i|: targets with
+    # entries near zero would never pass. Adding rtol max|b| to atol makes `rtol` a bound on
+    # the residual relative to the targets' scale, as users of CG expect.
+    scale = atol + rtol * jnp.max(jnp.abs(y))
+    solver = lx.CG(rtol=rtol, atol=scale, max_steps=max_steps)
     solution = lx.linear_solve(operator, y, solver, options=options, throw=False)
     alpha = eqx.error_if(
         solution.value,
@@ -153,7 +157,9 @@ def gp_inference_matrix_free(
     - `get`: passed to `kernel_fn` as `get=get` when not `None`.
     - `tile_size`: the tile side $T$.
     - `rank`: the preconditioner's rank (0 for none).
-    - `rtol`, `atol`, `max_steps`: lineax `CG` tolerances and iteration cap.
+    - `rtol`, `atol`, `max_steps`: CG stops when every entry of the residual is within
+      `atol + rtol * (max|y| + |y_i|)` (and so is its last update); at most `max_steps`
+      iterations.
 
     **Returns:**
 
