@@ -6,6 +6,9 @@
   ensemble trained on the MSE, from a kernel function.
 - [`eqntk.dynamics.gradient_descent`][]: gradient-descent dynamics for any loss (diffrax).
 - [`eqntk.dynamics.max_learning_rate`][], [`eqntk.dynamics.marginal_log_likelihood`][].
+- [`eqntk.dynamics.gp_inference_matrix_free`][],
+  [`eqntk.dynamics.marginal_log_likelihood_matrix_free`][]: the same without ever holding the
+  kernel matrix (conjugate gradients on a [`eqntk.dynamics.TiledKernelOperator`][]).
 """
 
 from ._ensemble import (
