@@ -141,7 +141,8 @@ def gp_inference_matrix_free(
     gradients on a [`eqntk.dynamics.TiledKernelOperator`][] (each product computes the kernel
     tile by tile: memory $O(T^2 + N K)$, time $O(N^2)$ kernel entries per iteration),
     preconditioned by a rank-`rank` partial pivoted Cholesky factor
-    ([`eqntk.dynamics.PivotedCholesky`][]; Gardner et al. 2018, "GPyTorch"). This is how exact (not approximate) kernel regression reaches $N$ where the
+    ([`eqntk.dynamics.PivotedCholesky`][]; Gardner et al. 2018, "GPyTorch"). This is how
+    exact (not approximate) kernel regression reaches $N$ where the
     $N \\times N$ kernel no longer fits: $N = 10^5$ needs 80 GB as a float64 matrix, and
     here a few MB.
 

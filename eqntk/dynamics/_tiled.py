@@ -192,6 +192,24 @@ class PivotedCholesky(eqx.Module):
     kernel row ($N$ entries): $O(r N)$ kernel entries and $O(r^2 N)$ work in all. Kernels of
     wide networks have fast-decaying spectra, so a rank of a few hundred removes most of the
     ill-conditioning that CG would otherwise pay for.
+
+    **Arguments:**
+
+    - `operator`: a [`eqntk.dynamics.TiledKernelOperator`][] (its regulariser is $\\lambda$).
+    - `rank`: the number of pivots $r$.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    import jax.random as jr
+    from eqntk.dynamics import PivotedCholesky, TiledKernelOperator
+
+    x = jr.normal(jr.key(0), (12, 3))
+    op = TiledKernelOperator(lambda a, b: a @ b.T, x, 0.1, tile_size=4)
+    factor = PivotedCholesky(op, 3).factor          # x x^T has rank 3: exact
+    assert jnp.allclose(factor.T @ factor, x @ x.T, atol=1e-4)
+    ```
     """
 
     factor: Float[Array, "r n"]
