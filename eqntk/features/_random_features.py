@@ -10,6 +10,7 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._callable import AbstractCallable, named_tuple
+from ..limits._limit import KernelFn
 from ..nn import (
     ABRelu,
     Abs,
@@ -278,7 +279,8 @@ def random_features(
     assert jnp.allclose(phi.ntk @ phi.ntk.T, exact.ntk, atol=0.4)
     ```
     """
-    model = getattr(model, "model", model) if type(model).__name__ == "KernelFn" else model
+    if isinstance(model, KernelFn):
+        model = model.model
     if not isinstance(n_features, int) or n_features < 2:
         raise ValueError(f"`n_features` must be an integer >= 2, got {n_features!r}.")
     if method not in ("sampled", "hermite"):

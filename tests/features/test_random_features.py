@@ -95,3 +95,26 @@ def test_error_falls_like_inverse_sqrt_deep(activation, method, getkey):
     # At m = 2048 the sampled kernels are within about 5% (bound: 2x); the Hermite sketches
     # of high tensor powers have a larger variance (3^j for degree j): about 12% (bound 2x).
     assert np.all(rms < (0.12 if method == "sampled" else 0.25)), rms
+
+
+def test_errors(getkey):
+    dense = nn.Dense(3, 4, key=getkey())
+    with pytest.raises(ValueError, match="must start with an `eqntk.nn.Dense`"):
+        random_features(nn.Sequential([nn.Relu()]), 16, key=getkey())
+    with pytest.raises(ValueError, match="`Relu` must follow a `Dense`"):
+        random_features(nn.Sequential([dense, nn.Relu(), nn.Relu()]), 16, key=getkey())
+    with pytest.raises(NotImplementedError, match="not available for `LayerNorm`"):
+        random_features(nn.Sequential([dense, nn.LayerNorm()]), 16, key=getkey())
+    with pytest.raises(NotImplementedError, match="`Sign` has no NTK"):
+        random_features(nn.Sequential([dense, nn.Sign()]), 16, key=getkey())
+    with pytest.raises(NotImplementedError, match="NTK parameterization"):
+        standard = nn.Dense(3, 4, parameterization="standard", key=getkey())
+        random_features(nn.Sequential([standard, nn.Relu()]), 16, key=getkey())
+    with pytest.raises(ValueError, match="`n_features` must be an integer"):
+        random_features(dense, 1, key=getkey())
+    # The limit of a network is accepted in its place; inputs are checked.
+    feature_map = random_features(eqntk.limit(dense), 16, key=getkey(), get="nngp")
+    with pytest.raises(ValueError, match=r"shape \(N, 3\)"):
+        feature_map(jnp.ones((2, 4)))
+    with pytest.raises(ValueError, match="made with `get='nngp'`"):
+        feature_map(jnp.ones((2, 3)), get="ntk")
