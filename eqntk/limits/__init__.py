@@ -24,6 +24,7 @@ from ._kernel import Kernel as Kernel
 from ._limit import KernelFn as KernelFn, limit as limit
 from ._registry import (
     AbstractRule as AbstractRule,
+    AbstractStreamsRule as AbstractStreamsRule,
     Requirements as Requirements,
     apply as apply,
     register as register,

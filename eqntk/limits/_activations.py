@@ -8,7 +8,7 @@ from jaxtyping import Array
 
 from ..nn import ABRelu, Abs, Erf, Gelu, LeakyRelu, Relu, SigmoidLike, Sign
 from ..nn._activations import SIGMOID_LIKE_SCALE
-from ._elementwise import EntryMap, map_entries, require_gaussian
+from ._elementwise import AbstractElementwiseRule, EntryMap, map_entries, require_gaussian
 from ._kernel import Kernel
 from ._math import (
     arccos_kernel_0,
@@ -18,15 +18,7 @@ from ._math import (
     homogeneous_correlation,
     times_norm,
 )
-from ._registry import AbstractRule, register
-
-
-class AbstractElementwiseRule(AbstractRule):
-    """A rule of an elementwise nonlinearity: it asks of its input what is asked of its output
-    (an elementwise map keeps the spatial layout)."""
-
-    def requirements(self, layer, wanted):
-        return wanted
+from ._registry import Requirements, register
 
 
 def abrelu_entries(k: Kernel, a: Array | float, b: Array | float) -> EntryMap:
@@ -67,34 +59,34 @@ def _abrelu_kernel(layer, k: Kernel, a, b) -> Kernel:
 
 
 @register(ABRelu)
-class ABReluRule(AbstractElementwiseRule):
+class ABReluRule(AbstractElementwiseRule[ABRelu]):
     """Kernel rule of [`eqntk.nn.ABRelu`][]."""
 
-    def __call__(self, layer: ABRelu, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: ABRelu, k: Kernel, wanted: Requirements) -> Kernel:
         return _abrelu_kernel(layer, k, layer.a, layer.b)
 
 
 @register(Relu)
-class ReluRule(AbstractElementwiseRule):
+class ReluRule(AbstractElementwiseRule[Relu]):
     """Kernel rule of [`eqntk.nn.Relu`][]."""
 
-    def __call__(self, layer: Relu, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: Relu, k: Kernel, wanted: Requirements) -> Kernel:
         return _abrelu_kernel(layer, k, 0.0, 1.0)
 
 
 @register(LeakyRelu)
-class LeakyReluRule(AbstractElementwiseRule):
+class LeakyReluRule(AbstractElementwiseRule[LeakyRelu]):
     """Kernel rule of [`eqntk.nn.LeakyRelu`][]."""
 
-    def __call__(self, layer: LeakyRelu, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: LeakyRelu, k: Kernel, wanted: Requirements) -> Kernel:
         return _abrelu_kernel(layer, k, layer.alpha, 1.0)
 
 
 @register(Abs)
-class AbsRule(AbstractElementwiseRule):
+class AbsRule(AbstractElementwiseRule[Abs]):
     """Kernel rule of [`eqntk.nn.Abs`][]."""
 
-    def __call__(self, layer: Abs, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: Abs, k: Kernel, wanted: Requirements) -> Kernel:
         return _abrelu_kernel(layer, k, -1.0, 1.0)
 
 
@@ -138,19 +130,19 @@ def _one_minus_correlation2(q11, q12, q22, scale, u11, u22, r11, r22):
 
 
 @register(Erf)
-class ErfRule(AbstractElementwiseRule):
+class ErfRule(AbstractElementwiseRule[Erf]):
     """Kernel rule of [`eqntk.nn.Erf`][]."""
 
-    def __call__(self, layer: Erf, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: Erf, k: Kernel, wanted: Requirements) -> Kernel:
         require_gaussian(k, layer)
         return map_entries(k, erf_entries(k, layer.a, layer.b, layer.c))
 
 
 @register(SigmoidLike)
-class SigmoidLikeRule(AbstractElementwiseRule):
+class SigmoidLikeRule(AbstractElementwiseRule[SigmoidLike]):
     """Kernel rule of [`eqntk.nn.SigmoidLike`][]."""
 
-    def __call__(self, layer: SigmoidLike, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: SigmoidLike, k: Kernel, wanted: Requirements) -> Kernel:
         require_gaussian(k, layer)
         return map_entries(k, erf_entries(k, 0.5, 1 / SIGMOID_LIKE_SCALE, 0.5))
 
@@ -181,10 +173,10 @@ def gelu_entries(q11, q12, q22, ntk):
 
 
 @register(Gelu)
-class GeluRule(AbstractElementwiseRule):
+class GeluRule(AbstractElementwiseRule[Gelu]):
     """Kernel rule of [`eqntk.nn.Gelu`][] (always the exact GELU)."""
 
-    def __call__(self, layer: Gelu, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: Gelu, k: Kernel, wanted: Requirements) -> Kernel:
         require_gaussian(k, layer)
         return map_entries(k, gelu_entries)
 
@@ -198,9 +190,9 @@ def sign_entries(q11, q12, q22, ntk):
 
 
 @register(Sign)
-class SignRule(AbstractElementwiseRule):
+class SignRule(AbstractElementwiseRule[Sign]):
     """Kernel rule of [`eqntk.nn.Sign`][]."""
 
-    def __call__(self, layer: Sign, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: Sign, k: Kernel, wanted: Requirements) -> Kernel:
         require_gaussian(k, layer)
         return map_entries(k, sign_entries)

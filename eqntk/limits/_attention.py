@@ -32,7 +32,7 @@ def _unflatten_pairs(a: Array, n_lead: int, spatial: tuple[int, ...]) -> Array:
 
 
 @register(GlobalSelfAttention)
-class GlobalSelfAttentionRule(AbstractRule):
+class GlobalSelfAttentionRule(AbstractRule[GlobalSelfAttention]):
     """Kernel rule of [`eqntk.nn.GlobalSelfAttention`][] (Hron et al. 2020).
 
     Write $\\tilde{\\mathcal{K}} = w_x \\mathcal{K} + w_e\\sigma_e^2 R$ for the covariance of the
@@ -67,10 +67,10 @@ class GlobalSelfAttentionRule(AbstractRule):
     Gaussian. With a fixed number of heads they would be a Gaussian scale mixture instead.
     """
 
-    def requirements(self, layer: GlobalSelfAttention, wanted):
+    def requirements(self, layer: GlobalSelfAttention, wanted: Requirements) -> Requirements:
         return Requirements(diagonal_spatial=False)
 
-    def __call__(self, layer: GlobalSelfAttention, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: GlobalSelfAttention, k: Kernel, wanted: Requirements) -> Kernel:
         if not layer.linear_scaling and layer.attention != "identity":
             raise NotImplementedError(
                 f"`GlobalSelfAttention` with `linear_scaling=False` (1/sqrt(key_dim) logits, "

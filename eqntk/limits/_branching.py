@@ -5,23 +5,33 @@ processes, which holds when each stream has its own random affine layer after th
 """
 
 import functools
+from typing import TypeVar, cast
 
 import jax.numpy as jnp
+from jaxtyping import Array
 
 from ..nn import FanInConcat, FanInProd, FanInSum, FanOut, Parallel
 from ..nn._branching import check_same_shapes, check_stream_count, concat_array_axis
 from ._kernel import Kernel
-from ._registry import AbstractRule, Requirements, apply, register, requirements
+from ._registry import (
+    AbstractStreamsRule,
+    KernelTree,
+    Requirements,
+    RequirementsTree,
+    apply,
+    register,
+    requirements,
+)
 
 
 @register(FanOut)
-class FanOutRule(AbstractRule):
+class FanOutRule(AbstractStreamsRule[FanOut]):
     """Kernel rule of [`eqntk.nn.FanOut`][]: `n` copies of the kernel.
 
     The input must satisfy what every stream needs: the requirements of the streams merge.
     """
 
-    def requirements(self, layer: FanOut, wanted):
+    def requirements(self, layer: FanOut, wanted: RequirementsTree) -> RequirementsTree:
         if not isinstance(wanted, tuple):
             return wanted
         if len(wanted) != layer.n:
@@ -29,9 +39,14 @@ class FanOutRule(AbstractRule):
                 f"`FanOut({layer.n})` makes {layer.n} streams, but the layers after it take "
                 f"{len(wanted)} streams."
             )
-        return functools.reduce(Requirements.merge, wanted)
+        if not all(isinstance(w, Requirements) for w in wanted):
+            raise ValueError(
+                f"`FanOut({layer.n})` makes streams of one kernel each, but a layer after it "
+                f"takes nested streams."
+            )
+        return functools.reduce(Requirements.merge, cast(tuple[Requirements, ...], wanted))
 
-    def __call__(self, layer: FanOut, k, wanted):
+    def __call__(self, layer: FanOut, k: KernelTree, wanted: RequirementsTree) -> KernelTree:
         if isinstance(k, tuple):
             raise ValueError(
                 f"`FanOut` takes one stream, got {len(k)}: join the streams first (`FanInSum`, "
@@ -41,12 +56,10 @@ class FanOutRule(AbstractRule):
 
 
 @register(Parallel)
-class ParallelRule(AbstractRule):
+class ParallelRule(AbstractStreamsRule[Parallel]):
     """Kernel rule of [`eqntk.nn.Parallel`][]: each layer's rule on the kernel of its stream."""
 
-    takes_streams = True
-
-    def requirements(self, layer: Parallel, wanted):
+    def requirements(self, layer: Parallel, wanted: RequirementsTree) -> RequirementsTree:
         n = len(layer.layers)
         if isinstance(wanted, tuple):
             if len(wanted) != n:
@@ -58,27 +71,36 @@ class ParallelRule(AbstractRule):
             wanted = (wanted,) * n
         return tuple(requirements(child, w) for child, w in zip(layer.layers, wanted))
 
-    def __call__(self, layer: Parallel, k, wanted):
+    def __call__(self, layer: Parallel, k: KernelTree, wanted: RequirementsTree) -> KernelTree:
         check_stream_count(layer, k, len(layer.layers))
+        assert isinstance(k, tuple)  # checked above
         if not isinstance(wanted, tuple):
             wanted = (wanted,) * len(layer.layers)
         return tuple(apply(child, ki, w) for child, ki, w in zip(layer.layers, k, wanted))
 
 
-class _FanInRule(AbstractRule):
-    takes_streams = True
+_FanIn = TypeVar("_FanIn", FanInSum, FanInProd, FanInConcat)
 
-    def requirements(self, layer, wanted):
+
+class AbstractFanInRule(AbstractStreamsRule[_FanIn]):
+    """A rule that joins streams into one kernel."""
+
+    def requirements(self, layer: _FanIn, wanted: RequirementsTree) -> RequirementsTree:
         # One Requirements stands for every incoming stream, however many there are.
         return wanted
 
 
-def _streams(layer: object, ks) -> tuple[Kernel, ...]:
+def _streams(layer: object, ks: KernelTree) -> tuple[Kernel, ...]:
     """Check that `ks` is a non-empty tuple of kernels in one layout."""
     if not isinstance(ks, tuple) or not ks:
         raise TypeError(
             f"`{type(layer).__name__}` joins a tuple of streams (made by `FanOut`), got one stream."
         )
+    if not all(isinstance(k, Kernel) for k in ks):
+        raise TypeError(
+            f"`{type(layer).__name__}` joins streams of one kernel each, got nested streams."
+        )
+    ks = cast(tuple[Kernel, ...], ks)
     first = ks[0]
     for k in ks[1:]:
         if k.diagonal_spatial != first.diagonal_spatial or k.x1_is_x2 != first.x1_is_x2:
@@ -104,56 +126,59 @@ def _check_same_shapes(layer: object, ks: tuple[Kernel, ...], except_axis=None) 
     check_same_shapes(layer, [k.shape2 for k in ks], except_axis)
 
 
-def _sum_or_none(arrays):
-    return None if arrays[0] is None else functools.reduce(jnp.add, arrays)
+def _sum_or_none(arrays: list[Array | None]) -> Array | None:
+    present = [a for a in arrays if a is not None]
+    return None if arrays[0] is None else functools.reduce(jnp.add, present)
 
 
 @register(FanInSum)
-class FanInSumRule(_FanInRule):
+class FanInSumRule(AbstractFanInRule[FanInSum]):
     """Kernel rule of [`eqntk.nn.FanInSum`][]: the sum of the kernels of independent Gaussian
     streams, $\\mathcal{K} = \\sum_i \\mathcal{K}_i$, $\\Theta = \\sum_i \\Theta_i$."""
 
-    def __call__(self, layer: FanInSum, ks, wanted) -> Kernel:
-        ks = _streams(layer, ks)
-        _check_same_shapes(layer, ks)
-        if len(ks) > 1:
-            _require_gaussian_streams(layer, ks)
-        return ks[0].replace(
-            nngp=_sum_or_none([k.nngp for k in ks]),
-            ntk=_sum_or_none([k.ntk for k in ks]),
-            cov1=_sum_or_none([k.cov1 for k in ks]),
-            cov2=_sum_or_none([k.cov2 for k in ks]),
-            is_gaussian=all(k.is_gaussian for k in ks),
+    def __call__(self, layer: FanInSum, ks: KernelTree, wanted: RequirementsTree) -> Kernel:
+        streams = _streams(layer, ks)
+        _check_same_shapes(layer, streams)
+        first = streams[0]
+        if len(streams) > 1:
+            _require_gaussian_streams(layer, streams)
+        return first.replace(
+            nngp=_sum_or_none([k.nngp for k in streams]),
+            ntk=_sum_or_none([k.ntk for k in streams]),
+            cov1=_sum_or_none([k.cov1 for k in streams]),
+            cov2=_sum_or_none([k.cov2 for k in streams]),
+            is_gaussian=all(k.is_gaussian for k in streams),
         )
 
 
 @register(FanInProd)
-class FanInProdRule(_FanInRule):
+class FanInProdRule(AbstractFanInRule[FanInProd]):
     """Kernel rule of [`eqntk.nn.FanInProd`][]: for independent streams
     $\\mathcal{K} = \\prod_i \\mathcal{K}_i$ and
     $\\Theta = \\sum_i \\Theta_i \\prod_{j \\neq i} \\mathcal{K}_j$."""
 
-    def __call__(self, layer: FanInProd, ks, wanted) -> Kernel:
-        ks = _streams(layer, ks)
-        _check_same_shapes(layer, ks)
-        nngp, ntk = ks[0].nngp, ks[0].ntk
-        for k in ks[1:]:
+    def __call__(self, layer: FanInProd, ks: KernelTree, wanted: RequirementsTree) -> Kernel:
+        streams = _streams(layer, ks)
+        _check_same_shapes(layer, streams)
+        nngp, ntk = streams[0].nngp, streams[0].ntk
+        for k in streams[1:]:
             # The product rule, one factor at a time.
-            ntk = None if ntk is None else ntk * k.nngp + nngp * k.ntk
+            ntk = None if ntk is None or k.ntk is None else ntk * k.nngp + nngp * k.ntk
             nngp = nngp * k.nngp
-        cov1 = functools.reduce(jnp.multiply, [k.cov1 for k in ks])
-        cov2 = None if ks[0].cov2 is None else functools.reduce(jnp.multiply, [k.cov2 for k in ks])
-        return ks[0].replace(
+        cov1 = functools.reduce(jnp.multiply, [k.cov1 for k in streams])
+        cov2s = [k.cov2 for k in streams if k.cov2 is not None]
+        cov2 = None if streams[0].cov2 is None else functools.reduce(jnp.multiply, cov2s)
+        return streams[0].replace(
             nngp=nngp,
             ntk=ntk,
             cov1=cov1,
             cov2=cov2,
-            is_gaussian=len(ks) == 1 and ks[0].is_gaussian,
+            is_gaussian=len(streams) == 1 and streams[0].is_gaussian,
         )
 
 
 @register(FanInConcat)
-class FanInConcatRule(_FanInRule):
+class FanInConcatRule(AbstractFanInRule[FanInConcat]):
     """Kernel rule of [`eqntk.nn.FanInConcat`][].
 
     Along the channel axis: the mean of the stream kernels weighted by the streams' finite
@@ -162,14 +187,14 @@ class FanInConcatRule(_FanInRule):
     between positions from different, independent streams); this needs Gaussian streams.
     """
 
-    def __call__(self, layer: FanInConcat, ks, wanted) -> Kernel:
-        ks = _streams(layer, ks)
-        axis = concat_array_axis(layer, ks[0].spatial_ndim)
-        _check_same_shapes(layer, ks, except_axis=axis)
+    def __call__(self, layer: FanInConcat, ks: KernelTree, wanted: RequirementsTree) -> Kernel:
+        streams = _streams(layer, ks)
+        axis = concat_array_axis(layer, streams[0].spatial_ndim)
+        _check_same_shapes(layer, streams, except_axis=axis)
         if axis == 0:
-            return _concat_channels(ks)
-        _require_gaussian_streams(layer, ks)
-        return _concat_positions(ks, axis - 1)
+            return _concat_channels(streams)
+        _require_gaussian_streams(layer, streams)
+        return _concat_positions(streams, axis - 1)
 
 
 def _concat_channels(ks: tuple[Kernel, ...]) -> Kernel:

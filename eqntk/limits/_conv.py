@@ -27,7 +27,7 @@ from ..nn._windows import (
 from ._dense import affine_kernel, check_channels
 from ._kernel import Kernel
 from ._masking import output_masks
-from ._registry import AbstractRule, register
+from ._registry import AbstractRule, Requirements, register
 from ._spatial import to_diagonal_spatial
 
 
@@ -90,13 +90,13 @@ def _check_affine_input(layer, k: Kernel) -> None:
 
 
 @register(Conv)
-class ConvRule(AbstractRule):
+class ConvRule(AbstractRule[Conv]):
     """Kernel rule of [`eqntk.nn.Conv`][]: keeps the spatial layout it is asked for."""
 
-    def requirements(self, layer: Conv, wanted):
+    def requirements(self, layer: Conv, wanted: Requirements) -> Requirements:
         return wanted
 
-    def __call__(self, layer: Conv, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: Conv, k: Kernel, wanted: Requirements) -> Kernel:
         _check_affine_input(layer, k)
         windows = conv_windows(
             layer, k.shape1[1:], layer.filter_shape, layer.strides, layer.dilation, layer.padding
@@ -105,16 +105,16 @@ class ConvRule(AbstractRule):
 
 
 @register(ConvTranspose)
-class ConvTransposeRule(AbstractRule):
+class ConvTransposeRule(AbstractRule[ConvTranspose]):
     """Kernel rule of [`eqntk.nn.ConvTranspose`][]: keeps the layout, except that `CIRCULAR`
     folding with a filter wider than the stride needs the full covariance of its input."""
 
-    def requirements(self, layer: ConvTranspose, wanted):
+    def requirements(self, layer: ConvTranspose, wanted: Requirements) -> Requirements:
         if layer.mixes_positions:
             return dataclasses.replace(wanted, diagonal_spatial=False)
         return wanted
 
-    def __call__(self, layer: ConvTranspose, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: ConvTranspose, k: Kernel, wanted: Requirements) -> Kernel:
         _check_affine_input(layer, k)
         if k.diagonal_spatial and layer.mixes_positions:
             raise ValueError(
@@ -139,15 +139,15 @@ def _diagonal_to_full(a: Array, n_spatial: int) -> Array:
 
 
 @register(ConvLocal)
-class ConvLocalRule(AbstractRule):
+class ConvLocalRule(AbstractRule[ConvLocal]):
     """Kernel rule of [`eqntk.nn.ConvLocal`][]: the diagonal of the `Conv` rule; different
     positions are uncorrelated (independent weights and biases), so only the diagonal of the input
     covariance is ever needed."""
 
-    def requirements(self, layer: ConvLocal, wanted):
+    def requirements(self, layer: ConvLocal, wanted: Requirements) -> Requirements:
         return dataclasses.replace(wanted, diagonal_spatial=True)
 
-    def __call__(self, layer: ConvLocal, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: ConvLocal, k: Kernel, wanted: Requirements) -> Kernel:
         _check_affine_input(layer, k)
         if k.shape1[1:] != layer.spatial_shape or k.shape2[1:] != layer.spatial_shape:
             raise ValueError(

@@ -2,7 +2,7 @@
 
 from ..nn import Dense
 from ._kernel import Kernel
-from ._registry import AbstractRule, register
+from ._registry import AbstractRule, Requirements, register
 
 
 def check_channels(layer: object, expected: int, k: Kernel) -> None:
@@ -45,13 +45,13 @@ def affine_kernel(
 
 
 @register(Dense)
-class DenseRule(AbstractRule):
+class DenseRule(AbstractRule[Dense]):
     """Kernel rule of [`eqntk.nn.Dense`][]: acts on the channel axis, positions unchanged."""
 
-    def requirements(self, layer: Dense, wanted):
+    def requirements(self, layer: Dense, wanted: Requirements) -> Requirements:
         return wanted
 
-    def __call__(self, layer: Dense, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: Dense, k: Kernel, wanted: Requirements) -> Kernel:
         check_channels(layer, layer.s[0] * layer.in_features, k)
         return affine_kernel(
             k,

@@ -4,18 +4,17 @@ import equinox as eqx
 import jax.numpy as jnp
 
 from ..nn import Exp, ExpNormalized, Gaussian
-from ._activations import AbstractElementwiseRule
-from ._elementwise import map_entries, require_gaussian
+from ._elementwise import AbstractElementwiseRule, map_entries, require_gaussian
 from ._kernel import Kernel
 from ._math import correlation
-from ._registry import register
+from ._registry import Requirements, register
 
 
 @register(Exp)
-class ExpRule(AbstractElementwiseRule):
+class ExpRule(AbstractElementwiseRule[Exp]):
     """Kernel rule of [`eqntk.nn.Exp`][]."""
 
-    def __call__(self, layer: Exp, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: Exp, k: Kernel, wanted: Requirements) -> Kernel:
         require_gaussian(k, layer)
         a2, b2 = k.cast(layer.a) ** 2, k.cast(layer.b) ** 2
 
@@ -27,10 +26,10 @@ class ExpRule(AbstractElementwiseRule):
 
 
 @register(Gaussian)
-class GaussianRule(AbstractElementwiseRule):
+class GaussianRule(AbstractElementwiseRule[Gaussian]):
     """Kernel rule of [`eqntk.nn.Gaussian`][]."""
 
-    def __call__(self, layer: Gaussian, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: Gaussian, k: Kernel, wanted: Requirements) -> Kernel:
         require_gaussian(k, layer)
         a2, b = k.cast(layer.a) ** 2, k.cast(layer.b)
 
@@ -54,10 +53,10 @@ class GaussianRule(AbstractElementwiseRule):
 
 
 @register(ExpNormalized)
-class ExpNormalizedRule(AbstractElementwiseRule):
+class ExpNormalizedRule(AbstractElementwiseRule[ExpNormalized]):
     """Kernel rule of [`eqntk.nn.ExpNormalized`][]."""
 
-    def __call__(self, layer: ExpNormalized, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: ExpNormalized, k: Kernel, wanted: Requirements) -> Kernel:
         require_gaussian(k, layer)
         gamma, shift = k.cast(layer.gamma), k.cast(layer.shift)
 

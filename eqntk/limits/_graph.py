@@ -32,15 +32,15 @@ def _maps(layer: Aggregate, pattern, shape, n: int, name: str, dtype):
 
 
 @register(Aggregate)
-class AggregateRule(AbstractRule):
+class AggregateRule(AbstractRule[Aggregate]):
     """Kernel rule of [`eqntk.nn.Aggregate`][]:
     $\\mathcal{K}'(x_1, x_2) = A_1^\\top \\mathcal{K}(x_1, x_2) A_2$ on the aggregated axes,
     with each example's own adjacency. It needs the full spatial covariance."""
 
-    def requirements(self, layer: Aggregate, wanted):
+    def requirements(self, layer: Aggregate, wanted: Requirements) -> Requirements:
         return Requirements(diagonal_spatial=False)
 
-    def __call__(self, layer: Aggregate, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: Aggregate, k: Kernel, wanted: Requirements) -> Kernel:
         if layer.pattern is not None:
             raise ValueError(
                 "This `Aggregate` layer holds one example's graph (set by `nn.with_inputs`), "

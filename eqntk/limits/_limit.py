@@ -186,8 +186,9 @@ def _inputs_to_kernel(
 ) -> Kernel:
     x1 = _check_input("x1", x1)
     x1_is_x2 = x2 is None
+    # With `x2 = None` the kernel is of `x1` with itself.
+    x2 = x1 if x2 is None else _check_input("x2", x2)
     if not x1_is_x2:
-        x2 = _check_input("x2", x2)
         if x2.ndim != x1.ndim:
             raise ValueError(
                 f"`x2` must have the same rank as `x1` ({x1.ndim}, shape (N1, C, *spatial) = "
@@ -236,7 +237,6 @@ def _inputs_to_kernel(
         # then exactly 1, where arccos would turn a rounding error of 1e-16 into 1e-8.
         cov1 = batch_diagonal(nngp)
         cov2 = None
-        x2 = x1
     else:
         nngp = gram(x1, x2, diagonal)
         cov1 = self_gram(x1, diagonal)
@@ -320,7 +320,9 @@ def _continue_from(k: Kernel, wanted: Any, compute_ntk: bool) -> Kernel:
         )
     if not compute_ntk and k.ntk is not None:
         k = k.replace(ntk=None)
-    return conform(k, wanted)
+    out = conform(k, wanted)
+    assert isinstance(out, Kernel)  # one stream in, one out
+    return out
 
 
 def _symmetrised(k: Kernel) -> Kernel:

@@ -2,6 +2,7 @@
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 from jaxtyping import Array
 
@@ -9,12 +10,12 @@ from ..nn import Dropout, LayerNorm
 from ..nn._hyperparameters import hyperparameter
 from ._elementwise import require_gaussian
 from ._kernel import Kernel
-from ._registry import AbstractRule, register
+from ._registry import AbstractRule, Requirements, register
 from ._spatial import cross_variances, self_variances, variances
 
 
 @register(LayerNorm)
-class LayerNormRule(AbstractRule):
+class LayerNormRule(AbstractRule[LayerNorm]):
     """Kernel rule of [`eqntk.nn.LayerNorm`][]: each covariance divided by the square roots of
     the two examples' variances, averaged over the normalised positions (plus `eps`).
 
@@ -22,10 +23,10 @@ class LayerNormRule(AbstractRule):
     layouts.
     """
 
-    def requirements(self, layer: LayerNorm, wanted):
+    def requirements(self, layer: LayerNorm, wanted: Requirements) -> Requirements:
         return wanted
 
-    def __call__(self, layer: LayerNorm, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: LayerNorm, k: Kernel, wanted: Requirements) -> Kernel:
         require_gaussian(k, layer)
         mean_axes = tuple(1 + a for a in layer.spatial_axes(k.spatial_ndim))
         eps = k.cast(layer.eps)
@@ -60,17 +61,15 @@ def dropout_kernel(k: Kernel, keep_rate: Array | float, name: str = "keep_rate")
     `(0, 1]` (checked at trace time when concrete, else with `eqx.error_if`; `name` is what the
     error calls it).
     """
-    keep_rate = k.cast(keep_rate)
+    rate = k.cast(keep_rate)
     message = (
         f"Dropout in training mode needs `{name}` (the probability of keeping a unit) in (0, 1]"
     )
-    if isinstance(keep_rate, jax.core.Tracer):
-        keep_rate = eqx.error_if(
-            keep_rate, ~((keep_rate > 0) & (keep_rate <= 1)), message + "; got a value outside."
-        )
-    elif not 0 < keep_rate <= 1:
-        raise ValueError(f"{message}, got {float(keep_rate)}.")
-    factor = 1 / keep_rate
+    if isinstance(rate, jax.core.Tracer):
+        rate = eqx.error_if(rate, ~((rate > 0) & (rate <= 1)), message + "; got a value outside.")
+    elif not 0 < rate <= 1:
+        raise ValueError(f"{message}, got {float(rate)}.")
+    factor = 1 / rate
     nngp, ntk = k.nngp, k.ntk
     if k.x1_is_x2:
         nngp = _scale_diagonal(nngp, factor, k, n_lead=2)
@@ -98,26 +97,26 @@ def _scale_diagonal(a: Array, factor: Array, k: Kernel, n_lead: int) -> Array:
 
 
 @register(Dropout)
-class DropoutRule(AbstractRule):
+class DropoutRule(AbstractRule[Dropout]):
     """Kernel rule of [`eqntk.nn.Dropout`][]: [`dropout_kernel`] in training mode, the identity
     with `inference=True`."""
 
-    def requirements(self, layer: Dropout, wanted):
+    def requirements(self, layer: Dropout, wanted: Requirements) -> Requirements:
         return wanted
 
-    def __call__(self, layer: Dropout, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: Dropout, k: Kernel, wanted: Requirements) -> Kernel:
         return k if layer.inference else dropout_kernel(k, layer.keep_rate)
 
 
 @register(eqx.nn.Dropout)
-class EquinoxDropoutRule(AbstractRule):
+class EquinoxDropoutRule(AbstractRule[eqx.nn.Dropout]):
     """Kernel rule of `equinox.nn.Dropout`, whose `p` is the probability of dropping a unit:
     the rule of [`eqntk.nn.Dropout`][] with `keep_rate = 1 - p`."""
 
-    def requirements(self, layer: eqx.nn.Dropout, wanted):
+    def requirements(self, layer: eqx.nn.Dropout, wanted: Requirements) -> Requirements:
         return wanted
 
-    def __call__(self, layer: eqx.nn.Dropout, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: eqx.nn.Dropout, k: Kernel, wanted: Requirements) -> Kernel:
         p = layer.p
         if not isinstance(p, jax.core.Tracer):
             # Static checks first: `p=1` drops every unit (no limit), `p` outside [0, 1) is not a

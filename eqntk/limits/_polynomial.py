@@ -8,11 +8,10 @@ from numbers import Number
 import jax.numpy as jnp
 
 from ..nn import Hermite, Monomial, Polynomial, RectifiedMonomial
-from ._activations import AbstractElementwiseRule
-from ._elementwise import EntryMap, map_entries, require_gaussian
+from ._elementwise import AbstractElementwiseRule, EntryMap, map_entries, require_gaussian
 from ._kernel import Kernel
 from ._math import arccos_kernel, correlation
-from ._registry import register
+from ._registry import Requirements, register
 
 
 def polynomial_entries(coef: Sequence) -> EntryMap:
@@ -35,7 +34,7 @@ def polynomial_entries(coef: Sequence) -> EntryMap:
         products = {}
         for order in range(n):
             r11, r22 = hermite_coefficient(q11, order), hermite_coefficient(q22, order)
-            if r11 is not None:
+            if r11 is not None and r22 is not None:
                 products[order] = r11 * r22
         nngp = sum(t * q12**order for order, t in products.items())
         nngp = nngp + jnp.zeros_like(q12)  # a broadcast array even for constant polynomials
@@ -48,29 +47,29 @@ def polynomial_entries(coef: Sequence) -> EntryMap:
 
 
 @register(Polynomial)
-class PolynomialRule(AbstractElementwiseRule):
+class PolynomialRule(AbstractElementwiseRule[Polynomial]):
     """Kernel rule of [`eqntk.nn.Polynomial`][]."""
 
-    def __call__(self, layer: Polynomial, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: Polynomial, k: Kernel, wanted: Requirements) -> Kernel:
         require_gaussian(k, layer)
         coef = k.cast(layer.coef)
         return map_entries(k, polynomial_entries([coef[i] for i in range(coef.shape[0])]))
 
 
 @register(Monomial)
-class MonomialRule(AbstractElementwiseRule):
+class MonomialRule(AbstractElementwiseRule[Monomial]):
     """Kernel rule of [`eqntk.nn.Monomial`][]: the polynomial with one coefficient."""
 
-    def __call__(self, layer: Monomial, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: Monomial, k: Kernel, wanted: Requirements) -> Kernel:
         require_gaussian(k, layer)
         return map_entries(k, polynomial_entries([0.0] * layer.degree + [1.0]))
 
 
 @register(RectifiedMonomial)
-class RectifiedMonomialRule(AbstractElementwiseRule):
+class RectifiedMonomialRule(AbstractElementwiseRule[RectifiedMonomial]):
     """Kernel rule of [`eqntk.nn.RectifiedMonomial`][]."""
 
-    def __call__(self, layer: RectifiedMonomial, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: RectifiedMonomial, k: Kernel, wanted: Requirements) -> Kernel:
         require_gaussian(k, layer)
         n = layer.degree
 
@@ -88,10 +87,10 @@ class RectifiedMonomialRule(AbstractElementwiseRule):
 
 
 @register(Hermite)
-class HermiteRule(AbstractElementwiseRule):
+class HermiteRule(AbstractElementwiseRule[Hermite]):
     """Kernel rule of [`eqntk.nn.Hermite`][] (defined on the covariances alone)."""
 
-    def __call__(self, layer: Hermite, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: Hermite, k: Kernel, wanted: Requirements) -> Kernel:
         require_gaussian(k, layer)
         n = layer.degree
 

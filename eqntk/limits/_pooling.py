@@ -22,7 +22,7 @@ from ..nn._windows import Window, conv_windows, window_sum
 from ._conv import check_spatial_input, map_kernel
 from ._kernel import Kernel
 from ._masking import mask_count, output_masks
-from ._registry import AbstractRule, register
+from ._registry import AbstractRule, Requirements, register
 
 
 def _require_full(layer: object, k: Kernel) -> None:
@@ -48,13 +48,13 @@ def _pool_pairs(a: Array, windows: tuple[Window, ...], factor: np.ndarray | floa
 
 
 @register(AvgPool, SumPool)
-class PoolRule(AbstractRule):
+class PoolRule(AbstractRule[AvgPool | SumPool]):
     """Kernel rule of [`eqntk.nn.AvgPool`][] and [`eqntk.nn.SumPool`][]."""
 
-    def requirements(self, layer, wanted):
+    def requirements(self, layer: AvgPool | SumPool, wanted: Requirements) -> Requirements:
         return dataclasses.replace(wanted, diagonal_spatial=False)
 
-    def __call__(self, layer: AvgPool | SumPool, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: AvgPool | SumPool, k: Kernel, wanted: Requirements) -> Kernel:
         n = len(layer.window_shape)
         check_spatial_input(layer, n, k)
         _require_full(layer, k)
@@ -86,16 +86,20 @@ class PoolRule(AbstractRule):
 
 
 @register(GlobalAvgPool, GlobalSumPool)
-class GlobalPoolRule(AbstractRule):
+class GlobalPoolRule(AbstractRule[GlobalAvgPool | GlobalSumPool]):
     """Kernel rule of [`eqntk.nn.GlobalAvgPool`][] and [`eqntk.nn.GlobalSumPool`][]: the sum of
     the full spatial covariance over all pairs of positions, divided for the mean by the
     numbers of unmasked positions of the two examples, $|U_1| |U_2|$ (the entries at masked
     positions are zero)."""
 
-    def requirements(self, layer, wanted):
+    def requirements(
+        self, layer: GlobalAvgPool | GlobalSumPool, wanted: Requirements
+    ) -> Requirements:
         return dataclasses.replace(wanted, diagonal_spatial=False)
 
-    def __call__(self, layer: GlobalAvgPool | GlobalSumPool, k: Kernel, wanted) -> Kernel:
+    def __call__(
+        self, layer: GlobalAvgPool | GlobalSumPool, k: Kernel, wanted: Requirements
+    ) -> Kernel:
         _require_full(layer, k)
         n = k.spatial_ndim
 

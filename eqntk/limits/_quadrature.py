@@ -9,11 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..nn import Elementwise
-from ._activations import AbstractElementwiseRule
-from ._elementwise import EntryMap, map_entries, require_gaussian
+from ._elementwise import AbstractElementwiseRule, EntryMap, map_entries, require_gaussian
 from ._kernel import Kernel
 from ._math import correlation, safe_sqrt
-from ._registry import register
+from ._registry import Requirements, register
 
 
 def closed_form_entries(nngp_fn: Callable, d_nngp_fn: Callable | None) -> EntryMap:
@@ -94,11 +93,13 @@ def compiled_quadrature_entries(phi: Callable, deg: int) -> EntryMap:
 
 
 @register(Elementwise)
-class ElementwiseRule(AbstractElementwiseRule):
+class ElementwiseRule(AbstractElementwiseRule[Elementwise]):
     """Kernel rule of [`eqntk.nn.Elementwise`][]."""
 
-    def __call__(self, layer: Elementwise, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: Elementwise, k: Kernel, wanted: Requirements) -> Kernel:
         require_gaussian(k, layer)
         if layer.nngp_fn is not None:
             return map_entries(k, closed_form_entries(layer.nngp_fn, layer.d_nngp_fn))
+        # `Elementwise` checks that it has `fn` when it has no `nngp_fn`.
+        assert layer.fn is not None
         return map_entries(k, compiled_quadrature_entries(layer.fn, layer.deg))

@@ -4,7 +4,14 @@ import equinox as eqx
 import jax
 
 from ..nn import Repeat
-from ._registry import AbstractRule, apply, register, requirements
+from ._registry import (
+    AbstractStreamsRule,
+    KernelTree,
+    RequirementsTree,
+    apply,
+    register,
+    requirements,
+)
 
 
 def _metadata(k) -> object:
@@ -22,7 +29,7 @@ def _describe(k) -> str:
 
 
 @register(Repeat)
-class RepeatRule(AbstractRule):
+class RepeatRule(AbstractStreamsRule[Repeat]):
     """Kernel rule of [`eqntk.nn.Repeat`][]: the layer's rule applied `n` times, in a scan.
 
     The first layer is applied on its own, because it may change the kernel's metadata (e.g.
@@ -31,12 +38,10 @@ class RepeatRule(AbstractRule):
     metadata (shapes, spatial layout, Gaussianity).
     """
 
-    takes_streams = True
-
-    def requirements(self, layer: Repeat, wanted):
+    def requirements(self, layer: Repeat, wanted: RequirementsTree) -> RequirementsTree:
         return _carried(layer, wanted)
 
-    def __call__(self, layer: Repeat, k, wanted):
+    def __call__(self, layer: Repeat, k: KernelTree, wanted: RequirementsTree) -> KernelTree:
         carried = _carried(layer, wanted)
         # Every step delivers the layout the next step needs; `apply` conforms the result of
         # the last step to `wanted`.
@@ -61,7 +66,7 @@ class RepeatRule(AbstractRule):
         return k
 
 
-def _carried(layer: Repeat, wanted):
+def _carried(layer: Repeat, wanted: RequirementsTree) -> RequirementsTree:
     """The requirements on the kernel between two layers of the stack.
 
     The last layer must deliver `wanted`; each layer then needs of its input what it needs of

@@ -102,14 +102,14 @@ def map_positions(
 
 
 @register(Index)
-class IndexRule(AbstractRule):
+class IndexRule(AbstractRule[Index]):
     """Kernel rule of [`eqntk.nn.Index`][]: both sides of the covariance are indexed alike,
     $\\mathcal{K}'[i, i'] = \\mathcal{K}[\\iota(i), \\iota(i')]$."""
 
-    def requirements(self, layer: Index, wanted):
+    def requirements(self, layer: Index, wanted: Requirements) -> Requirements:
         return wanted
 
-    def __call__(self, layer: Index, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: Index, k: Kernel, wanted: Requirements) -> Kernel:
         idx = index_tuple(layer.spatial, k.shape1[1:], "Index")
         if k.shape2[1:] != k.shape1[1:]:
             index_tuple(layer.spatial, k.shape2[1:], "Index")
@@ -134,17 +134,18 @@ class IndexRule(AbstractRule):
 
 
 @register(DotGeneral)
-class DotGeneralRule(AbstractRule):
+class DotGeneralRule(AbstractRule[DotGeneral]):
     """Kernel rule of [`eqntk.nn.DotGeneral`][]:
     $\\mathcal{K}' = c_s^2\\, M \\mathcal{K} M^\\top$ on the contracted axes."""
 
-    def requirements(self, layer: DotGeneral, wanted):
+    def requirements(self, layer: DotGeneral, wanted: Requirements) -> Requirements:
         if layer.matrix is None:
             return wanted
         return Requirements(diagonal_spatial=False)
 
-    def __call__(self, layer: DotGeneral, k: Kernel, wanted) -> Kernel:
-        if layer.matrix is None:
+    def __call__(self, layer: DotGeneral, k: Kernel, wanted: Requirements) -> Kernel:
+        matrix = layer.matrix
+        if matrix is None:
             return map_positions(k, (), layer.scale)
         check_matrix(layer, k.shape1[1:], "x1")
         check_matrix(layer, k.shape2[1:], "x2")
@@ -152,26 +153,26 @@ class DotGeneralRule(AbstractRule):
         def shape(s):
             out = list(s)
             for j, a in enumerate(layer.axes):
-                out[1 + a] = layer.matrix.shape[j]
+                out[1 + a] = matrix.shape[j]
             return tuple(out)
 
-        maps = ((layer.axes, layer.matrix),)
+        maps = ((layer.axes, matrix),)
         return map_positions(k, maps, layer.scale, shape(k.shape1), shape(k.shape2))
 
 
 @register(ImageResize)
-class ImageResizeRule(AbstractRule):
+class ImageResizeRule(AbstractRule[ImageResize]):
     """Kernel rule of [`eqntk.nn.ImageResize`][]: the resize map $R_d$ of each axis on both
     sides of the covariance, $\\mathcal{K}' = R \\mathcal{K} R^\\top$."""
 
-    def requirements(self, layer: ImageResize, wanted):
+    def requirements(self, layer: ImageResize, wanted: Requirements) -> Requirements:
         # Nearest-neighbour resizing selects positions, so it maps the spatial diagonal onto
         # itself; linear interpolation mixes positions and needs the full covariance.
         if layer.method == "nearest" or all(s == -1 for s in layer.shape):
             return wanted
         return Requirements(diagonal_spatial=False)
 
-    def __call__(self, layer: ImageResize, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: ImageResize, k: Kernel, wanted: Requirements) -> Kernel:
         old1, old2 = k.shape1[1:], k.shape2[1:]
         new1, new2 = layer.output_shape(old1), layer.output_shape(old2)
         if old1 != old2:

@@ -5,22 +5,33 @@ import jax.numpy as jnp
 
 from ..nn import Flatten, Identity, Sequential
 from ._kernel import Kernel
-from ._registry import AbstractRule, Requirements, apply, register, requirements
+from ._registry import (
+    AbstractRule,
+    AbstractStreamsRule,
+    KernelTree,
+    Requirements,
+    RequirementsTree,
+    apply,
+    register,
+    requirements,
+)
 
 
 @register(Sequential, eqx.nn.Sequential)
-class SequentialRule(AbstractRule):
+class SequentialRule(AbstractStreamsRule[Sequential | eqx.nn.Sequential]):
     """Kernel rule of [`eqntk.nn.Sequential`][] (and `equinox.nn.Sequential`): the composition
     of the layers' rules."""
 
-    takes_streams = True
-
-    def requirements(self, layer, wanted):
+    def requirements(
+        self, layer: Sequential | eqx.nn.Sequential, wanted: RequirementsTree
+    ) -> RequirementsTree:
         for child in reversed(layer.layers):
             wanted = requirements(child, wanted)
         return wanted
 
-    def __call__(self, layer, k, wanted):
+    def __call__(
+        self, layer: Sequential | eqx.nn.Sequential, k: KernelTree, wanted: RequirementsTree
+    ) -> KernelTree:
         # What each layer must deliver: computed from the top down, applied bottom up.
         boundaries = [wanted]
         for child in reversed(layer.layers[1:]):
@@ -31,26 +42,28 @@ class SequentialRule(AbstractRule):
 
 
 @register(Identity, eqx.nn.Identity)
-class IdentityRule(AbstractRule):
+class IdentityRule(AbstractStreamsRule[Identity | eqx.nn.Identity]):
     """Kernel rule of [`eqntk.nn.Identity`][] (and `equinox.nn.Identity`)."""
 
-    takes_streams = True
-
-    def requirements(self, layer, wanted):
+    def requirements(
+        self, layer: Identity | eqx.nn.Identity, wanted: RequirementsTree
+    ) -> RequirementsTree:
         return wanted
 
-    def __call__(self, layer, k, wanted):
+    def __call__(
+        self, layer: Identity | eqx.nn.Identity, k: KernelTree, wanted: RequirementsTree
+    ) -> KernelTree:
         return k
 
 
 @register(Flatten)
-class FlattenRule(AbstractRule):
+class FlattenRule(AbstractRule[Flatten]):
     """Kernel rule of [`eqntk.nn.Flatten`][]: the mean of the spatial diagonal."""
 
-    def requirements(self, layer: Flatten, wanted):
+    def requirements(self, layer: Flatten, wanted: Requirements) -> Requirements:
         return Requirements(diagonal_spatial=True)
 
-    def __call__(self, layer: Flatten, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: Flatten, k: Kernel, wanted: Requirements) -> Kernel:
         n = k.spatial_ndim
         if n == 0:
             return k

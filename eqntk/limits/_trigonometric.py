@@ -3,10 +3,9 @@
 import jax.numpy as jnp
 
 from ..nn import Cos, Gabor, Rbf, Sin
-from ._activations import AbstractElementwiseRule
-from ._elementwise import EntryMap, map_entries, require_gaussian
+from ._elementwise import AbstractElementwiseRule, EntryMap, map_entries, require_gaussian
 from ._kernel import Kernel
-from ._registry import register
+from ._registry import Requirements, register
 
 
 def sinusoid_entries(half_a2, b2, cos_2c) -> EntryMap:
@@ -25,30 +24,30 @@ def sinusoid_entries(half_a2, b2, cos_2c) -> EntryMap:
 
 
 @register(Sin)
-class SinRule(AbstractElementwiseRule):
+class SinRule(AbstractElementwiseRule[Sin]):
     """Kernel rule of [`eqntk.nn.Sin`][]."""
 
-    def __call__(self, layer: Sin, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: Sin, k: Kernel, wanted: Requirements) -> Kernel:
         require_gaussian(k, layer)
         a, b, c = k.cast(layer.a), k.cast(layer.b), k.cast(layer.c)
         return map_entries(k, sinusoid_entries(a**2 / 2, b**2, jnp.cos(2 * c)))
 
 
 @register(Cos)
-class CosRule(AbstractElementwiseRule):
+class CosRule(AbstractElementwiseRule[Cos]):
     """Kernel rule of [`eqntk.nn.Cos`][]: `Sin` with phase $c + \\pi/2$ ($\\cos 2c$ flips)."""
 
-    def __call__(self, layer: Cos, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: Cos, k: Kernel, wanted: Requirements) -> Kernel:
         require_gaussian(k, layer)
         a, b, c = k.cast(layer.a), k.cast(layer.b), k.cast(layer.c)
         return map_entries(k, sinusoid_entries(a**2 / 2, b**2, -jnp.cos(2 * c)))
 
 
 @register(Rbf)
-class RbfRule(AbstractElementwiseRule):
+class RbfRule(AbstractElementwiseRule[Rbf]):
     """Kernel rule of [`eqntk.nn.Rbf`][]: `Sin` with $a^2 = 2$, $b^2 = 2\\gamma$, $\\cos 2c = 0$."""
 
-    def __call__(self, layer: Rbf, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: Rbf, k: Kernel, wanted: Requirements) -> Kernel:
         require_gaussian(k, layer)
         gamma = k.cast(layer.gamma)
         return map_entries(k, sinusoid_entries(k.cast(1.0), 2 * gamma, k.cast(0.0)))
@@ -73,9 +72,9 @@ def gabor_entries(q11, q12, q22, ntk):
 
 
 @register(Gabor)
-class GaborRule(AbstractElementwiseRule):
+class GaborRule(AbstractElementwiseRule[Gabor]):
     """Kernel rule of [`eqntk.nn.Gabor`][]."""
 
-    def __call__(self, layer: Gabor, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: Gabor, k: Kernel, wanted: Requirements) -> Kernel:
         require_gaussian(k, layer)
         return map_entries(k, gabor_entries)

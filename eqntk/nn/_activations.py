@@ -285,4 +285,4 @@ class Sign(eqx.Module):
 
 
 def _abrelu(x: Array, a: ArrayLike, b: ArrayLike) -> Array:
-    return a * jnp.minimum(x, 0) + b * jnp.maximum(x, 0)
+    return jnp.asarray(a * jnp.minimum(x, 0) + b * jnp.maximum(x, 0))

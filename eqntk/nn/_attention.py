@@ -316,6 +316,6 @@ class GlobalSelfAttention(eqx.Module):
         ov_std = frozen(self.W_out_std) * frozen(self.W_value_std)
         scale = ov_std / math.sqrt(self.value_dim * self.heads * values_in.shape[1])
         y = scale * (heads @ self.out_weight.T)
-        if self.bias is not None:
+        if self.bias is not None and self.b_std is not None:
             y = y + frozen(self.b_std) * self.bias[None, :]
         return y.T.reshape((self.out_channels,) + spatial)

@@ -55,7 +55,7 @@ def _init_params(layer, key, weight_shape, bias_shape, fan_in: int):
     bias = None if layer.b_std is None else jr.normal(bkey, bias_shape, dtype)
     if layer.parameterization == "standard":
         weight = weight * (layer.W_std / math.sqrt(fan_in))
-        bias = None if bias is None else bias * layer.b_std
+        bias = None if bias is None or layer.b_std is None else bias * layer.b_std
     return weight, bias
 
 

@@ -1,7 +1,7 @@
 """`Dense`: the fully-connected layer, acting on the channel axis."""
 
 import math
-from typing import Literal
+from typing import Literal, cast
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -104,7 +104,7 @@ class Dense(eqx.Module):
                 raise ValueError(f"`{name}` must be a positive integer, got {size!r}.")
         self.in_features = in_features
         self.out_features = out_features
-        self.parameterization = parameterization
+        self.parameterization = cast(Parameterization, parameterization)  # checked above
         self.s = (int(s[0]), int(s[1]))
         self.W_std = hyperparameter("W_std", W_std, nonnegative=True)
         self.b_std = None if b_std is None else hyperparameter("b_std", b_std, nonnegative=True)
@@ -115,7 +115,7 @@ class Dense(eqx.Module):
         bias = None if b_std is None else jr.normal(bkey, (n_out,), dtype)
         if parameterization == "standard":
             weight = weight * (self.W_std / math.sqrt(in_features))
-            bias = None if bias is None else bias * self.b_std
+            bias = None if bias is None or self.b_std is None else bias * self.b_std
         self.weight = weight
         self.bias = bias
 
@@ -152,7 +152,7 @@ class Dense(eqx.Module):
         bias = None if self.bias is None else self.bias.reshape((-1,) + (1,) * (x.ndim - 1))
         if self.parameterization == "ntk":
             y = y * (frozen(self.W_std) / math.sqrt(x.shape[0]))
-            if bias is not None:
+            if bias is not None and self.b_std is not None:
                 y = y + frozen(self.b_std) * bias
         else:
             y = y / math.sqrt(self.s[0])

@@ -1,10 +1,11 @@
 """Normalisation and regularisation layers: `LayerNorm` and `Dropout`."""
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -33,7 +34,7 @@ class LayerNorm(eqx.Module):
     axis: tuple[Axis, ...] = eqx.field(static=True)
     eps: float = eqx.field(static=True)
 
-    def __init__(self, axis: Sequence[Axis] = ("channel",), eps: float = 1e-12):
+    def __init__(self, axis: Axis | Sequence[Axis] = ("channel",), eps: float = 1e-12):
         """**Arguments:**
 
         - `axis`: the axes to normalise over. Must include `"channel"` (the limit exists only
@@ -54,17 +55,21 @@ class LayerNorm(eqx.Module):
         z = nn.LayerNorm(("channel", "spatial"))(jnp.ones((4, 5, 5)))  # whole image
         ```
         """
-        axis = (axis,) if isinstance(axis, str | int) else tuple(axis)
-        for a in axis:
+        axes: tuple[Axis, ...]
+        if isinstance(axis, str | int):
+            axes = (cast(Axis, axis),)
+        else:
+            axes = tuple(axis)
+        for a in axes:
             if a not in ("channel", "spatial") and not (isinstance(a, int) and a >= 0):
                 raise ValueError(
                     f"`LayerNorm` axes must be 'channel', 'spatial' or spatial axis indices "
-                    f"(integers >= 0), got {a!r} in `axis={axis!r}`."
+                    f"(integers >= 0), got {a!r} in `axis={axes!r}`."
                 )
-        if "channel" not in axis:
+        if "channel" not in axes:
             raise ValueError(
                 f"`LayerNorm` must normalise over the channels: `axis` must include 'channel', "
-                f"got {axis!r}."
+                f"got {axes!r}."
             )
         if isinstance(eps, bool) or not isinstance(eps, int | float | np.integer | np.floating):
             raise TypeError(f"`eps` must be a positive real number, got {eps!r}.")
@@ -73,7 +78,7 @@ class LayerNorm(eqx.Module):
                 f"`eps` must be a positive real number, got {eps!r}: with `eps=0` an input whose "
                 f"entries are all equal (e.g. all zero) has a 0/0 output."
             )
-        self.axis = axis
+        self.axis = axes
         self.eps = float(eps)
 
     def spatial_axes(self, n_spatial: int) -> tuple[int, ...]:
