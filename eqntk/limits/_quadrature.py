@@ -8,11 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..nn import Elementwise
-from ._elementwise import AbstractElementwiseRule, EntryMap, map_entries, require_gaussian
-from ._kernel import Kernel
+from ._elementwise import EntryMap
 from ._math import correlation, safe_sqrt
-from ._registry import Requirements, register
 
 
 def closed_form_entries(nngp_fn: Callable, d_nngp_fn: Callable | None) -> EntryMap:
@@ -90,16 +87,3 @@ def compiled_quadrature_entries(phi: Callable, deg: int) -> EntryMap:
         return _compiled_quadrature_entries(phi, deg)
     except TypeError:  # `phi` is unhashable (e.g. a module holding arrays)
         return jax.jit(quadrature_entries(phi, deg))
-
-
-@register(Elementwise)
-class ElementwiseRule(AbstractElementwiseRule[Elementwise]):
-    """Kernel rule of [`eqntk.nn.Elementwise`][]."""
-
-    def __call__(self, layer: Elementwise, k: Kernel, wanted: Requirements) -> Kernel:
-        require_gaussian(k, layer)
-        if layer.nngp_fn is not None:
-            return map_entries(k, closed_form_entries(layer.nngp_fn, layer.d_nngp_fn))
-        # `Elementwise` checks that it has `fn` when it has no `nngp_fn`.
-        assert layer.fn is not None
-        return map_entries(k, compiled_quadrature_entries(layer.fn, layer.deg))

@@ -282,10 +282,9 @@ def rule_for(layer: Any) -> AnyRule:
     print(type(rule_for(nn.Relu())).__name__)  # ReluRule
     ```
     """
-    for cls in type(layer).__mro__:
-        rule = _RULES.get(cls)
-        if rule is not None:
-            return rule
+    rule = registered_rule(type(layer))
+    if rule is not None:
+        return rule
     name = type(layer).__name__
     if _is_plain_function(layer):
         raise TypeError(
@@ -311,6 +310,15 @@ def rule_for(layer: Any) -> AnyRule:
         f"        def requirements(self, layer, wanted): ...\n"
         f"        def __call__(self, layer, k, wanted): ...\n"
     )
+
+
+def registered_rule(layer_class: type) -> AnyRule | None:
+    """The rule registered for `layer_class` or its nearest registered base class, or `None`."""
+    for cls in layer_class.__mro__:
+        rule = _RULES.get(cls)
+        if rule is not None:
+            return rule
+    return None
 
 
 def _is_plain_function(layer: Any) -> bool:
