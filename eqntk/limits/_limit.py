@@ -336,7 +336,7 @@ def _symmetrised(k: Kernel) -> Kernel:
     if not k.x1_is_x2:
         return k
     mirror = ft.partial(_mirrored, k.diagonal_spatial)
-    return k.replace(nngp=mirror(k.nngp), ntk=None if k.ntk is None else mirror(k.ntk))
+    return k.map_covariances(mirror, cov_fn=lambda a: a)
 
 
 @ft.partial(jax.custom_jvp, nondiff_argnums=(0,))

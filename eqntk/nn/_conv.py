@@ -617,18 +617,6 @@ def window_groups(
     return [((2 * d - 2 * n, 2 * d - 2 * n + 1), w) for d, w in enumerate(windows)]
 
 
-def map_kernel(k: Kernel, fn, **changes) -> Kernel:
-    """Apply `fn` to every covariance of `k` and change its metadata in the same step (the
-    arrays' shapes may only fit the new metadata)."""
-    return k.replace(
-        nngp=fn(k.nngp),
-        ntk=None if k.ntk is None else fn(k.ntk),
-        cov1=fn(k.cov1),
-        cov2=None if k.cov2 is None else fn(k.cov2),
-        **changes,
-    )
-
-
 def check_spatial_input(layer: object, n_spatial: int, k: Kernel) -> None:
     """Raise unless both inputs of `k` have `n_spatial` spatial dimensions."""
     check_spatial_rank(layer, n_spatial, k.shape1, "x1")
@@ -641,8 +629,7 @@ def _conv_kernel(layer, k: Kernel, windows: tuple[Window, ...]) -> Kernel:
     groups = window_groups(windows, k.diagonal_spatial)
     n_taps = math.prod(layer.filter_shape)
     spatial = tuple(w.length for w in windows)
-    pooled = map_kernel(
-        k,
+    pooled = k.map_covariances(
         lambda a: window_sum(a, groups) / n_taps,
         shape1=k.shape1[:1] + spatial,
         shape2=k.shape2[:1] + spatial,
@@ -736,4 +723,4 @@ class ConvLocalRule(AbstractRule[ConvLocal]):
         if wanted.diagonal_spatial:
             return out
         n = len(windows)
-        return map_kernel(out, lambda a: _diagonal_to_full(a, n), diagonal_spatial=False)
+        return out.map_covariances(lambda a: _diagonal_to_full(a, n), diagonal_spatial=False)

@@ -189,17 +189,14 @@ def affine_kernel(
     b2 = 0.0 if b_std is None else k.cast(b_std) ** 2
     w2 = k.cast(W_std) ** 2
     nngp = w2 * k.nngp + b2
-    ntk = None
-    if k.ntk is not None:
-        if parameterization == "ntk":
-            ntk = w2 * k.ntk + nngp
-        else:
-            ntk = w2 * k.ntk + fan_in * k.nngp + (0.0 if b_std is None else 1.0)
-    return k.replace(
-        nngp=nngp,
-        ntk=ntk,
-        cov1=w2 * k.cov1 + b2,
-        cov2=None if k.cov2 is None else w2 * k.cov2 + b2,
+    if parameterization == "ntk":
+        ntk_fn = lambda ntk: w2 * ntk + nngp
+    else:
+        ntk_fn = lambda ntk: w2 * ntk + fan_in * k.nngp + (0.0 if b_std is None else 1.0)
+    return k.map_covariances(
+        lambda _: nngp,
+        ntk_fn,
+        cov_fn=lambda cov: w2 * cov + b2,
         shape1=(out_channels,) + k.shape1[1:],
         shape2=(out_channels,) + k.shape2[1:],
         is_gaussian=True,

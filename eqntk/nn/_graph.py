@@ -306,9 +306,8 @@ class AggregateRule(AbstractRule[Aggregate]):
         def apply(a, ma, mb, n_lead):
             return map_array(a, n_lead, n, False, ((axes, ma, mb),), batched=True)
 
-        return k.replace(
-            nngp=apply(k.nngp, m1, m2, 2),
-            ntk=None if k.ntk is None else apply(k.ntk, m1, m2, 2),
-            cov1=apply(k.cov1, m1, m1, 1),
-            cov2=None if k.cov2 is None else apply(k.cov2, m2, m2, 1),
+        return k.map_covariances(
+            lambda a: apply(a, m1, m2, 2),
+            cov1_fn=lambda a: apply(a, m1, m1, 1),
+            cov2_fn=lambda a: apply(a, m2, m2, 1),
         )

@@ -228,15 +228,13 @@ class LayerNormRule(AbstractRule[LayerNorm]):
         q11, q22 = cross_variances(v1, v2, k.diagonal_spatial)
         norm12 = jnp.sqrt(q11 * q22)
         c11, c22 = self_variances(v1, k.diagonal_spatial)
-        cov2 = None
-        if k.cov2 is not None:
+
+        def cov2_fn(a: Array) -> Array:
             d11, d22 = self_variances(v2, k.diagonal_spatial)
-            cov2 = k.cov2 / jnp.sqrt(d11 * d22)
-        return k.replace(
-            nngp=k.nngp / norm12,
-            ntk=None if k.ntk is None else k.ntk / norm12,
-            cov1=k.cov1 / jnp.sqrt(c11 * c22),
-            cov2=cov2,
+            return a / jnp.sqrt(d11 * d22)
+
+        return k.map_covariances(
+            lambda a: a / norm12, cov1_fn=lambda a: a / jnp.sqrt(c11 * c22), cov2_fn=cov2_fn
         )
 
 
@@ -258,13 +256,13 @@ def dropout_kernel(k: Kernel, keep_rate: Array | float, name: str = "keep_rate")
     elif not 0 < rate <= 1:
         raise ValueError(f"{message}, got {float(rate)}.")
     factor = 1 / rate
-    nngp, ntk = k.nngp, k.ntk
-    if k.x1_is_x2:
-        nngp = _scale_diagonal(nngp, factor, k, n_lead=2)
-        ntk = None if ntk is None else _scale_diagonal(ntk, factor, k, n_lead=2)
-    cov1 = _scale_diagonal(k.cov1, factor, k, n_lead=1)
-    cov2 = None if k.cov2 is None else _scale_diagonal(k.cov2, factor, k, n_lead=1)
-    return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=False)
+    # Entries of different examples pair different dropout masks: only with `x2 = None` do
+    # `nngp` and `ntk` hold entries of an example with itself.
+    return k.map_covariances(
+        (lambda a: _scale_diagonal(a, factor, k, n_lead=2)) if k.x1_is_x2 else None,
+        cov_fn=lambda a: _scale_diagonal(a, factor, k, n_lead=1),
+        is_gaussian=False,
+    )
 
 
 def _scale_diagonal(a: Array, factor: Array, k: Kernel, n_lead: int) -> Array:

@@ -24,7 +24,7 @@ from .._geometry import (
 from ..limits._kernel import Kernel
 from ..limits._masking import mask_count, output_masks
 from ..limits._registry import AbstractRule, Requirements, register
-from ._conv import check_spatial_input, map_kernel
+from ._conv import check_spatial_input
 
 
 def pool_scales(layer: "AvgPool | SumPool", windows: tuple[Window, ...]) -> list[np.ndarray]:
@@ -384,8 +384,7 @@ class PoolRule(AbstractRule[AvgPool | SumPool]):
             for s in scales[1:]:
                 factor = np.multiply.outer(factor, s[:, None] * s[None, :])
         spatial = tuple(w.out_len for w in windows)
-        return map_kernel(
-            k,
+        return k.map_covariances(
             lambda a: _pool_pairs(a, windows, factor),
             shape1=k.shape1[:1] + spatial,
             shape2=k.shape2[:1] + spatial,
@@ -415,8 +414,7 @@ class GlobalPoolRule(AbstractRule[GlobalAvgPool | GlobalSumPool]):
             return jnp.sum(a, axis=tuple(range(a.ndim - 2 * n, a.ndim)))
 
         # The output has no positions: its masks are None.
-        out = map_kernel(
-            k,
+        out = k.map_covariances(
             pool,
             shape1=k.shape1[:1],
             shape2=k.shape2[:1],
@@ -429,11 +427,10 @@ class GlobalPoolRule(AbstractRule[GlobalAvgPool | GlobalSumPool]):
         count1 = _unmasked_counts(k.mask1, n1, k.shape1, k.nngp.dtype)
         count2 = _unmasked_counts(k.mask2_or_mask1, n2, k.shape2, k.nngp.dtype)
         pair = count1[:, None] * count2[None, :]
-        return out.replace(
-            nngp=out.nngp / pair,
-            ntk=None if out.ntk is None else out.ntk / pair,
-            cov1=out.cov1 / count1**2,
-            cov2=None if out.cov2 is None else out.cov2 / count2**2,
+        return out.map_covariances(
+            lambda a: a / pair,
+            cov1_fn=lambda a: a / count1**2,
+            cov2_fn=lambda a: a / count2**2,
         )
 
 

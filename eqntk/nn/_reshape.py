@@ -391,16 +391,14 @@ def map_positions(
         return c2 * map_array(a, 2, n, k.diagonal_spatial, both)
 
     def marginal(a):
-        return None if a is None else c2 * map_array(a, 1, n, k.diagonal_spatial, both)
+        return c2 * map_array(a, 1, n, k.diagonal_spatial, both)
 
     mask1, mask2 = k.mask1, k.mask2
     for axes, m in maps:
         mask1, mask2 = map_mask(mask1, axes, m), map_mask(mask2, axes, m)
-    return k.replace(
-        nngp=cross(k.nngp),
-        ntk=None if k.ntk is None else cross(k.ntk),
-        cov1=marginal(k.cov1),
-        cov2=marginal(k.cov2),
+    return k.map_covariances(
+        cross,
+        cov_fn=marginal,
         shape1=k.shape1 if out_shape1 is None else out_shape1,
         shape2=k.shape2 if out_shape2 is None else out_shape2,
         mask1=mask1,
@@ -428,11 +426,9 @@ class IndexRule(AbstractRule[Index]):
         def masked(m):
             return None if m is None else m[(slice(None),) + idx]
 
-        return k.replace(
-            nngp=k.nngp[(slice(None),) * 2 + per_pair],
-            ntk=None if k.ntk is None else k.ntk[(slice(None),) * 2 + per_pair],
-            cov1=k.cov1[(slice(None),) + per_pair],
-            cov2=None if k.cov2 is None else k.cov2[(slice(None),) + per_pair],
+        return k.map_covariances(
+            lambda a: a[(slice(None),) * 2 + per_pair],
+            cov_fn=lambda a: a[(slice(None),) + per_pair],
             shape1=shape(k.shape1),
             shape2=shape(k.shape2),
             mask1=masked(k.mask1),

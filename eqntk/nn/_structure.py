@@ -179,11 +179,9 @@ class FlattenRule(AbstractRule[Flatten]):
         size2 = 1
         for s in k.shape2:
             size2 *= s
-        return k.replace(
-            nngp=jnp.mean(k.nngp, axis=axes2),
-            ntk=None if k.ntk is None else jnp.mean(k.ntk, axis=axes2),
-            cov1=jnp.mean(k.cov1, axis=axes1),
-            cov2=None if k.cov2 is None else jnp.mean(k.cov2, axis=axes1),
+        return k.map_covariances(
+            lambda a: jnp.mean(a, axis=axes2),
+            cov_fn=lambda a: jnp.mean(a, axis=axes1),
             shape1=(size1,),
             shape2=(size2,),
             diagonal_spatial=False,
