@@ -11,13 +11,17 @@ layer's own `output_mask` for convolutions and pooling, see `output_masks`).
 
 import string
 from collections.abc import Sequence
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
 from ._kernel import Kernel
 from ._spatial import cross_variances, self_variances
+
+
+if TYPE_CHECKING:
+    from ..nn._masked import AbstractMaskedLayer
 
 
 def remask(k: Kernel) -> Kernel:
@@ -87,7 +91,7 @@ class OutputMasks(TypedDict):
     mask2: Bool[Array, "..."] | None
 
 
-def output_masks(layer, k: Kernel) -> OutputMasks:
+def output_masks(layer: "AbstractMaskedLayer", k: Kernel) -> OutputMasks:
     """`mask1=` and `mask2=` for the kernel of `layer`'s output: each batch's mask mapped to
     the output positions by `layer.output_mask` (a convolution or pooling layer)."""
     reject_bound_mask(layer)

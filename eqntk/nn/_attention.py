@@ -14,6 +14,7 @@ from ..limits._kernel import Kernel
 from ..limits._masking import reject_bound_mask
 from ..limits._registry import AbstractRule, Requirements, register
 from ._hyperparameters import frozen, hyperparameter
+from ._masked import AbstractMaskedLayer
 
 
 Mechanism = Literal["softmax", "identity", "abs", "relu"]
@@ -51,7 +52,7 @@ def positional_covariance(
     return jnp.asarray(decay(d), dtype)
 
 
-class GlobalSelfAttention(eqx.Module):
+class GlobalSelfAttention(AbstractMaskedLayer):
     """Multi-head self-attention over all spatial positions, with its infinite-width limit.
 
     For one example with positions $i$ (all spatial axes, flattened) and inputs $x_i$ of
@@ -250,6 +251,30 @@ class GlobalSelfAttention(eqx.Module):
             if pos_emb == "none"
             else jr.normal(ke, (self.pos_emb_channels,) + tuple(spatial_shape or ()), dtype)
         )
+
+    def output_mask(self, mask: Bool[Array, "..."]) -> Bool[Array, "..."]:
+        """`mask` itself: attention keeps the positions of its input.
+
+        **Arguments:**
+
+        - `mask`: the mask of the input.
+
+        **Returns:**
+
+        The same mask.
+
+        **Example:**
+
+        ```python
+        import jax.numpy as jnp
+        import jax.random as jr
+        from eqntk import nn
+
+        layer = nn.GlobalSelfAttention(2, 4, 4, 4, 1, key=jr.key(0))
+        assert layer.output_mask(jnp.arange(3) >= 2).tolist() == [False, False, True]
+        ```
+        """
+        return mask
 
     def __call__(
         self, x: Float[Array, "c *spatial"], *, key: PRNGKeyArray | None = None

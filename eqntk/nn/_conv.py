@@ -29,6 +29,7 @@ from ..limits._registry import AbstractRule, Requirements, register
 from ..limits._spatial import to_diagonal_spatial
 from ._dense import Parameterization, affine_kernel, check_channels, check_parameterization
 from ._hyperparameters import frozen, hyperparameter
+from ._masked import AbstractMaskedLayer
 
 
 def _check_sizes(in_channels: int, out_channels: int) -> None:
@@ -120,7 +121,7 @@ def _channel_bias(bias: Array | None, n_spatial: int) -> Array | None:
     return None if bias is None else bias.reshape((-1,) + (1,) * n_spatial)
 
 
-class Conv(eqx.Module):
+class Conv(AbstractMaskedLayer):
     """A convolution (cross-correlation) over any number of spatial dimensions.
 
     Acts on one channel-first example `(in_channels, *spatial)` like
@@ -272,7 +273,7 @@ class Conv(eqx.Module):
         return _affine_output(self, y, bias, self.fan_in)
 
 
-class ConvTranspose(eqx.Module):
+class ConvTranspose(AbstractMaskedLayer):
     """A transposed convolution over any number of spatial dimensions.
 
     Acts like `lax.conv_transpose` (with `transpose_kernel=False`): the input is spread out by
@@ -441,7 +442,7 @@ class ConvTranspose(eqx.Module):
         return _affine_output(self, y, bias, self.fan_in)
 
 
-class ConvLocal(eqx.Module):
+class ConvLocal(AbstractMaskedLayer):
     """A locally connected layer: a convolution with an independent filter at each position.
 
     Like [`eqntk.nn.Conv`][] (same padding, strides and dilation), but the weights and biases are

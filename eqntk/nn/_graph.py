@@ -10,26 +10,10 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray, Shaped
 
 from ..limits._kernel import Kernel
 from ..limits._registry import AbstractRule, Requirements, register
-from ._attention import GlobalSelfAttention
-from ._conv import Conv, ConvLocal, ConvTranspose
 from ._hyperparameters import frozen
-from ._pooling import AvgPool, GlobalAvgPool, GlobalSumPool, SumPool
+from ._masked import AbstractMaskedLayer
 from ._reshape import map_array, spatial_axes
 from ._structure import Flatten, Sequential
-
-
-# The layers that hold a mask: they zero their input at masked positions (attention skips them)
-# and, except attention, say where the positions of their output are masked (`output_mask`).
-MASKED_LAYERS = (
-    GlobalSelfAttention,
-    Conv,
-    ConvTranspose,
-    ConvLocal,
-    AvgPool,
-    SumPool,
-    GlobalAvgPool,
-    GlobalSumPool,
-)
 
 
 def dense_adjacency(
@@ -238,13 +222,12 @@ def _bind_mask(node: Any, mask: Array | None) -> tuple[Any, Array | None]:
             layer, mask = _bind_mask(layer, mask)
             layers.append(layer)
         return eqx.tree_at(lambda s: s.layers, node, tuple(layers)), mask
-    if isinstance(node, MASKED_LAYERS):
+    if isinstance(node, AbstractMaskedLayer):
         node = eqx.tree_at(lambda n: n.mask, node, mask, is_leaf=lambda z: z is None)
-        has_map = hasattr(node, "output_mask")
-        return node, node.output_mask(mask) if has_map and mask is not None else mask
+        return node, None if mask is None else node.output_mask(mask)
     if isinstance(node, Flatten):
         return node, None
-    kinds = (Sequential,) + MASKED_LAYERS
+    kinds = (Sequential, AbstractMaskedLayer)
 
     def inner(child):
         return _bind_mask(child, mask)[0] if isinstance(child, kinds) else child

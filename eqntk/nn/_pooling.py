@@ -25,6 +25,7 @@ from ..limits._kernel import Kernel
 from ..limits._masking import mask_count, output_masks
 from ..limits._registry import AbstractRule, Requirements, register
 from ._conv import check_spatial_input
+from ._masked import AbstractMaskedLayer
 
 
 def pool_scales(layer: "AvgPool | SumPool", windows: tuple[Window, ...]) -> list[np.ndarray]:
@@ -67,7 +68,7 @@ def _pool_output_mask(layer: "AvgPool | SumPool", mask: Array) -> Array:
     return centre_mask(mask, windows)
 
 
-class AvgPool(eqx.Module):
+class AvgPool(AbstractMaskedLayer):
     """Average pooling over spatial windows, for any number of spatial dimensions.
 
     With `SAME` padding the padded zeros count towards the mean unless `normalize_edges`, which
@@ -164,7 +165,7 @@ class AvgPool(eqx.Module):
         return _pool(self, x)
 
 
-class SumPool(eqx.Module):
+class SumPool(AbstractMaskedLayer):
     """Sum pooling over spatial windows, for any number of spatial dimensions.
 
     Kernel rule: as [`eqntk.nn.AvgPool`][] without the scale; it needs the full spatial
@@ -226,7 +227,7 @@ class SumPool(eqx.Module):
         return _pool(self, x)
 
 
-class GlobalAvgPool(eqx.Module):
+class GlobalAvgPool(AbstractMaskedLayer):
     """The mean over all spatial positions: `(C, *spatial) -> (C,)`.
 
     With a mask (set by [`eqntk.nn.with_inputs`][]) the mean is over the unmasked positions
@@ -277,7 +278,7 @@ class GlobalAvgPool(eqx.Module):
         return total / jnp.maximum(jnp.sum(~self.mask), 1).astype(x.dtype)
 
 
-class GlobalSumPool(eqx.Module):
+class GlobalSumPool(AbstractMaskedLayer):
     """The sum over all spatial positions: `(C, *spatial) -> (C,)`.
 
     With a mask (set by [`eqntk.nn.with_inputs`][]) the masked positions count as zeros.
