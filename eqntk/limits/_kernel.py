@@ -279,20 +279,3 @@ def _field(k: Kernel, name: str):
     if name == "cov2":
         return k.cov2_or_cov1
     return getattr(k, name)
-
-
-def check_get(get: Any) -> tuple[str, ...] | None:
-    """Validate a `get` selector; return it as a tuple of names (or None for everything)."""
-    if get is None:
-        return None
-    names = (get,) if isinstance(get, str) else get
-    if not isinstance(names, tuple) or not names:
-        raise ValueError(
-            f"`get` must be None, one of {KERNEL_NAMES} or a non-empty tuple of them, got {get!r}."
-        )
-    for name in names:
-        if name not in KERNEL_NAMES:
-            raise ValueError(f"`get` must name kernels among {KERNEL_NAMES}, got {name!r}.")
-    if len(set(names)) != len(names):
-        raise ValueError(f"`get` must not name a kernel twice, got {get!r}.")
-    return names

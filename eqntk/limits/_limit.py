@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Shaped
 
-from .._callable import AbstractCallable
+from .._callable import AbstractCallable, check_get
 from ._blocks import DEFAULT_BLOCK_BYTES, apply_in_blocks
-from ._kernel import Kernel, check_get, selected
+from ._kernel import KERNEL_NAMES, Kernel, selected
 from ._registry import Requirements, conform, requirements
 from ._spatial import batch_diagonal, gram, self_gram, swap_examples
 
@@ -101,7 +101,7 @@ class KernelFn(AbstractCallable):
         assert nngp.shape == (3, 4) and k.nngp.shape == (3, 3)
         ```
         """
-        names = check_get(get)
+        names = check_get(get, KERNEL_NAMES)
         compute_ntk = names is None or "ntk" in names
         wanted_out = Requirements(diagonal_spatial=diagonal_spatial)
         wanted_in = requirements(self.model, wanted_out)
