@@ -323,7 +323,7 @@ _TWO_PROCESSES = textwrap.dedent(
     from tests.test_store import _job
 
     kernel_fn, x = _job(n=int(sys.argv[2]))
-    k = eqntk.batch(kernel_fn, 4, store=sys.argv[1])(x, None, None)
+    k = eqntk.batch(kernel_fn, 4, store=sys.argv[1], progress=True)(x, None, None)
     # Every process returns the whole stored kernel, once all tiles are written.
     assert not np.isnan(np.asarray(k.ntk)).any()
     print("OK")
@@ -350,12 +350,16 @@ def test_two_processes_share_one_store(tmp_path):
         for i in range(2)
     ]
     try:
+        errs = []
         for process in processes:
             out, err = process.communicate(timeout=600)
             assert process.returncode == 0 and out.strip().endswith("OK"), err[-3000:]
+            errs.append(err)
     finally:
         for process in processes:
             process.kill()
+    # Process 0 shows the progress of the whole job, ending at all 21 tiles; process 1 nothing.
+    assert "21/21 tiles" in errs[0] and "tiles" not in errs[1]
     # 21 tiles, dealt alternately: 11 and 10, none computed twice.
     assert [_tiles_computed(tmp_path / f"process{i}.log") for i in range(2)] == [11, 10]
 

@@ -248,18 +248,18 @@ def batch(
     `jax.experimental.multihost_utils.process_allgather`). A mesh with more axes than
     `"batch"` repeats each tile's computation along the others.
 
-    **Tile store.** With `store="kernel.zarr"`, each finished tile is written to a Zarr (v3)
-    store on disk, one chunk per tile (install with `pip install 'eqntk[store]'`), and the call
-    returns the output with read-only `zarr.Array`s in place of arrays: read slices lazily
-    (`k.nngp[:100]`), or load a kernel that fits in memory with `np.asarray(k.nngp)`, e.g. for
-    [`eqntk.dynamics.gp_inference`][]. The store records the job (a hash of the kernel function and its
-    parameters, of the inputs, the tile size, `get`, the output shapes and dtypes); calling
-    again after the process was killed resumes: finished tiles are checked against their
-    checksum and kept, the others (including one that was being written) are computed. A store
-    of another job is refused. With several processes (`jax.distributed`), tile $k$ is
-    computed by process $k \bmod$ `jax.process_count()` on its own devices and written by it,
-    so no tile is computed twice and no tile crosses processes; every process returns once all
-    are done. The path must be on a file system that every process sees.
+    **Tile store.** With `store="kernel.zarr"`, each finished tile is written to a Zarr (v3) store
+    on disk, one chunk per tile (install with `pip install 'eqntk[store]'`), and the call returns
+    the output with read-only `zarr.Array`s in place of arrays: read slices lazily (`k.nngp[:100]`),
+    or load a kernel that fits in memory with `np.asarray(k.nngp)`, e.g. for
+    [`eqntk.dynamics.gp_inference`][]. The store records the job (a hash of the kernel function and
+    its parameters, of the inputs, the tile size, `get`, the output shapes and dtypes); calling
+    again after the process was killed resumes: finished tiles are checked against their checksum
+    and kept, the others (including one that was being written) are computed. A store of another job
+    is refused. With several processes (`jax.distributed`), tile $k$ is computed by process $k
+    \bmod$ `jax.process_count()` on its own devices and written by it, so no tile is computed twice
+    and no tile crosses processes; every process returns once all are done. The path must be on a
+    file system that every process sees.
 
     **Arguments:**
 
@@ -272,7 +272,9 @@ def batch(
     - `store_on_host`: assemble the result in host memory (numpy), tile by tile, so that a
       kernel larger than device memory can be computed.
     - `progress`: show a progress bar (tiles done, rate, time left) on stderr; `None` shows it
-      only when stderr is a terminal.
+      only when stderr is a terminal. With several processes only process 0 shows it; with a
+      `store` its count is that of the whole job (tiles found on disk and those of every
+      process).
     - `store`: a path (e.g. `"kernel.zarr"`) to write the kernel to, tile by tile, as a Zarr
       store that a restart of the same call resumes (`store_on_host` is then irrelevant);
       `None` to compute in memory. See **Tile store** above.

@@ -7,14 +7,20 @@ from collections.abc import Callable
 
 
 def progress_bar(
-    total: int, enabled: bool, stream: io.TextIOBase | None = None, initial: int = 0
+    total: int,
+    enabled: bool,
+    stream: io.TextIOBase | None = None,
+    initial: int = 0,
+    count_done: Callable[[], int] | None = None,
 ) -> Callable[[int], None]:
     """A function `advance(n)` that records `n` more finished tiles and redraws the bar.
 
     The bar shows tiles done out of `total`, the rate and the estimated time left, on one line of
     `stream` (default `sys.stderr`), and ends the line when the last tile is done. `initial`
-    tiles were done before (found on disk): they count as done, not in the rate. When
-    `enabled` is false, `advance` does nothing, so callers never branch on it.
+    tiles were done before (found on disk): they count as done, not in the rate. When tiles are
+    also finished elsewhere (other processes writing one store), `count_done()` counts all the
+    finished ones at each redraw, in place of the local count. When `enabled` is false,
+    `advance` does nothing, so callers never branch on it.
     """
     out = sys.stderr if stream is None else stream
     start = time.perf_counter()
@@ -24,6 +30,8 @@ def progress_bar(
     def advance(n: int) -> None:
         nonlocal done, last_draw
         done += n
+        if enabled and count_done is not None:
+            done = max(done, count_done())
         now = time.perf_counter()
         finished = done >= total
         # Redraw at most five times a second: a terminal write per tile would cost real time

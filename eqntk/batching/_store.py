@@ -135,6 +135,7 @@ def compute_into_store(
             except Exception:  # a chunk that does not decode (truncated) is corrupted too
                 pass
             corrupted += 1
+            records[i, j] = 0  # not finished, also for the progress of the whole job
         todo.append((i, j, on_diagonal))
     if corrupted:
         warnings.warn(
@@ -143,7 +144,14 @@ def compute_into_store(
             stacklevel=3,
         )
 
-    advance = progress_bar(len(mine), progress and me == 0, initial=len(mine) - len(todo))
+    # Process 0 shows the whole job: its count reads the store's records, which every process
+    # writes; the others show nothing.
+    advance = progress_bar(
+        len(every),
+        progress and me == 0,
+        initial=int(np.count_nonzero(done)) if count > 1 else len(mine) - len(todo),
+        count_done=(lambda: int(np.count_nonzero(records[...]))) if count > 1 else None,
+    )
     steps = [
         (chunk, flag)
         for flag in (False, True)
@@ -170,6 +178,7 @@ def compute_into_store(
 
     if count > 1:
         multihost_utils.sync_global_devices(f"eqntk store done {path}")
+        advance(0)  # the last line, once the other processes' tiles are written too
     missing = int((records[...] == 0).sum() - _unused_records(geometry, len(starts1)))
     if missing:
         raise RuntimeError(

@@ -362,6 +362,25 @@ def empirical_kernel(
     assert jnp.allclose(ntk, (full[:, :, 0, 0] + full[:, :, 1, 1]) / 2)
     ```
     """
+    # One compiled program per model structure, shapes and options: evaluated op by op, the
+    # Jacobians and contractions dispatch and compile many small programs.
+    return _compiled_empirical_kernel(
+        model,
+        x1,
+        x2,
+        get,
+        implementation=implementation,
+        trace_axes=trace_axes,
+        diagonal_axes=diagonal_axes,
+        vmap_axes=vmap_axes,
+        filter=filter,
+    )
+
+
+@eqx.filter_jit
+def _compiled_empirical_kernel(
+    model, x1, x2, get, *, implementation, trace_axes, diagonal_axes, vmap_axes, filter
+):
     names = _check_get(get)
     _check_implementation(implementation)
     setup, x1_leaves, x2_leaves = _setup(model, x1, x2, vmap_axes, filter, "ntk" in names)

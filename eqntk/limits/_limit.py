@@ -101,29 +101,58 @@ class KernelFn(AbstractCallable):
         assert nngp.shape == (3, 4) and k.nngp.shape == (3, 3)
         ```
         """
-        names = check_get(get, KERNEL_NAMES)
-        compute_ntk = names is None or "ntk" in names
-        wanted_out = Requirements(diagonal_spatial=diagonal_spatial)
-        wanted_in = requirements(self.model, wanted_out)
-        side = dict(mask1=mask1, mask2=mask2, pattern1=pattern1, pattern2=pattern2)
-        if isinstance(x1, Kernel):
-            if x2 is not None:
-                raise ValueError("`x2` must be None when `x1` is a `Kernel`.")
-            given = [name for name, value in side.items() if value is not None]
-            if given:
-                raise ValueError(
-                    f"`{given[0]}` must be None when `x1` is a `Kernel`; set it on the kernel "
-                    f"instead, e.g. `k.replace({given[0]}=...)`."
-                )
-            k = _continue_from(x1, wanted_in, compute_ntk)
-        else:
-            k = _inputs_to_kernel(x1, x2, wanted_in, compute_ntk, **side)
-        out = apply_in_blocks(self.model, k, wanted_out, self.block_bytes)
-        return jax.tree_util.tree_map(
-            lambda leaf: selected(_symmetrised(leaf), get),
-            out,
-            is_leaf=lambda z: isinstance(z, Kernel),
+        # One compiled program per architecture, input shapes and `get` (cached): evaluated op
+        # by op, a CNN's kernel dispatches and compiles a few hundred small programs, and its
+        # first call takes seconds longer. Under `jax.disable_jit()` it runs op by op.
+        return _compiled_kernel(
+            self,
+            x1,
+            x2,
+            get,
+            diagonal_spatial=diagonal_spatial,
+            mask1=mask1,
+            mask2=mask2,
+            pattern1=pattern1,
+            pattern2=pattern2,
         )
+
+
+@eqx.filter_jit
+def _compiled_kernel(
+    kernel_fn: KernelFn,
+    x1: Any,
+    x2: Any,
+    get: Get,
+    *,
+    diagonal_spatial: bool,
+    mask1: Any,
+    mask2: Any,
+    pattern1: Any,
+    pattern2: Any,
+):
+    names = check_get(get, KERNEL_NAMES)
+    compute_ntk = names is None or "ntk" in names
+    wanted_out = Requirements(diagonal_spatial=diagonal_spatial)
+    wanted_in = requirements(kernel_fn.model, wanted_out)
+    side = dict(mask1=mask1, mask2=mask2, pattern1=pattern1, pattern2=pattern2)
+    if isinstance(x1, Kernel):
+        if x2 is not None:
+            raise ValueError("`x2` must be None when `x1` is a `Kernel`.")
+        given = [name for name, value in side.items() if value is not None]
+        if given:
+            raise ValueError(
+                f"`{given[0]}` must be None when `x1` is a `Kernel`; set it on the kernel "
+                f"instead, e.g. `k.replace({given[0]}=...)`."
+            )
+        k = _continue_from(x1, wanted_in, compute_ntk)
+    else:
+        k = _inputs_to_kernel(x1, x2, wanted_in, compute_ntk, **side)
+    out = apply_in_blocks(kernel_fn.model, k, wanted_out, kernel_fn.block_bytes)
+    return jax.tree_util.tree_map(
+        lambda leaf: selected(_symmetrised(leaf), get),
+        out,
+        is_leaf=lambda z: isinstance(z, Kernel),
+    )
 
 
 def limit(model: Any, *, block_bytes: int | None = DEFAULT_BLOCK_BYTES) -> KernelFn:
@@ -241,6 +270,9 @@ def _inputs_to_kernel(
         nngp = gram(x1, x2, diagonal)
         cov1 = self_gram(x1, diagonal)
         cov2 = self_gram(x2, diagonal)
+    nngp = _check_finite_variances("x1", x1, cov1, nngp)
+    if cov2 is not None:
+        nngp = _check_finite_variances("x2", x2, cov2, nngp)
     return Kernel(
         nngp=nngp,
         ntk=jnp.zeros_like(nngp) if compute_ntk else None,
@@ -255,6 +287,19 @@ def _inputs_to_kernel(
         mask2=mask2,
         pattern1=pattern1,
         pattern2=pattern2,
+    )
+
+
+def _check_finite_variances(name: str, x: Array, variances: Array, nngp: Array) -> Array:
+    """`nngp`, with a check (at run time) that every input's variance is finite: a NaN or
+    infinite input, or one whose squared norm overflows its dtype, is an error rather than a
+    kernel of NaNs."""
+    limit_ = float(jnp.finfo(x.dtype).max)
+    return eqx.error_if(
+        nngp,
+        ~jnp.all(jnp.isfinite(variances)),
+        f"`{name}` has entries that are NaN or infinite, or so large that their mean square "
+        f"overflows {x.dtype} (largest {limit_:.3g}); rescale the inputs or compute in float64.",
     )
 
 

@@ -17,6 +17,27 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 
+def power_of_two_scales(scale: Array) -> tuple[Array, Array]:
+    """Exact powers of two $2^{-e}$ and $2^{e}$ with $2^{e} \approx$ `scale`, for rescaling by
+    a positive scalar without rounding.
+
+    Products with them are exact, so XLA may fuse or reorder them freely: `c / s / s`
+    became `c * (1 / s^2)`, and $1 / s^2$ was flushed to 0 in float32 for $s^2$ past 1e38.
+    $e$ is clipped so that both are normal numbers; a scale of 0, inf or NaN gives 1 and 1.
+    """
+    info = jnp.finfo(scale.dtype)
+    _, e = jnp.frexp(scale)  # scale = m 2^e with m in [1/2, 1)
+    e = jnp.clip(e, 2 - info.maxexp, info.maxexp - 2)
+    int_dtype = jnp.int32 if info.bits == 32 else jnp.int64
+
+    def power(exponent):
+        # The bit pattern of 2^exponent: biased exponent, zero mantissa.
+        biased = exponent.astype(int_dtype) + (info.maxexp - 1)
+        return jax.lax.bitcast_convert_type(biased << info.nmant, scale.dtype)
+
+    return power(-e), power(e)
+
+
 def safe_sqrt(x: Array) -> Array:
     """$\\sqrt{x}$ for $x \\geq 0$, with derivative 0 (instead of infinity) at $x = 0$."""
     positive = x > 0

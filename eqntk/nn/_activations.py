@@ -15,6 +15,7 @@ from ..limits._math import (
     arcsin,
     correlation,
     homogeneous_correlation,
+    power_of_two_scales,
     times_norm,
 )
 from ..limits._registry import Requirements, register
@@ -330,16 +331,14 @@ def _abrelu_kernel(layer, k: Kernel, a, b) -> Kernel:
     if not layer.do_stabilize:
         return map_entries(k, fn)
     # The map is positively homogeneous (degree 1 for the NNGP, 0 for the NTK factor), so
-    # dividing the covariances by their largest entry and multiplying back changes nothing but
-    # the range of the intermediate products. The scale is a constant for autodiff: by
-    # homogeneity its derivative terms cancel exactly. It is applied as its square root twice:
-    # XLA turns a division by a scalar into a product with its reciprocal, and 1 / scale is
-    # flushed to 0 in float32 for scales past about 1e38 (the whole kernel became 0).
-    # An overflowed kernel keeps scale 1: inf / inf would turn its honest infinities into NaN.
-    scale = jax.lax.stop_gradient(jnp.maximum(jnp.max(jnp.abs(k.nngp)), k.cast(1e-12)))
-    root = jnp.sqrt(jnp.where(scale < jnp.inf, scale, 1))
-    out = map_entries(k.map_covariances(lambda c: c / root / root, lambda t: t), fn)
-    return out.map_covariances(lambda c: c * root * root, lambda t: t)
+    # dividing the covariances by about their largest entry and multiplying back changes nothing
+    # but the range of the intermediate products. The scale is a power of two (exact products,
+    # whatever XLA fuses) and a constant for autodiff: by homogeneity its derivative terms
+    # cancel exactly. An overflowed kernel keeps scale 1: inf / inf would turn its honest
+    # infinities into NaN.
+    down, up = power_of_two_scales(jax.lax.stop_gradient(jnp.max(jnp.abs(k.nngp))))
+    out = map_entries(k.map_covariances(lambda c: c * down, lambda t: t), fn)
+    return out.map_covariances(lambda c: c * up, lambda t: t)
 
 
 @register(ABRelu)
@@ -410,6 +409,10 @@ def _one_minus_correlation2(q11, q12, q22, scale, u11, u22, r11, r22):
     the scaled factors keep every product within range for variances up to the float maximum.
     """
     det = (q11 * r11) * (q22 * r22) - (q12 * r11) * (q12 * r22)
+    # Where q11 = q12 = q22 (the diagonal of K(x, x)) the determinant is exactly 0, but a
+    # compiler that fuses a product into the subtraction (an FMA) leaves the first product's
+    # rounding error, which is larger than 1 - t^2 itself at large variances.
+    det = jnp.where((q12 == q11) & (q12 == q22), 0, det)
     return u11 + (scale * q11 * u11) * u22 + scale**2 * (r11 * r22) * jnp.maximum(det, 0)
 
 

@@ -1,5 +1,6 @@
 """Low-precision and extreme-range numerics of the activation kernels and deep networks."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -189,3 +190,20 @@ def test_ntk_gradient_at_x2_none(dtype):
     exact = 2 * jnp.sum(ntk, axis=1)
     eps = float(jnp.finfo(dtype).eps)
     np.testing.assert_allclose(along, exact, rtol=64 * eps)
+
+
+@pytest.mark.parametrize(
+    "scale, where", [(1e20, "x1"), (jnp.nan, "x1"), (jnp.inf, "x2"), (1e20, "x2")]
+)
+def test_inputs_with_non_finite_variances_are_errors(scale, where):
+    # float32 inputs of size 1e20 have squared norms of 1e40 > 3.4e38: the input Gram is inf
+    # and the kernel would be NaN downstream (inf / inf in the arc-cosine correlation).
+    kernel_fn = eqntk.limit(_mlp(nn.Relu(), d=3, depth=2))
+    x = jr.normal(jr.key(9), (3, 3)).astype(jnp.float32)
+    bad = x.at[1].multiply(scale)
+    x1, x2 = (bad, x) if where == "x1" else (x, bad)
+    with pytest.raises(eqx.EquinoxRuntimeError, match=f"`{where}` has entries that are NaN"):
+        kernel_fn(x1, x2, "nngp")
+    if where == "x1":
+        with pytest.raises(eqx.EquinoxRuntimeError, match="overflows float32"):
+            kernel_fn(x1, None, "nngp")
