@@ -154,6 +154,7 @@ class AbstractStreamsRule(eqx.Module, Generic[_Layer]):
     ```python
     import equinox as eqx
     import jax.numpy as jnp
+    import jax.random as jr
     import eqntk
     from eqntk import nn
     from eqntk.limits import AbstractStreamsRule, register
@@ -171,7 +172,8 @@ class AbstractStreamsRule(eqx.Module, Generic[_Layer]):
             assert isinstance(k, tuple)
             return k[::-1]
 
-    model = nn.Sequential([nn.FanOut(2), Swap(), nn.FanInSum()])
+    dense = nn.Dense(3, 4, key=jr.key(0))
+    model = nn.Sequential([dense, nn.FanOut(2), Swap(), nn.FanInSum()])
     assert eqntk.limit(model)(jnp.ones((2, 3)), get="nngp").shape == (2, 2)
     ```
     """
