@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, PyTree
 
-from .._callable import named_tuple
+from .._callable import check_get, named_tuple
 from ._contract import (
     EXAMPLE,
     Contraction,
@@ -143,11 +143,8 @@ def _batch_leaves(name: str, x: Any, vmap_axes: int) -> tuple[list[Array], Any]:
 
 
 def _check_get(get: Any) -> tuple[str, ...]:
-    names = (get,) if isinstance(get, str) else get
-    if not isinstance(names, tuple) or not names or any(n not in _NAMES for n in names):
-        raise ValueError(f"`get` must be 'nngp', 'ntk' or a tuple of them, got {get!r}.")
-    if len(set(names)) != len(names):
-        raise ValueError(f"`get` names a kernel twice: {get!r}.")
+    names = check_get(get, _NAMES, none_allowed=False)
+    assert names is not None
     return names
 
 

@@ -1,8 +1,9 @@
 """Hyperparameters (`W_std`, `b_std`, activation constants) as array leaves of layers."""
 
-from typing import Any
+from typing import Any, overload
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
@@ -52,6 +53,10 @@ def real_array(name: str, value: Any, expected: str = "a real array") -> Array:
     return array
 
 
+@overload
+def frozen(value: Array) -> Array: ...
+@overload
+def frozen(value: None) -> None: ...
 def frozen(value: Array | None) -> Array | None:
     """A hyperparameter as the finite forward pass sees it: constant under training.
 
