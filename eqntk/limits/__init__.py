@@ -9,6 +9,7 @@ from . import (
     _branching as _branching,
     _conv as _conv,
     _dense as _dense,
+    _equinox_layers as _equinox_layers,
     _exponential as _exponential,
     _graph as _graph,
     _normalization as _normalization,
