@@ -14,6 +14,7 @@ from . import (
     _graph as _graph,
     _normalization as _normalization,
     _polynomial as _polynomial,
+    _program as _program,
     _pooling as _pooling,
     _quadrature as _quadrature,
     _repeat as _repeat,

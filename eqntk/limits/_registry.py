@@ -134,6 +134,8 @@ class AbstractRule(eqx.Module):
 
 
 _RULES: dict[type, AbstractRule] = {}
+# The rule of modules without one: set by `_program` (which imports this module).
+program_rule: list[AbstractRule] = []
 
 _R = TypeVar("_R", bound=type[AbstractRule])
 
@@ -224,6 +226,9 @@ def rule_for(layer: Any) -> AbstractRule:
         rule = _RULES.get(cls)
         if rule is not None:
             return rule
+    # An Equinox module without a rule of its own: its `__call__` is interpreted (`_program`).
+    if isinstance(layer, eqx.Module) and program_rule:
+        return program_rule[0]
     name = type(layer).__name__
     if _is_plain_function(layer):
         raise TypeError(
