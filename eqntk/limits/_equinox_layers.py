@@ -192,7 +192,8 @@ def _conv_taps_kernel(layer: Any, k: Kernel) -> Kernel:
     _check_channels(layer, layer.in_channels, k)
     _no_masks(layer, k)
     n_taps = math.prod(layer.kernel_size)
-    one, eye = _tap_layers(layer, n_taps)
+    with jax.ensure_compile_time_eval():
+        one, eye = _tap_layers(layer, n_taps)
 
     def covariance(a: Array, n_lead: int) -> Array:
         def tap(w):
@@ -331,6 +332,12 @@ _KNOWN: dict[Any, Callable[[], Any]] = {
 def check_elementwise(fn: Callable, where: str) -> None:
     """Raise unless `fn` maps a vector elementwise (each output entry depends on its own input
     entry only, checked on a small random vector)."""
+    # The check runs on concrete values, also while a kernel function is traced under `jit`.
+    with jax.ensure_compile_time_eval():
+        _check_elementwise(fn, where)
+
+
+def _check_elementwise(fn: Callable, where: str) -> None:
     x = jr.normal(jr.key(0), (3,))
     try:
         y = jax.eval_shape(fn, x)

@@ -220,19 +220,27 @@ class _Unsupported(NotImplementedError):
     pass
 
 
-def _where(eqn) -> str:
-    try:
-        return source_info_util.summarize(eqn.source_info)
-    except Exception:
-        return "unknown location"
+def _where(eqns) -> str:
+    """The innermost line of the user's code among the frames of `eqns` (innermost last)."""
+    for eqn in reversed(eqns):
+        try:
+            frames = list(source_info_util.user_frames(eqn.source_info.traceback))
+        except Exception:
+            continue
+        for frame in frames:
+            if "/equinox/" not in frame.file_name and "/eqntk/" not in frame.file_name:
+                return f"{frame.file_name}:{frame.start_line} ({frame.function_name})"
+    return "an unknown line"
 
 
-def _unsupported(eqn, why: str, model: Any) -> _Unsupported:
+def _unsupported(eqn, why: str, interp: Any) -> _Unsupported:
+    model = interp.model
     name = type(model).__name__
+    eqns = interp.stack + ([eqn] if eqn is not None else [])
     return _Unsupported(
         f"`limit` traced `{type(model).__module__}.{type(model).__qualname__}.__call__` to "
         f"interpret it on kernels, but cannot take the limit of the operation "
-        f"`{eqn.primitive.name}` at {_where(eqn)}: {why}\n"
+        f"`{eqns[-1].primitive.name if eqns else '?'}` at {_where(eqns)}: {why}\n"
         f"Register a kernel rule for the module (or for the sub-module doing this) with\n\n"
         f"    @eqntk.limits.register({name})\n"
         f"    class {name}Rule(eqntk.limits.AbstractRule):\n"
@@ -298,6 +306,7 @@ class _Interpreter:
         self.with_ntk = k.ntk is not None
         self.cache: dict = {}
         self.calls: dict = {}
+        self.stack: list = []  # the equations being evaluated, outermost first
 
     # -- moments ------------------------------------------------------------------------------
 
@@ -386,11 +395,13 @@ class _Interpreter:
         )
         if not (a.ancestry & b.ancestry) and (centred(a) or centred(b)):
             return self.zeros(a, b, mode)
-        raise _Unsupported(
+        raise _unsupported(
+            None,
             f"two values that share randomness (or are not centred) are combined in a way "
             f"whose joint covariance is not tracked: {_describe(a)} and {_describe(b)}. "
             f"Supported: sums and elementwise functions of values, where nonlinearities act on "
-            f"Gaussian values (outputs of affine layers and their linear combinations)."
+            f"Gaussian values (outputs of affine layers and their linear combinations).",
+            self,
         )
 
     def source_moment(self, s: _Source, mode: str) -> _Moment:
@@ -461,7 +472,11 @@ class _Interpreter:
             env[v] = a
         for eqn in jaxpr.eqns:
             ins = [read(v) for v in eqn.invars]
-            outs = self.eval_eqn(eqn, ins)
+            self.stack.append(eqn)
+            try:
+                outs = self.eval_eqn(eqn, ins)
+            finally:
+                self.stack.pop()
             if not eqn.primitive.multiple_results:
                 outs = [outs]
             for v, o in zip(eqn.outvars, outs):
@@ -492,12 +507,12 @@ class _Interpreter:
             return handler(self, eqn, ins)
         if name in _ELEMENTWISE:
             return self.elementwise(eqn, ins)
-        raise _unsupported(eqn, "it has no kernel rule in the program interpreter.", self.model)
+        raise _unsupported(eqn, "it has no kernel rule in the program interpreter.", self)
 
     def opaque(self, eqn, ins):
         x, params = ins[0], ins[1:]
         if not isinstance(x, _Lin):
-            raise _unsupported(eqn, "a layer is applied to a constant.", self.model)
+            raise _unsupported(eqn, "a layer is applied to a constant.", self)
         index = eqn.params["index"]
         template = self.layers[index]
         arrays, static = eqx.partition(template, eqx.is_array)
@@ -514,12 +529,12 @@ class _Interpreter:
                     f"the layer `{type(template).__name__}` is applied twice to different "
                     f"inputs (shared weights), whose outputs are then correlated; weight "
                     f"sharing is not supported.",
-                    self.model,
+                    self,
                 )
         kin = self.kernel_of(x)
         out_k = apply(layer, kin, Requirements(diagonal_spatial=False))
         if isinstance(out_k, tuple):
-            raise _unsupported(eqn, "a layer returned several streams.", self.model)
+            raise _unsupported(eqn, "a layer returned several streams.", self)
         if out_k.diagonal_spatial and out_k.spatial_ndim:
             raise AssertionError("rules keep the full layout when asked for it")
         if isinstance(template, _FRESH):
@@ -566,7 +581,7 @@ class _Interpreter:
             if not isinstance(x, _Static):
                 raise _unsupported(
                     eqn, "`lax.scan` over a sequence of data values is not supported (scan over "
-                    "stacked layers is).", self.model
+                    "stacked layers is).", self
                 )
         ys_all = []
         order = range(length - 1, -1, -1) if p["reverse"] else range(length)
@@ -583,7 +598,7 @@ class _Interpreter:
             column = [ys[j] for ys in ys_all]
             if not all(isinstance(y, _Static) for y in column):
                 raise _unsupported(
-                    eqn, "a `lax.scan` that stacks data values is not supported.", self.model
+                    eqn, "a `lax.scan` that stacks data values is not supported.", self
                 )
             stacked.append(
                 _Static(jnp.stack([y.value for y in column]), ("stack", id(eqn), len(column)))
@@ -598,11 +613,11 @@ class _Interpreter:
         shape = data[0].shape
         for x in data:
             if x.shape != shape:
-                raise _unsupported(eqn, "operands of different shapes.", self.model)
+                raise _unsupported(eqn, "operands of different shapes.", self)
         statics = []
         for x in ins:
             if isinstance(x, _Static):
-                statics.append(_scalar(x, eqn, self.model))
+                statics.append(_scalar(x, eqn, self))
         # Linear operations keep linear combinations.
         if name in ("add", "add_any", "sub") and len(data) == 2:
             a, b = ins
@@ -627,7 +642,7 @@ class _Interpreter:
                         "one Gaussian value (e.g. a sum of nonlinear functions of independent "
                         "layers); its limit needs the joint law of several Gaussians. Put an "
                         "affine layer in between.",
-                        self.model,
+                        self,
                     )
                 singles.append(s)
         g = singles[0][0]
@@ -637,7 +652,7 @@ class _Interpreter:
                     eqn,
                     "a nonlinear function of two different values (e.g. their product); only "
                     "functions of one Gaussian value are supported.",
-                    self.model,
+                    self,
                 )
         prim, params = eqn.primitive, eqn.params
         parts = []
@@ -769,21 +784,22 @@ def _sub_jaxpr(eqn):
 # Expectations.
 
 
-class _Cast:
-    """The two attributes of a `Kernel` that the closed-form entry maps read."""
-
-    def __init__(self, dtype):
-        self.dtype = dtype
-        self.spatial_ndim = 1
-
-    def cast(self, value):
-        return jnp.asarray(value).astype(self.dtype)
-
-
 def _closed_form(tag, dtype):
+    # The entry maps read only the dtype and whether there are positions from their kernel
+    # (with positions they store a product that XLA would otherwise recompute).
+    probe = Kernel(
+        nngp=jnp.zeros((1, 1, 1), dtype),
+        ntk=None,
+        cov1=jnp.zeros((1, 1), dtype),
+        cov2=None,
+        shape1=(1, 1),
+        shape2=(1, 1),
+        diagonal_spatial=True,
+        x1_is_x2=True,
+    )
     if tag[0] == "abrelu":
-        return abrelu_entries(_Cast(dtype), tag[1], tag[2])  # pyright: ignore
-    return erf_entries(_Cast(dtype), tag[1], tag[2], tag[3])  # pyright: ignore
+        return abrelu_entries(probe, tag[1], tag[2])
+    return erf_entries(probe, tag[1], tag[2], tag[3])
 
 
 def _derivative(f: Callable) -> Callable:
@@ -852,7 +868,7 @@ def _spatial(interp, eqn, x: _Lin, fn: Callable, out_shape) -> _Lin:
 def _data_only(interp, eqn, ins) -> _Lin:
     x = ins[0]
     if not isinstance(x, _Lin):
-        raise _unsupported(eqn, "unexpected operands.", interp.model)
+        raise _unsupported(eqn, "unexpected operands.", interp)
     return x
 
 
@@ -864,7 +880,7 @@ def _reduce_sum(interp, eqn, ins):
             eqn,
             "a sum or mean over the channel axis (axis 0); in the limit channels are "
             "infinitely many. Sum over positions only, or end with an affine layer.",
-            interp.model,
+            interp,
         )
     out = eqn.outvars[0].aval.shape
     return _spatial(interp, eqn, x, lambda z: jnp.sum(z, axis=tuple(a - 1 for a in axes)), out)
@@ -877,7 +893,7 @@ def _channel_kept(interp, eqn, x: _Lin, out_shape) -> None:
             f"it changes the channel axis (axis 0, size {x.shape[0]}) to shape {out_shape}; "
             f"keep the channels first and whole (only positions may be sliced, reshaped or "
             f"transposed).",
-            interp.model,
+            interp,
         )
 
 
@@ -897,7 +913,7 @@ def _slice(interp, eqn, ins):
 def _pad(interp, eqn, ins):
     x, value = ins
     if not isinstance(x, _Lin) or not isinstance(value, _Static) or not _is_zero(value.value):
-        raise _unsupported(eqn, "only zero padding of positions is supported.", interp.model)
+        raise _unsupported(eqn, "only zero padding of positions is supported.", interp)
     config = eqn.params["padding_config"]
     if tuple(config[0]) != (0, 0, 0):
         _channel_kept(interp, eqn, x, ())
@@ -921,7 +937,7 @@ def _transpose(interp, eqn, ins):
 def _reshape(interp, eqn, ins):
     x = ins[0]
     if not isinstance(x, _Lin):
-        raise _unsupported(eqn, "unexpected operands.", interp.model)
+        raise _unsupported(eqn, "unexpected operands.", interp)
     out = tuple(eqn.outvars[0].aval.shape)
     if out == (math.prod(x.shape),) and len(x.shape) > 1:
         return _Lin.of(_Flatten(x))
@@ -971,7 +987,7 @@ def _rev(interp, eqn, ins):
 def _concatenate(interp, eqn, ins):
     dim = eqn.params["dimension"]
     if not all(isinstance(x, _Lin) for x in ins):
-        raise _unsupported(eqn, "concatenation with constants is not supported.", interp.model)
+        raise _unsupported(eqn, "concatenation with constants is not supported.", interp)
     if dim == 0:
         return _Lin.of(_Concat(tuple(ins)))
     out = tuple(eqn.outvars[0].aval.shape)
@@ -1028,6 +1044,12 @@ class ProgramRule(AbstractRule):
                 f"`{type(layer).__name__}` is interpreted from its code, which does not take "
                 f"masked inputs (`mask1`/`mask2`)."
             )
+        # Constants of the program (literals, scalars, flags) stay concrete under `jit`, so that
+        # they can be compared and folded; kernels and traced parameters are staged as usual.
+        with jax.ensure_compile_time_eval():
+            return self._interpret(layer, k)
+
+    def _interpret(self, layer, k: Kernel) -> Kernel:
         wrapped, layers = _wrap(layer)
         params, static = eqx.partition(wrapped, eqx.is_array)
         leaves, treedef = jtu.tree_flatten(params)
