@@ -235,9 +235,8 @@ def rule_for(layer: Any) -> AbstractRule:
             f"`limit` takes layers (Equinox modules with a kernel rule), got the plain function "
             f"{_describe_function(layer)}. For a scalar nonlinearity applied elementwise, use "
             f"`eqntk.nn.Elementwise(fn)` (e.g. `nn.Elementwise(jnp.tanh)`): its kernel is "
-            f"computed by quadrature. `equinox.nn.Lambda(fn)` also makes a function a layer, "
-            f"but has no kernel rule of its own (a function need not act elementwise): register "
-            f"one with `eqntk.limits.register(equinox.nn.Lambda)` if you need it."
+            f"computed by quadrature. `equinox.nn.Lambda(fn)` of an elementwise function has "
+            f"the same kernel."
         )
     if isinstance(layer, eqx.nn.Lambda):
         raise NotImplementedError(
