@@ -38,6 +38,7 @@ import jax.random as jr
 import jax.scipy.special as jsp
 import jax.tree_util as jtu
 from jax import lax
+from jax.core import Tracer
 from jaxtyping import Array
 
 from ..nn import Abs, Elementwise, Erf, LeakyRelu, Relu
@@ -381,7 +382,7 @@ def activation_layer(fn: Any, where: str) -> Any:
 def _prelu_slope(layer: eqx.nn.PReLU) -> Array:
     slope = layer.negative_slope
     if slope.size != 1:
-        if isinstance(slope, jax.core.Tracer) or not bool(jnp.all(slope == slope.ravel()[0])):
+        if isinstance(slope, Tracer) or not bool(jnp.all(slope == slope.ravel()[0])):
             raise ValueError(
                 f"`equinox.nn.PReLU` needs one slope for all channels in the infinite-width limit "
                 f"(channels are exchangeable), got `negative_slope` of shape {slope.shape}."
@@ -392,7 +393,9 @@ def _prelu_slope(layer: eqx.nn.PReLU) -> Array:
 
 def _apply_activation(fn: Any, k: Kernel, wanted, where: str) -> Kernel:
     layer = activation_layer(fn, where)
-    return k if layer is None else apply(layer, k, wanted)
+    out = k if layer is None else apply(layer, k, wanted)
+    assert isinstance(out, Kernel)
+    return out
 
 
 @register(eqx.nn.PReLU)
@@ -404,7 +407,9 @@ class PReLURule(AbstractRule):
         return wanted
 
     def __call__(self, layer: eqx.nn.PReLU, k: Kernel, wanted) -> Kernel:
-        return apply(LeakyRelu(_prelu_slope(layer)), k, wanted)
+        out = apply(LeakyRelu(_prelu_slope(layer)), k, wanted)
+        assert isinstance(out, Kernel)
+        return out
 
 
 @register(eqx.nn.Lambda)
@@ -467,7 +472,7 @@ class MLPRule(AbstractRule):
 
 
 def _check_init_value(layer: Any, name: str, value: Any, init: float) -> None:
-    if value is None or isinstance(value, jax.core.Tracer):
+    if value is None or isinstance(value, Tracer):
         return
     if not bool(jnp.all(value == init)):
         raise ValueError(
@@ -532,9 +537,7 @@ class LayerNormRule(AbstractRule):
         _check_normalised_shape(layer, k)
         _check_init_value(layer, "weight", layer.weight, 1.0)
         _check_init_value(layer, "bias", layer.bias, 0.0)
-        return _normalised(
-            layer, k, layer.eps, True, True, (layer.use_weight, layer.use_bias)
-        )
+        return _normalised(layer, k, layer.eps, True, True, (layer.use_weight, layer.use_bias))
 
 
 @register(eqx.nn.RMSNorm)
@@ -549,9 +552,7 @@ class RMSNormRule(AbstractRule):
         _check_normalised_shape(layer, k)
         _check_init_value(layer, "weight", layer.weight, 1.0)
         _check_init_value(layer, "bias", layer.bias, 0.0)
-        return _normalised(
-            layer, k, layer.eps, True, True, (layer.use_weight, layer.use_bias)
-        )
+        return _normalised(layer, k, layer.eps, True, True, (layer.use_weight, layer.use_bias))
 
 
 @register(eqx.nn.GroupNorm)
@@ -564,7 +565,8 @@ class GroupNormRule(AbstractRule):
 
     def __call__(self, layer: eqx.nn.GroupNorm, k: Kernel, wanted) -> Kernel:
         require_gaussian(k, layer)
-        _check_channels(layer, layer.channels, k)
+        if layer.channels is not None:
+            _check_channels(layer, layer.channels, k)
         _check_init_value(layer, "weight", layer.weight, 1.0)
         _check_init_value(layer, "bias", layer.bias, 0.0)
         affine = (layer.channelwise_affine, layer.channelwise_affine)

@@ -35,6 +35,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jax import lax
 from jax._src import source_info_util
+from jax.core import ShapedArray, Tracer
 from jax.extend import core as jex_core
 
 from ..nn import Conv, ConvLocal, ConvTranspose, Dense
@@ -57,7 +58,7 @@ layer_p = jex_core.Primitive("eqntk_layer")
 
 
 def _layer_abstract_eval(x, *params, index, out_shape, out_dtype):
-    return jax.core.ShapedArray(out_shape, out_dtype)
+    return ShapedArray(out_shape, out_dtype)
 
 
 def _layer_impl(*args, **kwargs):
@@ -107,9 +108,11 @@ def _wrap(model: Any) -> tuple[Any, list[Any]]:
         return isinstance(m, _TRACED) or _elementwise_module(m)
 
     # The top module itself is traced (it has no rule, or it is one traced through).
-    wrapped = jtu.tree_map(
-        wrap, model, is_leaf=lambda m: m is not model and is_leaf(m)
-    ) if not is_leaf(model) else model
+    wrapped = (
+        jtu.tree_map(wrap, model, is_leaf=lambda m: m is not model and is_leaf(m))
+        if not is_leaf(model)
+        else model
+    )
     return wrapped, layers
 
 
@@ -390,8 +393,9 @@ class _Interpreter:
 
     def independent(self, a: _Atom, b: _Atom, mode: str) -> _Moment:
         """Zero, when the two atoms are independent and one of them is centred."""
-        centred = lambda x: (isinstance(x, _Source) and x.zero_mean) or (
-            isinstance(x, _SpatialMap | _Concat | _Flatten) and x.gaussian
+        centred = lambda x: (
+            (isinstance(x, _Source) and x.zero_mean)
+            or (isinstance(x, _SpatialMap | _Concat | _Flatten) and x.gaussian)
         )
         if not (a.ancestry & b.ancestry) and (centred(a) or centred(b)):
             return self.zeros(a, b, mode)
@@ -474,7 +478,7 @@ class _Interpreter:
             ins = [read(v) for v in eqn.invars]
             self.stack.append(eqn)
             try:
-                outs = self.eval_eqn(eqn, ins)
+                outs: Any = self.eval_eqn(eqn, ins)
             finally:
                 self.stack.pop()
             if not eqn.primitive.multiple_results:
@@ -576,12 +580,18 @@ class _Interpreter:
         p = eqn.params
         closed = p["jaxpr"]
         n_consts, n_carry, length = p["num_consts"], p["num_carry"], p["length"]
-        consts, carry, xs = ins[:n_consts], ins[n_consts : n_consts + n_carry], ins[n_consts + n_carry :]
+        consts, carry, xs = (
+            ins[:n_consts],
+            ins[n_consts : n_consts + n_carry],
+            ins[n_consts + n_carry :],
+        )
         for x in xs:
             if not isinstance(x, _Static):
                 raise _unsupported(
-                    eqn, "`lax.scan` over a sequence of data values is not supported (scan over "
-                    "stacked layers is).", self
+                    eqn,
+                    "`lax.scan` over a sequence of data values is not supported (scan over "
+                    "stacked layers is).",
+                    self,
                 )
         ys_all = []
         order = range(length - 1, -1, -1) if p["reverse"] else range(length)
@@ -663,7 +673,9 @@ class _Interpreter:
 
         def f(t):
             args = [
-                fn(t) if kind == "data" else jnp.broadcast_to(jnp.asarray(fn, t.dtype), t.shape)
+                fn(t)
+                if kind == "data"
+                else jnp.broadcast_to(jnp.asarray(fn, t.dtype), t.shape)
                 if jnp.issubdtype(jnp.asarray(fn).dtype, jnp.floating)
                 else jnp.broadcast_to(jnp.asarray(fn), t.shape)
                 for kind, fn in parts
@@ -702,7 +714,7 @@ def _scalar(x: _Static, eqn, model):
     value = jnp.asarray(x.value)
     if value.size == 1:
         return value.reshape(())
-    if not isinstance(value, jax.core.Tracer):
+    if not isinstance(value, Tracer):
         flat = value.ravel()
         if bool(jnp.all(flat == flat[0])):
             return flat[0]
@@ -918,9 +930,7 @@ def _pad(interp, eqn, ins):
     if tuple(config[0]) != (0, 0, 0):
         _channel_kept(interp, eqn, x, ())
     out = eqn.outvars[0].aval.shape
-    return _spatial(
-        interp, eqn, x, lambda z: lax.pad(z, jnp.zeros((), z.dtype), config[1:]), out
-    )
+    return _spatial(interp, eqn, x, lambda z: lax.pad(z, jnp.zeros((), z.dtype), config[1:]), out)
 
 
 def _transpose(interp, eqn, ins):
@@ -929,7 +939,10 @@ def _transpose(interp, eqn, ins):
     if perm[0] != 0:
         _channel_kept(interp, eqn, x, ())
     return _spatial(
-        interp, eqn, x, lambda z: jnp.transpose(z, [p - 1 for p in perm[1:]]),
+        interp,
+        eqn,
+        x,
+        lambda z: jnp.transpose(z, [p - 1 for p in perm[1:]]),
         eqn.outvars[0].aval.shape,
     )
 
@@ -979,9 +992,7 @@ def _rev(interp, eqn, ins):
         # Reversing the channels permutes exchangeable channels: the kernel is unchanged, but
         # the correlations with the unreversed value would not be.
         _channel_kept(interp, eqn, x, ())
-    return _spatial(
-        interp, eqn, x, lambda z: lax.rev(z, tuple(d - 1 for d in dims)), x.shape
-    )
+    return _spatial(interp, eqn, x, lambda z: lax.rev(z, tuple(d - 1 for d in dims)), x.shape)
 
 
 def _concatenate(interp, eqn, ins):
@@ -1017,11 +1028,58 @@ _STRUCTURAL = {
 }
 
 _ELEMENTWISE = {
-    "add", "add_any", "sub", "neg", "mul", "div", "max", "min", "abs", "sign", "exp", "exp2",
-    "log", "log1p", "expm1", "tanh", "logistic", "sin", "cos", "tan", "erf", "erfc", "erf_inv",
-    "sqrt", "rsqrt", "cbrt", "integer_pow", "pow", "square", "select_n", "gt", "ge", "lt", "le",
-    "eq", "ne", "and", "or", "not", "convert_element_type", "copy", "copy_p", "atan", "asinh",
-    "sinh", "cosh", "clamp", "nextafter", "floor", "ceil", "round", "is_finite",
+    "add",
+    "add_any",
+    "sub",
+    "neg",
+    "mul",
+    "div",
+    "max",
+    "min",
+    "abs",
+    "sign",
+    "exp",
+    "exp2",
+    "log",
+    "log1p",
+    "expm1",
+    "tanh",
+    "logistic",
+    "sin",
+    "cos",
+    "tan",
+    "erf",
+    "erfc",
+    "erf_inv",
+    "sqrt",
+    "rsqrt",
+    "cbrt",
+    "integer_pow",
+    "pow",
+    "square",
+    "select_n",
+    "gt",
+    "ge",
+    "lt",
+    "le",
+    "eq",
+    "ne",
+    "and",
+    "or",
+    "not",
+    "convert_element_type",
+    "copy",
+    "copy_p",
+    "atan",
+    "asinh",
+    "sinh",
+    "cosh",
+    "clamp",
+    "nextafter",
+    "floor",
+    "ceil",
+    "round",
+    "is_finite",
     "reduce_precision",
 }
 

@@ -148,7 +148,10 @@ def test_mlp_equals_its_layers(getkey):
     [
         (eqx.nn.MaxPool2d(2), "MaxPool2d` has no closed-form"),
         (eqx.nn.AdaptiveMaxPool2d(1), "AdaptiveMaxPool2d` has no closed-form"),
-        (eqx.nn.BatchNorm(3, "batch", mode="batch"), "BatchNorm` has no closed-form.*monte_carlo_kernel"),
+        (
+            eqx.nn.BatchNorm(3, "batch", mode="batch"),
+            "BatchNorm` has no closed-form.*monte_carlo_kernel",
+        ),
         (eqx.nn.Embedding(5, 3, key=jr.key(0)), "Embedding` has no closed-form"),
         (eqx.nn.GRUCell(3, 3, key=jr.key(0)), "GRUCell` has no closed-form"),
         (eqx.nn.LSTMCell(3, 3, key=jr.key(0)), "LSTMCell` has no closed-form"),

@@ -193,7 +193,11 @@ def test_residual_equals_fan_out_network(getkey):
 @pytest.mark.parametrize("cls", [ConcatHeads, SumHeads])
 def test_shared_trunk_heads_equal_fan_out_network(getkey, cls):
     k = jr.split(getkey(), 3)
-    m = cls(nn.Dense(4, 8, b_std=0.1, key=k[0]), nn.Dense(8, 3, key=k[1]), nn.Dense(8, 3, W_std=2.0, key=k[2]))
+    m = cls(
+        nn.Dense(4, 8, b_std=0.1, key=k[0]),
+        nn.Dense(8, 3, key=k[1]),
+        nn.Dense(8, 3, W_std=2.0, key=k[2]),
+    )
     if cls is ConcatHeads:
         join = nn.FanInConcat()
         heads = nn.Parallel([m.a, m.b])
@@ -227,17 +231,29 @@ def test_conv_residual_block_equals_fan_out_network(getkey):
     conv = lambda c_in, key: nn.Conv(c_in, 8, (3,), padding="SAME", b_std=0.1, key=key)
     m = ConvBlock(conv(2, k[0]), conv(8, k[1]), conv(8, k[2]))
     branch = nn.Sequential([m.conv1, nn.Relu(), m.conv2])
-    ref = nn.Sequential([m.conv0, nn.FanOut(2), nn.Parallel([nn.Identity(), branch]), nn.FanInSum()])
+    ref = nn.Sequential(
+        [m.conv0, nn.FanOut(2), nn.Parallel([nn.Identity(), branch]), nn.FanInSum()]
+    )
     _assert_same_kernel(m, ref, jr.normal(getkey(), (2, 2, 5)))
 
 
 # Monte Carlo witnesses --------------------------------------------------------------------
 
 
+def _stemmed(key, d_in, width, module, spatial=False):
+    """`module` after a wide first layer and a ReLU. A first layer's pre-activations are sums of
+    `d_in` uniform terms, Gaussian only as `d_in` grows; after a wide layer they are Gaussian
+    (as the limit assumes), so the witness tests the module and not the input dimension."""
+    first = (
+        eqx.nn.Conv1d(d_in, width, 1, key=key) if spatial else eqx.nn.Linear(d_in, width, key=key)
+    )
+    return eqx.nn.Sequential([first, eqx.nn.Lambda(jax.nn.relu), module])
+
+
 def _linear3(key, cls, width):
     k = jr.split(key, 3)
     return cls(
-        eqx.nn.Linear(6, width, key=k[0]),
+        eqx.nn.Linear(width, width, key=k[0]),
         eqx.nn.Linear(width, width, key=k[1]),
         eqx.nn.Linear(width, 2, key=k[2]),
     )
@@ -246,9 +262,9 @@ def _linear3(key, cls, width):
 def test_correlated_nonlinearities_against_monte_carlo(getkey):
     x = jr.normal(getkey(), (3, 6))
     # 16 networks of width 128: the tolerance follows from these counts (`mc_tolerance`).
-    check_against_monte_carlo(
-        lambda key: _linear3(key, CorrelatedRelus, 128), x, None, getkey(), 16, 128
-    )
+    # 16 networks of width 64.
+    make = lambda key: _stemmed(key, 6, 64, _linear3(jr.fold_in(key, 1), CorrelatedRelus, 64))
+    check_against_monte_carlo(make, x, None, getkey(), 16, 64)
 
 
 @pytest.mark.slow
@@ -256,10 +272,11 @@ def test_where_and_powers_against_monte_carlo(getkey):
     x = jr.normal(getkey(), (3, 6))
 
     def make(key):
-        k = jr.split(key, 2)
-        return Leaky(eqx.nn.Linear(6, 256, key=k[0]), eqx.nn.Linear(256, 2, key=k[1]))
+        k = jr.split(key, 3)
+        module = Leaky(eqx.nn.Linear(128, 128, key=k[0]), eqx.nn.Linear(128, 2, key=k[1]))
+        return _stemmed(k[2], 6, 128, module)
 
-    check_against_monte_carlo(make, x, None, getkey(), 32, 256)
+    check_against_monte_carlo(make, x, None, getkey(), 16, 128)
 
 
 @pytest.mark.slow
@@ -267,12 +284,13 @@ def test_unet_like_against_monte_carlo(getkey):
     x = jr.normal(getkey(), (2, 2, 6))
 
     def make(key):
-        k = jr.split(key, 3)
-        return UNetLike(
-            eqx.nn.Conv1d(2, 64, 3, padding=1, key=k[0]),
+        k = jr.split(key, 4)
+        module = UNetLike(
+            eqx.nn.Conv1d(64, 64, 3, padding=1, key=k[0]),
             eqx.nn.Conv1d(64, 64, 3, padding=1, key=k[1]),
             eqx.nn.Conv1d(128, 2, 1, key=k[2]),
         )
+        return _stemmed(k[3], 2, 64, module, spatial=True)
 
     check_against_monte_carlo(make, x, None, getkey(), 16, 64)
 
@@ -301,8 +319,11 @@ def test_slices_flips_and_ravel_against_monte_carlo(getkey):
     x = jr.normal(getkey(), (2, 2, 5))
 
     def make(key):
-        k = jr.split(key, 2)
-        return Slices(eqx.nn.Conv1d(2, 64, 3, padding=1, key=k[0]), eqx.nn.Linear(192, 2, key=k[1]))
+        k = jr.split(key, 3)
+        module = Slices(
+            eqx.nn.Conv1d(64, 64, 3, padding=1, key=k[0]), eqx.nn.Linear(192, 2, key=k[1])
+        )
+        return _stemmed(k[2], 2, 64, module, spatial=True)
 
     check_against_monte_carlo(make, x, None, getkey(), 16, 64)
 
@@ -375,7 +396,9 @@ def test_channel_reduction_is_an_error(getkey):
 
 def test_program_under_jit_vmap_grad_and_batch(getkey):
     k = jr.split(getkey(), 3)
-    m = Residual(nn.Dense(4, 8, b_std=0.1, key=k[0]), nn.Dense(8, 8, key=k[1]), nn.Dense(8, 2, key=k[2]))
+    m = Residual(
+        nn.Dense(4, 8, b_std=0.1, key=k[0]), nn.Dense(8, 8, key=k[1]), nn.Dense(8, 2, key=k[2])
+    )
     kernel_fn = eqntk.limit(m)
     x = jr.normal(getkey(), (4, 4))
     direct = kernel_fn(x, get="ntk")
@@ -396,10 +419,8 @@ def test_program_under_jit_vmap_grad_and_batch(getkey):
 
 def test_program_works_with_empirical_and_monte_carlo_kernels(getkey):
     x = jr.normal(getkey(), (3, 6))
-    m = _linear3(getkey(), CorrelatedRelus, 16)
-    ntk = eqntk.empirical_kernel(m, x, None, get="ntk")
+    make = lambda key: _stemmed(key, 6, 16, _linear3(jr.fold_in(key, 1), CorrelatedRelus, 16))
+    ntk = eqntk.empirical_kernel(make(getkey()), x, None, get="ntk")
     assert ntk.shape[:2] == (3, 3)
-    mc = eqntk.monte_carlo_kernel(
-        lambda key: _linear3(key, CorrelatedRelus, 16), getkey(), x, None, n_samples=2, get="nngp"
-    )
+    mc = eqntk.monte_carlo_kernel(make, getkey(), x, None, n_samples=2, get="nngp")
     assert mc.shape[:2] == (3, 3)
