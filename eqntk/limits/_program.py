@@ -14,7 +14,8 @@ function of jointly Gaussian variables; a value here is a linear combination of 
   `x + tanh(x)`, `where(x > 0, x, 0.1 * x)`, ...);
 - `_SpatialMap`: a linear map of positions applied to every channel (means over positions,
   slicing, padding, reshapes and transposes that keep the channel axis first);
-- `_Concat`: a concatenation along the channel axis; `_Flatten`: `ravel` of all axes.
+- `_Concat`: a concatenation along the channel axis; `_Flatten`: `ravel` of all axes;
+- `_Product`: the product of two Gaussian values (Isserlis' theorem).
 
 The kernel of two values is computed on demand, pair of atoms by pair of atoms, so that values
 that share randomness are correlated exactly: `x + x` has kernel `4K`, `relu(a) + relu(b)` has
@@ -163,6 +164,15 @@ class _Flatten(_Atom):
         self.u = u
         self.shape = (math.prod(u.shape),)
         self.ancestry = u.ancestry
+
+
+class _Product(_Atom):
+    """`g * h` of two Gaussian values (jointly Gaussian: moments by Isserlis' theorem)."""
+
+    def __init__(self, g: "_Lin", h: "_Lin"):
+        self.g, self.h = g, h
+        self.shape = g.shape
+        self.ancestry = g.ancestry | h.ancestry
 
 
 class _Lin:
@@ -375,6 +385,14 @@ class _Interpreter:
                     mt = None if t_ is None else (0.0 if mt is None else mt) + (w / total) * t_
                 return mk, mt
             return self.independent(a, b, mode)
+        if isinstance(a, _Product) or isinstance(b, _Product):
+            if isinstance(a, _Product) and isinstance(b, _Product):
+                return self.isserlis(a, b, mode)
+            if a.gaussian or b.gaussian:
+                # An odd moment of centred jointly Gaussian values; the NTK terms
+                # E[h] Θ(g, c) vanish likewise.
+                return self.zeros(a, b, mode)
+            return self.independent(a, b, mode)
         if isinstance(a, _Source) and isinstance(b, _Source):
             if a is b:
                 return self.source_moment(a, mode)
@@ -407,6 +425,30 @@ class _Interpreter:
             f"Gaussian values (outputs of affine layers and their linear combinations).",
             self,
         )
+
+    def isserlis(self, p: _Product, q: _Product, mode: str) -> _Moment:
+        """`E[g1 h1 g2 h2] = E[g1 g2] E[h1 h2] + E[g1 h2] E[h1 g2] + E[g1 h1] E[g2 h2]`, and the
+        NTK by the product rule: `Θ = Σ` (the other two factors' covariance) `×` Θ."""
+        kgg, tgg = self.lin_moment(p.g, q.g, mode)
+        khh, thh = self.lin_moment(p.h, q.h, mode)
+        kgh, tgh = self.lin_moment(p.g, q.h, mode)
+        khg, thg = self.lin_moment(p.h, q.g, mode)
+        s1, s2 = ("11", "22") if mode == "12" else (mode, mode)
+        n_p, n_q = len(p.shape) - 1, len(q.shape) - 1
+        m1 = _diagonal_positions(self.lin_moment(p.g, p.h, s1)[0], 1, n_p)
+        m2 = _diagonal_positions(self.lin_moment(q.g, q.h, s2)[0], 1, n_q)
+        if mode == "12":
+            m1 = m1.reshape((m1.shape[0], 1) + m1.shape[1:] + (1,) * n_q)
+            m2 = m2.reshape((1, m2.shape[0]) + (1,) * n_p + m2.shape[1:])
+        else:
+            m1 = m1.reshape(m1.shape + (1,) * n_q)
+            m2 = m2.reshape((m2.shape[0],) + (1,) * n_p + m2.shape[1:])
+        nngp = kgg * khh + kgh * khg + m1 * m2
+        ntk = None
+        if tgg is not None:
+            assert thh is not None and tgh is not None and thg is not None
+            ntk = khh * tgg + kgg * thh + khg * tgh + kgh * thg
+        return nngp, ntk
 
     def source_moment(self, s: _Source, mode: str) -> _Moment:
         k = s.kernel
@@ -656,6 +698,13 @@ class _Interpreter:
                     )
                 singles.append(s)
         g = singles[0][0]
+        if (
+            name == "mul"
+            and len(singles) == 2
+            and all(s[2] == _IDENTITY for s in singles)
+            and not singles[1][0].same_as(g)
+        ):
+            return _Lin.of(_Product(g, singles[1][0]))
         for s in singles[1:]:
             if not s[0].same_as(g):
                 raise _unsupported(

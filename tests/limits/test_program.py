@@ -212,6 +212,21 @@ def test_shared_trunk_heads_equal_fan_out_network(getkey, cls):
     _assert_same_kernel(m, ref, jr.normal(getkey(), (3, 4)))
 
 
+class ProductOfBranches(eqx.Module):
+    a: nn.Dense
+    b: nn.Dense
+
+    def __call__(self, x, *, key=None):
+        return self.a(x) * self.b(x)
+
+
+def test_product_of_branches_equals_fan_in_prod(getkey):
+    k = jr.split(getkey(), 2)
+    m = ProductOfBranches(nn.Dense(4, 8, b_std=0.2, key=k[0]), nn.Dense(4, 8, W_std=1.5, key=k[1]))
+    ref = nn.Sequential([nn.FanOut(2), nn.Parallel([m.a, m.b]), nn.FanInProd()])
+    _assert_same_kernel(m, ref, jr.normal(getkey(), (3, 4)))
+
+
 def test_scan_over_layers_equals_mlp(getkey):
     key = getkey()
     m = ScanStack(16, 3, key)
