@@ -698,21 +698,24 @@ class _Interpreter:
                     )
                 singles.append(s)
         g = singles[0][0]
-        if (
-            name == "mul"
-            and len(singles) == 2
-            and all(s[2] == _IDENTITY for s in singles)
-            and not singles[1][0].same_as(g)
-        ):
-            return _Lin.of(_Product(g, singles[1][0]))
-        for s in singles[1:]:
-            if not s[0].same_as(g):
-                raise _unsupported(
-                    eqn,
-                    "a nonlinear function of two different values (e.g. their product); only "
-                    "functions of one Gaussian value are supported.",
-                    self,
-                )
+        # Express every operand as a function of the first one's Gaussian (`0.1 * h` and `h`
+        # are both functions of `h`).
+        ratios = [_ratio(single[0], g) for single in singles]
+        if name == "mul" and len(singles) == 2 and ratios[1] is None:
+            if all(single[2] == _IDENTITY for single in singles):
+                return _Lin.of(_Product(g, singles[1][0]))
+        if any(r is None for r in ratios):
+            raise _unsupported(
+                eqn,
+                "a nonlinear function of two different values (e.g. the product of a "
+                "nonlinear function and another value); only functions of one Gaussian value "
+                "and products of two Gaussian values are supported.",
+                self,
+            )
+        singles = [
+            single if r == 1.0 else (g, (lambda t, f=single[1], r=r: f(r * t)), None)
+            for single, r in zip(singles, ratios)
+        ]
         prim, params = eqn.primitive, eqn.params
         parts = []
         it = iter(singles)
@@ -749,6 +752,21 @@ def _tag(name, parts, singles, statics):
         return ("abrelu", -1.0, 1.0)
     if name == "erf" and len(parts) == 1:
         return ("erf", 1.0, 1.0, 0.0)
+    return None
+
+
+def _ratio(u: "_Lin", g: "_Lin") -> float | None:
+    """`r` with `u = r g` (both linear combinations of the same atoms), or None."""
+    if u.same_as(g):
+        return 1.0
+    if set(u.terms) != set(g.terms):
+        return None
+    try:
+        ratios = [float(u.terms[a]) / float(g.terms[a]) for a in g.terms]
+    except Exception:  # traced coefficients
+        return None
+    if all(abs(r - ratios[0]) <= 1e-12 * max(1.0, abs(ratios[0])) for r in ratios):
+        return ratios[0]
     return None
 
 
@@ -802,6 +820,9 @@ def _as_function_of_one_gaussian(u: _Lin):
             return None
         scale = ratios[0]
     items = list(fns.items())
+    if len(items) == 1 and not scale and _is_one(items[0][1]):
+        # The function itself: keeps its dtype (a comparison stays boolean).
+        return g, items[0][0].f, items[0][0].tag
 
     def f(t):
         out = scale * t if scale else 0.0

@@ -106,7 +106,7 @@ class Leaky(eqx.Module):
 
     def __call__(self, x, *, key=None):
         h = self.l1(x)
-        return self.out(jnp.where(h > 0, h, 0.1 * h) + 0.3 * h**2)
+        return self.out(jnp.where(h > 0, h, jnp.sin(h)) + 0.3 * h**2)
 
 
 class ConvBlock(eqx.Module):
