@@ -494,7 +494,7 @@ class _Interpreter:
         q11, q22 = self.broadcast_variances(a.g, b.g, mode)
         q11 = jnp.broadcast_to(q11, q12.shape)
         q22 = jnp.broadcast_to(q22, q12.shape)
-        if a.tag is not None and a.tag == b.tag:
+        if a.tag is not None and a.tag == b.tag and a.tag[0] in _CLOSED_FORMS:
             entries = _closed_form(a.tag, q12.dtype)
             return entries(q11, q12, q22, t12)
         return _bivariate(a.f, b.f, q11, q12, q22, t12, self.deg)
@@ -680,7 +680,9 @@ class _Interpreter:
             return data[0].scaled(statics[0])
         if name == "div" and len(data) == 1 and isinstance(ins[0], _Lin):
             return data[0].scaled(1.0 / statics[0])
-        if name in ("convert_element_type", "copy", "copy_p", "reduce_precision") and len(ins) == 1:
+        floating = all(jnp.issubdtype(v.aval.dtype, jnp.floating) for v in eqn.invars)
+        passes = ("convert_element_type", "copy", "copy_p", "reduce_precision")
+        if name in passes and len(ins) == 1 and floating:
             return ins[0]
         # Otherwise: a scalar function of one Gaussian value.
         singles = []
@@ -712,6 +714,7 @@ class _Interpreter:
                 "and products of two Gaussian values are supported.",
                 self,
             )
+        select_tag = _select_tag(name, ins, singles, ratios)
         singles = [
             single if r == 1.0 else (g, (lambda t, f=single[1], r=r: f(r * t)), None)
             for single, r in zip(singles, ratios)
@@ -734,11 +737,33 @@ class _Interpreter:
             ]
             return prim.bind(*args, **params)
 
-        tag = _tag(name, parts, singles, statics)
+        tag = select_tag or _tag(name, parts, singles, statics)
         return _Lin.of(_Fn(g, f, tag))
 
 
 _IDENTITY = ("identity",)
+_CLOSED_FORMS = ("abrelu", "erf")
+
+
+def _select_tag(name, ins, singles, ratios):
+    """`where(g > 0, b g, a g)` (also `>=`, and `0` for either case) is `ABRelu(a, b)`."""
+    if name != "select_n" or len(ins) != 3 or not isinstance(ins[0], _Lin):
+        return None
+    if singles[0][2] != ("positive",):
+        return None
+    slopes = []
+    data = iter(zip(singles[1:], ratios[1:]))
+    for x in ins[1:]:
+        if isinstance(x, _Static):
+            if not _is_zero(x.value):
+                return None
+            slopes.append(0.0)
+        else:
+            single, r = next(data)
+            if single[2] != _IDENTITY or r is None:
+                return None
+            slopes.append(r)
+    return ("abrelu", slopes[0], slopes[1])
 
 
 def _tag(name, parts, singles, statics):
@@ -750,6 +775,9 @@ def _tag(name, parts, singles, statics):
         return ("abrelu", 0.0, 1.0)
     if name == "abs" and len(parts) == 1:
         return ("abrelu", -1.0, 1.0)
+    if name in ("gt", "ge") and parts[0][0] == "data" and len(statics) == 1:
+        if _is_zero(statics[0]):
+            return ("positive",)
     if name == "erf" and len(parts) == 1:
         return ("erf", 1.0, 1.0, 0.0)
     return None
@@ -905,7 +933,7 @@ def _regression_factor(a: _Fn, q, deg: int):
     """`E[f(g) g] / Var(g)`, so that `E[f(g) h] = factor * Cov(g, h)` for jointly Gaussian
     `(g, h)` (the regression of `h` on `g`); Stein's lemma makes it `E[f'(g)]` for smooth `f`,
     and it needs no derivative (`f` may jump). At zero variance: `E[f'(g)] = f'(0)`."""
-    if a.tag is not None:
+    if a.tag is not None and a.tag[0] in _CLOSED_FORMS:
         return _mean_derivative(a, q, deg)
     nodes, weights = np.polynomial.hermite.hermgauss(deg)
     s = safe_sqrt(2 * q)
