@@ -227,6 +227,20 @@ def test_product_of_branches_equals_fan_in_prod(getkey):
     _assert_same_kernel(m, ref, jr.normal(getkey(), (3, 4)))
 
 
+class Wheres(eqx.Module):
+    l1: nn.Dense
+
+    def __call__(self, x, *, key=None):
+        h = self.l1(x)
+        return jnp.where(h > 0, h, 0.1 * h) - jax.nn.leaky_relu(h, 0.1) + jax.nn.leaky_relu(h, 0.1)
+
+
+def test_where_leaky_relu_uses_the_closed_form(getkey):
+    m = Wheres(nn.Dense(4, 8, W_std=1.3, b_std=0.2, key=getkey()))
+    ref = nn.Sequential([m.l1, nn.LeakyRelu(0.1)])
+    _assert_same_kernel(m, ref, jr.normal(getkey(), (3, 4)))
+
+
 def test_scan_over_layers_equals_mlp(getkey):
     key = getkey()
     m = ScanStack(16, 3, key)
@@ -421,6 +435,8 @@ def test_program_under_jit_vmap_grad_and_batch(getkey):
     rows = jax.vmap(lambda xi: kernel_fn(xi[None], x, get="ntk")[0])(x)
     assert _close(rows, direct, 1e-10)
     assert _close(eqntk.batch(kernel_fn, 2)(x, x, get="ntk"), direct, 1e-10)
+    # Block-bounded memory: rows of x1 computed in blocks (a lax.map over the program).
+    assert _close(eqntk.limit(m, block_bytes=1)(x, get="ntk"), direct, 1e-10)
 
     def loss(w_std):
         model = eqx.tree_at(lambda mm: mm.l2.W_std, m, w_std)
