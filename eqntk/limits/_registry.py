@@ -205,12 +205,15 @@ def rule_for(layer: Any) -> AbstractRule:
 
     **Returns:**
 
-    The registered [`eqntk.limits.AbstractRule`][] instance.
+    The registered [`eqntk.limits.AbstractRule`][] instance. An Equinox module without a rule
+    gets the rule that traces its `__call__` and interprets it on kernels (it raises, naming
+    the operation and showing how to register a rule, when the code has no limit it knows).
 
     **Raises:**
 
-    `NotImplementedError`, naming the class and showing how to register a rule, when there is
-    none; `TypeError` for a plain function (it points to [`eqntk.nn.Elementwise`][]).
+    `NotImplementedError`, naming the class and showing how to register a rule, for an object
+    that is not an Equinox module and has no rule; `TypeError` for a plain function (it points
+    to [`eqntk.nn.Elementwise`][]).
 
     **Example:**
 
