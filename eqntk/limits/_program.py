@@ -1113,7 +1113,29 @@ def _concatenate(interp, eqn, ins):
     return total
 
 
+def _stack(interp, eqn, ins):
+    axis = eqn.params["axis"]
+    if not all(isinstance(x, _Lin) for x in ins) or axis == 0:
+        raise _unsupported(
+            eqn,
+            "only data values stacked along a new axis after the channels (axis >= 1) are "
+            "supported (stacking along axis 0 moves the channel axis).",
+            interp,
+        )
+    out = tuple(eqn.outvars[0].aval.shape)
+    total = None
+    for i, x in enumerate(ins):
+        # Position i of the new axis holds this value; the others hold zeros.
+        fn = lambda z, i=i: jnp.stack(
+            [z if j == i else jnp.zeros_like(z) for j in range(len(ins))], axis=axis - 1
+        )
+        part = _Lin.of(_SpatialMap(x, fn, out))
+        total = part if total is None else total.plus(part)
+    return total
+
+
 _STRUCTURAL = {
+    "stack": _stack,
     "reduce_sum": _reduce_sum,
     "slice": _slice,
     "pad": _pad,

@@ -235,6 +235,23 @@ class Wheres(eqx.Module):
         return jnp.where(h > 0, h, 0.1 * h) - jax.nn.leaky_relu(h, 0.1) + jax.nn.leaky_relu(h, 0.1)
 
 
+def test_stack_along_a_new_position_axis(getkey):
+    class Stacked(eqx.Module):
+        lin: eqx.nn.Linear
+
+        def __call__(self, x, *, key=None):
+            h = self.lin(x)
+            return jnp.stack([h, -2.0 * h], axis=-1)  # (C, 2)
+
+    m = Stacked(eqx.nn.Linear(4, 8, key=getkey()))
+    x = jr.normal(getkey(), (3, 4))
+    k, k0 = eqntk.limit(m)(x), eqntk.limit(m.lin)(x)
+    for i, ci in enumerate((1.0, -2.0)):
+        for j, cj in enumerate((1.0, -2.0)):
+            assert _close(k.nngp[:, :, i, j], ci * cj * k0.nngp)
+            assert _close(k.ntk[:, :, i, j], ci * cj * k0.ntk)
+
+
 def test_where_leaky_relu_uses_the_closed_form(getkey):
     m = Wheres(nn.Dense(4, 8, W_std=1.3, b_std=0.2, key=getkey()))
     ref = nn.Sequential([m.l1, nn.LeakyRelu(0.1)])
