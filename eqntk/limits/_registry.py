@@ -194,6 +194,8 @@ AnyRule = AbstractRule[Any] | AbstractStreamsRule[Any]
 
 
 _RULES: dict[type, AnyRule] = {}
+# The rule of modules without one: set by `_program` (which imports this module).
+program_rule: list[AnyRule] = []
 
 _R = TypeVar("_R", bound=type[AbstractRule[Any]] | type[AbstractStreamsRule[Any]])
 
@@ -267,12 +269,15 @@ def rule_for(layer: Any) -> AnyRule:
 
     **Returns:**
 
-    The registered [`eqntk.limits.AbstractRule`][] instance.
+    The registered [`eqntk.limits.AbstractRule`][] instance. An Equinox module without a rule
+    gets the rule that traces its `__call__` and interprets it on kernels (it raises, naming
+    the operation and showing how to register a rule, when the code has no limit it knows).
 
     **Raises:**
 
-    `NotImplementedError`, naming the class and showing how to register a rule, when there is
-    none; `TypeError` for a plain function (it points to [`eqntk.nn.Elementwise`][]).
+    `NotImplementedError`, naming the class and showing how to register a rule, for an object
+    that is not an Equinox module and has no rule; `TypeError` for a plain function (it points
+    to [`eqntk.nn.Elementwise`][]).
 
     **Example:**
 
@@ -287,15 +292,17 @@ def rule_for(layer: Any) -> AnyRule:
     rule = registered_rule(type(layer))
     if rule is not None:
         return rule
+    # An Equinox module without a rule of its own: its `__call__` is interpreted (`_program`).
+    if isinstance(layer, eqx.Module) and program_rule:
+        return program_rule[0]
     name = type(layer).__name__
     if _is_plain_function(layer):
         raise TypeError(
             f"`limit` takes layers (Equinox modules with a kernel rule), got the plain function "
             f"{_describe_function(layer)}. For a scalar nonlinearity applied elementwise, use "
             f"`eqntk.nn.Elementwise(fn)` (e.g. `nn.Elementwise(jnp.tanh)`): its kernel is "
-            f"computed by quadrature. `equinox.nn.Lambda(fn)` also makes a function a layer, "
-            f"but has no kernel rule of its own (a function need not act elementwise): register "
-            f"one with `eqntk.limits.register(equinox.nn.Lambda)` if you need it."
+            f"computed by quadrature. `equinox.nn.Lambda(fn)` of an elementwise function has "
+            f"the same kernel."
         )
     if isinstance(layer, eqx.nn.Lambda):
         raise NotImplementedError(

@@ -245,16 +245,25 @@ def test_get_must_name_kernels(getkey, get):
         kernel_fn(jnp.ones((2, 4)), get=get)
 
 
-def test_a_layer_without_a_rule_is_an_error(getkey):
-    class Mystery(eqx.Module):
+def test_a_layer_without_a_rule_is_interpreted_or_an_error(getkey):
+    # A module without a rule is traced and interpreted on kernels (the identity here) ...
+    class Plain(eqx.Module):
         def __call__(self, x, *, key=None):
             return x
 
-    model = nn.Sequential([nn.Dense(4, 8, key=getkey()), Mystery()])
-    with pytest.raises(
-        NotImplementedError, match=r"(?s)no kernel rule for .*Mystery.*register\(Mystery\)"
-    ):
-        eqntk.limit(model)(jnp.ones((2, 4)))
+    dense = nn.Dense(4, 8, key=getkey())
+    x = jnp.ones((2, 4))
+    k = eqntk.limit(nn.Sequential([dense, Plain()]))(x, get="nngp")
+    assert jnp.array_equal(k, eqntk.limit(dense)(x, get="nngp"))
+
+    # ... and code that has no limit is an error naming the module and how to register a rule.
+    class Mystery(eqx.Module):
+        def __call__(self, x, *, key=None):
+            return jnp.sort(x)
+
+    model = nn.Sequential([dense, Mystery()])
+    with pytest.raises(NotImplementedError, match=r"(?s)`sort`.*register\(Mystery\)"):
+        eqntk.limit(model)(x)
 
 
 def test_negative_w_std_is_an_error(getkey):
