@@ -51,7 +51,12 @@ class _Setup(eqx.Module):
 
 
 def _setup(
-    model: Any, x1: Any, x2: Any, vmap_axes: int, filter: Callable[[Any], bool], need_params: bool
+    model: Any,
+    x1: Any,
+    x2: Any,
+    vmap_axes: int,
+    filter: Callable[[Any], bool] | PyTree[bool],
+    need_params: bool,
 ) -> tuple[_Setup, list[Array], list[Array] | None]:
     params, static = eqx.partition(model, filter)
     leaves, param_tree = jtu.tree_flatten(params)
@@ -363,7 +368,9 @@ def empirical_kernel(
     ```
     """
     # One compiled program per model structure, shapes and options: evaluated op by op, the
-    # Jacobians and contractions dispatch and compile many small programs.
+    # Jacobians and contractions dispatch and compile many small programs. `filter` is applied
+    # here, to the model's own leaves (inside, they are tracers: a filter that tests identity
+    # would select nothing).
     return _compiled_empirical_kernel(
         model,
         x1,
@@ -373,7 +380,7 @@ def empirical_kernel(
         trace_axes=trace_axes,
         diagonal_axes=diagonal_axes,
         vmap_axes=vmap_axes,
-        filter=filter,
+        filter=jtu.tree_map(filter, model),
     )
 
 

@@ -445,7 +445,13 @@ def _check_output(rule: AnyRule, layer: Any, k: KernelTree, out: Any) -> None:
     where = f"The kernel rule `{type(rule).__qualname__}` (of `{type(layer).__name__}`)"
     inputs, outputs = _kernels(k), _kernels(out)
     if not outputs or not all(isinstance(o, Kernel) for o in outputs):
-        got = [type(o).__name__ for o in outputs] if isinstance(out, tuple) else type(out).__name__
+
+        def name(o: Any) -> str:
+            if isinstance(o, jax.Array):  # a traced or concrete array alike
+                return f"an array of shape {o.shape}"
+            return type(o).__name__
+
+        got = [name(o) for o in outputs] if isinstance(out, tuple) else name(out)
         raise TypeError(f"{where} must return a `Kernel` or a tuple of kernels, got {got}.")
     first = inputs[0]
     n1, n2 = first.nngp.shape[:2]

@@ -307,7 +307,8 @@ class EquinoxDropoutRule(AbstractRule[eqx.nn.Dropout]):
         if not isinstance(p, jax.core.Tracer):
             # Static checks first: `p=1` drops every unit (no limit), `p` outside [0, 1) is not a
             # probability; both would otherwise give infinite or negative variances.
-            p = hyperparameter("p", p)
+            hyperparameter("p", p)  # a finite real number
+            p = float(np.asarray(p))  # compared here, at trace time (not a traced array)
             if not 0 <= p <= 1:
                 raise ValueError(
                     f"`equinox.nn.Dropout` needs its drop probability `p` in [0, 1], "

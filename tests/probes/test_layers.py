@@ -261,7 +261,7 @@ def test_rule_output_ntk_checked(getkey):
 
 
 def test_rule_output_type_checked(getkey):
-    with pytest.raises(TypeError, match=r"`ArrayRule` .*must return a `Kernel`.*got ArrayImpl"):
+    with pytest.raises(TypeError, match=r"`ArrayRule` .*must return a `Kernel`.*got an array"):
         _dense_kernel_fn(getkey(), _ArrayLayer())(jnp.ones((2, 3)))
 
 
