@@ -446,12 +446,12 @@ def _check_output(rule: AnyRule, layer: Any, k: KernelTree, out: Any) -> None:
     inputs, outputs = _kernels(k), _kernels(out)
     if not outputs or not all(isinstance(o, Kernel) for o in outputs):
 
-        def name(o: Any) -> str:
+        def described(o: Any) -> str:
             if isinstance(o, jax.Array):  # a traced or concrete array alike
                 return f"an array of shape {o.shape}"
             return type(o).__name__
 
-        got = [name(o) for o in outputs] if isinstance(out, tuple) else name(out)
+        got = [described(o) for o in outputs] if isinstance(out, tuple) else described(out)
         raise TypeError(f"{where} must return a `Kernel` or a tuple of kernels, got {got}.")
     first = inputs[0]
     n1, n2 = first.nngp.shape[:2]
