@@ -471,15 +471,21 @@ class MLPRule(AbstractRule):
 # Normalisation.
 
 
-def _check_init_value(layer: Any, name: str, value: Any, init: float) -> None:
-    if value is None or isinstance(value, Tracer):
-        return
+def _check_init_value(layer: Any, name: str, value: Any, init: float, k: Kernel) -> Kernel:
+    """`k` unchanged, once `value` is checked to equal `init` everywhere: at trace time when it
+    is concrete, else (inside the compiled kernel function) with `eqx.error_if`."""
+    if value is None:
+        return k
+    message = (
+        f"`equinox.nn.{type(layer).__name__}`'s `{name}` must have its initial value "
+        f"({init:g} everywhere) for the infinite-width limit: a trained elementwise affine "
+        f"map makes channels no longer exchangeable."
+    )
+    if isinstance(value, Tracer):
+        return k.replace(nngp=eqx.error_if(k.nngp, jnp.any(value != init), message))
     if not bool(jnp.all(value == init)):
-        raise ValueError(
-            f"`equinox.nn.{type(layer).__name__}`'s `{name}` must have its initial value "
-            f"({init:g} everywhere) for the infinite-width limit: a trained elementwise affine "
-            f"map makes channels no longer exchangeable."
-        )
+        raise ValueError(message)
+    return k
 
 
 def _normalised(
@@ -535,8 +541,8 @@ class LayerNormRule(AbstractRule):
     def __call__(self, layer: eqx.nn.LayerNorm, k: Kernel, wanted) -> Kernel:
         require_gaussian(k, layer)
         _check_normalised_shape(layer, k)
-        _check_init_value(layer, "weight", layer.weight, 1.0)
-        _check_init_value(layer, "bias", layer.bias, 0.0)
+        k = _check_init_value(layer, "weight", layer.weight, 1.0, k)
+        k = _check_init_value(layer, "bias", layer.bias, 0.0, k)
         return _normalised(layer, k, layer.eps, True, True, (layer.use_weight, layer.use_bias))
 
 
@@ -550,8 +556,8 @@ class RMSNormRule(AbstractRule):
 
     def __call__(self, layer: eqx.nn.RMSNorm, k: Kernel, wanted) -> Kernel:
         _check_normalised_shape(layer, k)
-        _check_init_value(layer, "weight", layer.weight, 1.0)
-        _check_init_value(layer, "bias", layer.bias, 0.0)
+        k = _check_init_value(layer, "weight", layer.weight, 1.0, k)
+        k = _check_init_value(layer, "bias", layer.bias, 0.0, k)
         return _normalised(layer, k, layer.eps, True, True, (layer.use_weight, layer.use_bias))
 
 
@@ -567,8 +573,8 @@ class GroupNormRule(AbstractRule):
         require_gaussian(k, layer)
         if layer.channels is not None:
             _check_channels(layer, layer.channels, k)
-        _check_init_value(layer, "weight", layer.weight, 1.0)
-        _check_init_value(layer, "bias", layer.bias, 0.0)
+        k = _check_init_value(layer, "weight", layer.weight, 1.0, k)
+        k = _check_init_value(layer, "bias", layer.bias, 0.0, k)
         affine = (layer.channelwise_affine, layer.channelwise_affine)
         return _normalised(layer, k, layer.eps, True, False, affine)
 

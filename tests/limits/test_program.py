@@ -260,8 +260,8 @@ def test_where_leaky_relu_uses_the_closed_form(getkey):
 
 def test_scan_over_layers_equals_mlp(getkey):
     key = getkey()
-    m = ScanStack(16, 3, key)
-    mlp = eqx.nn.MLP(4, 2, 16, 4, key=key)
+    m = ScanStack(8, 2, key)
+    mlp = eqx.nn.MLP(4, 2, 8, 3, key=key)
     _assert_same_kernel(m, mlp, jr.normal(getkey(), (3, 4)))
 
 
