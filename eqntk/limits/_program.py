@@ -527,9 +527,15 @@ class _Interpreter:
             if a.tag == b.tag and a.tag[3] == a.tag[4] == 0:  # a ReLU-like function
                 return _closed_form(("abrelu", a.tag[1], a.tag[2]), q12.dtype)(q11, q12, q22, t12)
             return _pl_moment(a, b, q11, q12, q22, t12)
+        if _is_pl(a.tag) and _smooth(b):
+            return _pl_smooth_moment(a, b, q11, q12, q22, t12, self.deg)
+        if _is_pl(b.tag) and _smooth(a):
+            return _pl_smooth_moment(b, a, q22, q12, q11, t12, self.deg)
         _check_smooth(a, self)
         _check_smooth(b, self)
-        return _bivariate(a.f, b.f, q11, q12, q22, t12, self.deg)
+        return _bivariate(
+            a.f, b.f, q11, q12, q22, t12, self.deg, _fn_derivative(a), _fn_derivative(b)
+        )
 
     # -- the jaxpr ------------------------------------------------------------------------------
 
@@ -946,8 +952,6 @@ def _pieces_after(name, ops):
             return None, crossings
         hit = [float((v == 0) == (name == "eq")) for v in signs]
         return (0.0, 0.0, hit[0], hit[1]), None
-    if name == "select_n" and len(ops) >= 2:
-        return _pieces_after_select(ops)
     return None, None
 
 
@@ -1164,33 +1168,89 @@ def _pl_moment(a: _Fn, b: _Fn, q11, q12, q22, t12) -> _Moment:
     return nngp, ntk
 
 
+def _pl_smooth_moment(a: _Fn, b: _Fn, q11, q12, q22, t12, deg: int) -> _Moment:
+    """`E[f(u) k(v)]` and `t12 E[f'(u) k'(v)]` for a piecewise-linear `f` (kink or jump at 0)
+    and a smooth `k`: on each half-line of `u = s sqrt(q11) t` (`t > 0`), `v` given `u` is
+    `N(s rho sqrt(q22) t, q22 (1 - rho^2))`; the integral over `t` has a smooth integrand on
+    `[0, inf)` (Gauss–Legendre on `[0, 9]`, the tail below 1e-18) and the conditional mean of
+    `k` is a Gauss–Hermite sum, both exact to rounding for smooth `k`."""
+    assert a.tag is not None
+    _, an, ap, cn, cp = a.tag
+    dtype = q12.dtype
+    _, rho = correlation(q11, q12, q22)
+    r1, r2 = safe_sqrt(q11), safe_sqrt(q22)
+    spread = r2 * safe_sqrt((1 - rho) * (1 + rho))
+    t_nodes, t_weights = np.polynomial.legendre.leggauss(2 * deg)
+    t_nodes, t_weights = (
+        4.5 * (t_nodes + 1),
+        4.5 * t_weights * np.exp(-((4.5 * (t_nodes + 1)) ** 2) / 2),
+    )
+    t_weights = t_weights / math.sqrt(2 * math.pi)
+    z_nodes, z_weights = np.polynomial.hermite.hermgauss(deg)
+    dk = _derivative(b.f)
+
+    def conditional_mean(fn, mean):
+        total = sum(
+            float(w) * fn(mean + spread * (math.sqrt(2) * float(z)))
+            for z, w in zip(z_nodes, z_weights)
+        )
+        return total / math.sqrt(math.pi)
+
+    def integrate(with_ntk: bool):
+        def body(i, acc):
+            t = jnp.asarray(t_nodes, dtype)[i]
+            w = jnp.asarray(t_weights, dtype)[i]
+            out = []
+            for s, a_s, c_s in ((-1, an, cn), (1, ap, cp)):
+                mean = s * rho * r2 * t
+                if with_ntk:
+                    out.append(w * a_s * conditional_mean(dk, mean))
+                else:
+                    out.append(w * (a_s * s * r1 * t + c_s) * conditional_mean(b.f, mean))
+            return acc + out[0] + out[1]
+
+        return lax.fori_loop(0, len(t_nodes), body, jnp.zeros(q12.shape, dtype))
+
+    nngp = integrate(False)
+    f0 = jnp.asarray(a.f(jnp.zeros((), dtype)), dtype)
+    k_mean = conditional_mean(b.f, jnp.zeros_like(q12))  # E[k(v)] at rho = 0 is its mean
+    nngp = jnp.where(q11 <= 0, f0 * k_mean, nngp)
+    return nngp, None if t12 is None else t12 * integrate(True)
+
+
+def _smooth(a: _Fn) -> bool:
+    return _kink(a) is None
+
+
+def _kink(a: _Fn) -> str | None:
+    """Where `f` has a kink or a jump, in words, or None when it is smooth at its breaks."""
+    if a.breaks is not None and not a.breaks:
+        return None
+    if a.breaks is None:
+        return "a kink or jump at points that cannot be located"
+    df = _derivative(a.f)
+    for t0 in sorted(a.breaks):
+        eps = 1e-6 * max(1.0, abs(t0))
+        try:
+            t = jnp.asarray([t0 - eps, t0 + eps])
+            v, d = np.asarray(a.f(t), float), np.asarray(df(t), float)
+        except Exception:  # traced constants: cannot be checked
+            continue
+        scale = 1.0 + float(np.max(np.abs(v))) + float(np.max(np.abs(d))) * eps
+        if abs(v[1] - v[0]) > 1e-4 * scale:
+            return f"a jump at {t0:g}"
+        if abs(d[1] - d[0]) > 1e-4 * (1.0 + float(np.max(np.abs(d)))):
+            return f"a kink at {t0:g}"
+    return None
+
+
 def _check_smooth(a: _Fn, interp) -> None:
     """Raise where `f` has a kink or a jump that only Gauss–Hermite quadrature would see: its
     error there is not small (a quarter of the NTK for a kink, a tenth of the NNGP for a
     jump)."""
-    if a.breaks is not None and not a.breaks:
+    bad = _kink(a)
+    if bad is None:
         return
-    bad = None
-    if a.breaks is None:
-        bad = "a kink or jump at points that cannot be located"
-    else:
-        df = _derivative(a.f)
-        for t0 in sorted(a.breaks):
-            eps = 1e-6 * max(1.0, abs(t0))
-            try:
-                t = jnp.asarray([t0 - eps, t0 + eps])
-                v, d = np.asarray(a.f(t), float), np.asarray(df(t), float)
-            except Exception:  # traced constants: cannot be checked
-                continue
-            scale = 1.0 + float(np.max(np.abs(v))) + float(np.max(np.abs(d))) * eps
-            if abs(v[1] - v[0]) > 1e-4 * scale:
-                bad = f"a jump at {t0:g}"
-                break
-            if abs(d[1] - d[0]) > 1e-4 * (1.0 + float(np.max(np.abs(d)))):
-                bad = f"a kink at {t0:g}"
-                break
-        if bad is None:
-            return
     raise _Unsupported(
         f"`limit` traced `{type(interp.model).__qualname__}.__call__` and found an elementwise "
         f"function (made at {a.where}) with {bad}. Its limit has no closed form here, and "
@@ -1204,6 +1264,22 @@ def _check_smooth(a: _Fn, interp) -> None:
         f"    class {type(interp.model).__name__}Rule(eqntk.limits.AbstractRule): ...\n\n"
         f"(`eqntk.monte_carlo_kernel` estimates any module's kernel by sampling)."
     )
+
+
+def _fn_derivative(a: _Fn) -> Callable:
+    """`f'`, taken just right of each break of `f`: at a break (0 is a Gauss–Hermite node)
+    autodiff returns one branch's choice (`max(t, 0)` has derivative 0 at 0 in
+    `max(t, 0) + log1p(exp(-|t|))`, whose derivative is 1/2 there)."""
+    df = _derivative(a.f)
+    if not a.breaks:
+        return df
+
+    def nudged(z):
+        for t0 in a.breaks:
+            z = jnp.where(z == t0, t0 + 1e-9 * max(1.0, abs(t0)), z)
+        return df(z)
+
+    return nudged
 
 
 def _derivative(f: Callable) -> Callable:
@@ -1220,7 +1296,7 @@ def _mean_derivative(a: _Fn, q, deg: int):
         return (2 / math.sqrt(math.pi)) / jnp.sqrt(1 + 2 * q)
     nodes, weights = np.polynomial.hermite.hermgauss(deg)
     s = safe_sqrt(2 * q)
-    df = _derivative(a.f)
+    df = _fn_derivative(a)
     total = sum(float(w) * df(s * float(x)) for x, w in zip(nodes, weights))
     return total / math.sqrt(math.pi)
 
@@ -1246,7 +1322,7 @@ def _regression_factor(a: _Fn, q, deg: int):
     return jnp.where(positive, ratio, _derivative(a.f)(jnp.zeros_like(q)))
 
 
-def _bivariate(f, k, q11, q12, q22, t12, deg: int):
+def _bivariate(f, k, q11, q12, q22, t12, deg: int, df=None, dk=None):
     """`E[f(u) k(v)]` and `t12 E[f'(u) k'(v)]` for jointly Gaussian `(u, v)`, by Gauss–Hermite
     quadrature of degree `deg` in each variable (as `nn.Elementwise`)."""
     nodes, weights = np.polynomial.hermite.hermgauss(deg)
@@ -1255,7 +1331,8 @@ def _bivariate(f, k, q11, q12, q22, t12, deg: int):
     _, rho = correlation(q11, q12, q22)
     s1, s2 = safe_sqrt(2 * q11), safe_sqrt(2 * q22)
     a, b = s2 * rho, s2 * safe_sqrt(1 - rho * rho)
-    df, dk = _derivative(f), _derivative(k)
+    df = _derivative(f) if df is None else df
+    dk = _derivative(k) if dk is None else dk
 
     def integrate(g1, g2):
         def body(i, total):

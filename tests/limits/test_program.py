@@ -1,9 +1,13 @@
 """`limit` of Equinox modules without a rule: their `__call__` interpreted on kernels."""
 
+import math
+from collections.abc import Callable
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import jax.tree_util as jtu
 import pytest
 
 import eqntk
@@ -472,3 +476,126 @@ def test_program_works_with_empirical_and_monte_carlo_kernels(getkey):
     assert ntk.shape[:2] == (3, 3)
     mc = eqntk.monte_carlo_kernel(make, getkey(), x, None, n_samples=2, get="nngp")
     assert mc.shape[:2] == (3, 3)
+
+
+# Kinks and jumps -------------------------------------------------------------------------
+
+
+class Applied(eqx.Module):
+    lin: nn.Dense
+    fn: Callable = eqx.field(static=True)
+
+    def __call__(self, x, *, key=None):
+        return self.fn(self.lin(x))
+
+
+def _applied(getkey, fn):
+    return Applied(nn.Dense(4, 8, W_std=1.2, b_std=0.3, key=getkey()), fn)
+
+
+@pytest.mark.parametrize(
+    "fn, scale, shift",
+    [
+        (lambda h: (h > 0).astype(h.dtype), 1.0, 0.0),
+        (lambda h: jnp.heaviside(h, 0.5), 1.0, 0.0),
+        (lambda h: jnp.where(h > 0, 1.0, 0.0), 1.0, 0.0),
+        (jnp.sign, 4.0, -1.0),  # E[sign u sign v] = 4 P(u > 0, v > 0) - 1
+    ],
+)
+def test_steps_have_the_orthant_probability(getkey, fn, scale, shift):
+    """`E[step(u) step(v)] = 1/4 + arcsin(rho) / (2 pi)`; the NTK is zero (the derivative is
+    zero almost everywhere, as the gradient of a finite network)."""
+    m = _applied(getkey, fn)
+    x = jr.normal(getkey(), (3, 4))
+    k, k0 = eqntk.limit(m)(x), eqntk.limit(m.lin)(x)
+    d = jnp.sqrt(jnp.diag(k0.nngp))
+    rho = jnp.clip(k0.nngp / (d[:, None] * d[None]), -1, 1)
+    expected = scale * (0.25 + jnp.arcsin(rho) / (2 * math.pi)) + shift
+    assert jnp.allclose(k.nngp, expected, rtol=0, atol=1e-12)
+    assert jnp.array_equal(k.ntk, jnp.zeros_like(k.ntk))
+
+
+def _mixed_pl(h):
+    step, below = (h > 0).astype(h.dtype), (h < 0).astype(h.dtype)
+    return jax.nn.relu(h) + 0.5 * step - 0.3 * jnp.sign(h) + 0.2 * h * below
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        _mixed_pl,  # kinks and jumps at 0 only: closed form
+        lambda h: jax.nn.relu(h) + jnp.sin(h),  # a kink plus a smooth function: exact quadrature
+        lambda h: jnp.where(h > 0, 1.0, -0.5) + jnp.tanh(h),  # a jump plus a smooth function
+    ],
+)
+def test_kinks_and_jumps_at_zero_against_gaussian_sampling(getkey, fn):
+    """The NNGP `E[f(u) f(v)]` and the NTK `E[f'(u) f'(v)] Θ` against 200 000 draws of the
+    Gaussian pre-activations (the tolerance is 6 standard errors of the sample means)."""
+    m = _applied(getkey, fn)
+    x = jr.normal(getkey(), (3, 4))
+    k, k0 = eqntk.limit(m)(x), eqntk.limit(m.lin)(x)
+    n = 200_000
+    z = jr.multivariate_normal(getkey(), jnp.zeros(3), k0.nngp, (n,))
+    fz = fn(z)
+    dfz = jax.vmap(jax.vmap(jax.grad(lambda t: fn(t).astype(t.dtype))))(z)
+    for samples, exact, factor in ((fz, k.nngp, 1.0), (dfz, k.ntk, k0.ntk)):
+        products = samples[:, :, None] * samples[:, None, :]
+        mean, sd = products.mean(0) * factor, products.std(0) * jnp.abs(factor)
+        assert jnp.all(jnp.abs(mean - exact) <= 6 * sd / math.sqrt(n) + 1e-12)
+
+
+@pytest.mark.parametrize(
+    "fn, match",
+    [
+        (jax.nn.relu6, "kink at 0"),
+        (jax.nn.hard_tanh, "kink at -1"),
+        (lambda h: jnp.clip(h, -0.5, 2.0), "kink"),
+        (lambda h: jax.nn.relu(h - 1.0), "kink at 1"),
+        (lambda h: (h > 0.5).astype(h.dtype), "jump at 0.5"),
+        (jnp.floor, "kink or jump"),
+    ],
+)
+def test_kinks_and_jumps_away_from_zero_are_errors(getkey, fn, match):
+    """Only quadrature would be left for these, and it is not accurate at a kink or a jump."""
+    with pytest.raises(NotImplementedError, match=f"(?s){match}.*quadrature"):
+        eqntk.limit(_applied(getkey, fn))(jr.normal(getkey(), (2, 4)))
+
+
+def test_smooth_function_written_with_kinks_is_accepted(getkey):
+    """`softplus` is `max(t, 0) + log1p(exp(-|t|))`: two kinked terms, smooth as a whole, so
+    its quadrature is that of `nn.Elementwise` (the same kernel up to the rounding of the two
+    quadrature codes, 1e-12 of the result times the 25^2 terms summed)."""
+    m = _applied(getkey, jax.nn.softplus)
+    ref = nn.Sequential([m.lin, nn.Elementwise(jax.nn.softplus)])
+    _assert_same_kernel(m, ref, jr.normal(getkey(), (3, 4)), tol=1e-9)
+
+
+# Linearisation and Taylor expansion of a traced module -------------------------------------
+
+
+def test_linearize_and_taylor_expand_a_traced_module(getkey):
+    k = jr.split(getkey(), 3)
+    m = Residual(
+        nn.Dense(4, 8, b_std=0.1, key=k[0]), nn.Dense(8, 8, key=k[1]), nn.Dense(8, 2, key=k[2])
+    )
+    x = jr.normal(getkey(), (3, 4))
+    lin, quad = eqntk.linearize(m), eqntk.taylor_expand(m, 2)
+    assert _close(jax.vmap(lin)(x), jax.vmap(m)(x)) and _close(jax.vmap(quad)(x), jax.vmap(m)(x))
+    # The empirical NTK of the linearised module is the module's own (same Jacobian).
+    assert _close(
+        eqntk.empirical_kernel(lin, x, None, get="ntk"),
+        eqntk.empirical_kernel(m, x, None, get="ntk"),
+        1e-10,
+    )
+    # Away from the expansion point, the errors are O(delta^2) and O(delta^3).
+    # A small step of the weights and biases (the scalar hyperparameters W_std, b_std are not
+    # trained: the forward pass stops their gradient), small enough that no ReLU changes sign.
+    step = lambda a: (1e-4 if a.ndim else 0.0) * jnp.ones_like(a)
+    delta = jtu.tree_map(step, eqx.filter(m, eqx.is_inexact_array))
+    moved = eqx.apply_updates(m, delta)
+    lin_moved = eqx.tree_at(lambda e: e.params, lin, eqx.apply_updates(lin.params, delta))
+    quad_moved = eqx.tree_at(lambda e: e.params, quad, eqx.apply_updates(quad.params, delta))
+    truth = jax.vmap(moved)(x)
+    err1 = jnp.max(jnp.abs(jax.vmap(lin_moved)(x) - truth))
+    err2 = jnp.max(jnp.abs(jax.vmap(quad_moved)(x) - truth))
+    assert err2 < 0.1 * err1
