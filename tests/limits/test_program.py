@@ -524,8 +524,10 @@ def _mixed_pl(h):
     "fn",
     [
         _mixed_pl,  # kinks and jumps at 0 only: closed form
-        lambda h: jax.nn.relu(h) + jnp.sin(h),  # a kink plus a smooth function: exact quadrature
-        lambda h: jnp.where(h > 0, 1.0, -0.5) + jnp.tanh(h),  # a jump plus a smooth function
+        # A kink or a jump plus a smooth function: half-line quadrature (the default suite has
+        # one through `test_correlated_nonlinearities_against_monte_carlo`).
+        pytest.param(lambda h: jax.nn.relu(h) + jnp.sin(h), marks=pytest.mark.slow),
+        pytest.param(lambda h: jnp.where(h > 0, 1.0, -0.5) + jnp.tanh(h), marks=pytest.mark.slow),
     ],
 )
 def test_kinks_and_jumps_at_zero_against_gaussian_sampling(getkey, fn):
@@ -561,6 +563,7 @@ def test_kinks_and_jumps_away_from_zero_are_errors(getkey, fn, match):
         eqntk.limit(_applied(getkey, fn))(jr.normal(getkey(), (2, 4)))
 
 
+@pytest.mark.slow
 def test_smooth_function_written_with_kinks_is_accepted(getkey):
     """`softplus` is `max(t, 0) + log1p(exp(-|t|))`: two kinked terms, smooth as a whole, so
     its quadrature is that of `nn.Elementwise` (the same kernel up to the rounding of the two
