@@ -142,7 +142,14 @@ class _Fn(_Atom):
     kink or jump at 0; `erf`); `breaks` are the points where `f` may be non-smooth (None:
     unknown); `where` is the user's line that made it."""
 
-    def __init__(self, g: "_Lin", f: Callable, tag: tuple | None, breaks=frozenset(), where=""):
+    def __init__(
+        self,
+        g: "_Lin",
+        f: Callable,
+        tag: tuple | None,
+        breaks: frozenset | None = frozenset(),
+        where: str = "",
+    ):
         self.g, self.f, self.tag = g, f, tag
         self.breaks, self.where = breaks, where
         self.shape = g.shape
@@ -1271,11 +1278,12 @@ def _fn_derivative(a: _Fn) -> Callable:
     autodiff returns one branch's choice (`max(t, 0)` has derivative 0 at 0 in
     `max(t, 0) + log1p(exp(-|t|))`, whose derivative is 1/2 there)."""
     df = _derivative(a.f)
-    if not a.breaks:
+    breaks = a.breaks
+    if not breaks:
         return df
 
     def nudged(z):
-        for t0 in a.breaks:
+        for t0 in breaks:
             z = jnp.where(z == t0, t0 + 1e-9 * max(1.0, abs(t0)), z)
         return df(z)
 
