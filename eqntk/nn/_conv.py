@@ -56,11 +56,9 @@ def _set_window_fields(
     strides: Sequence[int] | None,
     padding: Padding,
     dilation: Sequence[int] | None,
-    parameterization: Parameterization,
-    s: tuple[int, int],
 ) -> None:
-    """Check and set the fields that every convolution's `__init__` shares (called from it)."""
-    check_parameterization(parameterization, s)
+    """Check and set the sizes, the window geometry and the mask of a convolution (from its
+    `__init__`, after the parameterisation)."""
     for name, size in (("in_channels", in_channels), ("out_channels", out_channels)):
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ValueError(f"`{name}` must be a positive integer, got {size!r}.")
@@ -68,8 +66,7 @@ def _set_window_fields(
         "filter_shape", filter_shape, strides, dilation, padding
     )
     layer.in_channels, layer.out_channels = in_channels, out_channels
-    layer.padding, layer.parameterization = padding, parameterization
-    layer.s = (int(s[0]), int(s[1]))
+    layer.padding = padding
     layer.mask = None
 
 
@@ -171,16 +168,10 @@ class AbstractConvolution(AbstractAffine, AbstractMaskedLayer):
           for `"ntk"`).
         - `key`: a `jax.random` key for the initial weights.
         """
+        check_parameterization(parameterization, s)
+        self.parameterization, self.s = parameterization, (int(s[0]), int(s[1]))
         _set_window_fields(
-            self,
-            in_channels,
-            out_channels,
-            filter_shape,
-            strides,
-            padding,
-            dilation,
-            parameterization,
-            s,
+            self, in_channels, out_channels, filter_shape, strides, padding, dilation
         )
         n_out, n_in = self.s[1] * out_channels, self.s[0] * in_channels
         self.W_std, self.b_std, self.weight, self.bias = init_affine(
@@ -486,16 +477,10 @@ class ConvLocal(AbstractAffine, AbstractMaskedLayer):
         assert local(jnp.ones((3, 6, 6))).shape == (8, 4, 4)
         ```
         """
+        check_parameterization(parameterization, s)
+        self.parameterization, self.s = parameterization, (int(s[0]), int(s[1]))
         _set_window_fields(
-            self,
-            in_channels,
-            out_channels,
-            filter_shape,
-            strides,
-            padding,
-            dilation,
-            parameterization,
-            s,
+            self, in_channels, out_channels, filter_shape, strides, padding, dilation
         )
         n = len(self.filter_shape)
         self.spatial_shape = tuple(int(v) for v in spatial_shape)
