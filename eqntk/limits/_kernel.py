@@ -180,7 +180,9 @@ class Kernel(eqx.Module):
 
         **Returns:**
 
-        A new [`eqntk.Kernel`][].
+        A new [`eqntk.Kernel`][]. Masks are kept unless `changes` replaces them: a change that
+        leaves a masked kernel without positions (`shape1` of length 1) must say what becomes
+        of the mask (`mask1=None`, or a mask mapped along), and raises otherwise.
 
         **Example:**
 
@@ -198,11 +200,15 @@ class Kernel(eqx.Module):
         if unknown:
             raise TypeError(f"`Kernel` has no field(s) {sorted(unknown)}.")
         fields.update(changes)
-        # A layer that removes every spatial axis (Flatten, global pooling) leaves no positions
-        # to mask; the masked entries it summed over were zero.
         for i in ("1", "2"):
-            if len(fields["shape" + i]) == 1 and "mask" + i not in changes:
-                fields["mask" + i] = None
+            shape, mask = fields["shape" + i], fields["mask" + i]
+            had_positions = len(getattr(self, "shape" + i)) > 1
+            if had_positions and len(shape) == 1 and mask is not None and "mask" + i not in changes:
+                raise ValueError(
+                    f"`Kernel.replace` was asked for `shape{i}={shape}`, which has no positions "
+                    f"left, but kept `mask{i}` of shape {tuple(mask.shape)}; pass `mask{i}=None` "
+                    "(the masked entries were summed as zeros) or the mask mapped along."
+                )
         return Kernel(**fields)
 
     def map_covariances(

@@ -5,7 +5,7 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float
 
 from ..limits._elementwise import AbstractElementwiseRule, EntryMap, map_entries, require_gaussian
 from ..limits._kernel import Kernel
@@ -20,9 +20,10 @@ from ..limits._math import (
 )
 from ..limits._registry import Requirements, register
 from ._hyperparameters import frozen, hyperparameter
+from ._nonlinearity import AbstractNonlinearity
 
 
-class ABRelu(eqx.Module):
+class ABRelu(AbstractNonlinearity):
     """The two-slope ReLU $\\phi(x) = a \\min(x, 0) + b \\max(x, 0)$.
 
     Special cases: `Relu` ($a=0, b=1$), `LeakyRelu` ($a=\\alpha, b=1$), `Abs` ($a=-1, b=1$),
@@ -66,14 +67,11 @@ class ABRelu(eqx.Module):
         self.b = hyperparameter("b", b)
         self.do_stabilize = do_stabilize
 
-    def __call__(
-        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
-    ) -> Float[Array, "*shape"]:
-        """Apply the nonlinearity elementwise to one example `x` of any shape."""
+    def phi(self, x: Array) -> Array:
         return _abrelu(x, frozen(self.a), frozen(self.b))
 
 
-class Relu(eqx.Module):
+class Relu(AbstractNonlinearity):
     """The rectifier $\\phi(x) = \\max(x, 0)$; its kernel is the arc-cosine kernel (see
     [`eqntk.nn.ABRelu`][] with $a=0, b=1$).
 
@@ -96,14 +94,11 @@ class Relu(eqx.Module):
         """
         self.do_stabilize = do_stabilize
 
-    def __call__(
-        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
-    ) -> Float[Array, "*shape"]:
-        """Apply the nonlinearity elementwise to one example `x` of any shape."""
+    def phi(self, x: Array) -> Array:
         return jax.nn.relu(x)
 
 
-class LeakyRelu(eqx.Module):
+class LeakyRelu(AbstractNonlinearity):
     """The leaky rectifier: $x$ for $x > 0$, otherwise $\\alpha x$ (see [`eqntk.nn.ABRelu`][]
     with $a=\\alpha, b=1$)."""
 
@@ -128,14 +123,11 @@ class LeakyRelu(eqx.Module):
         self.alpha = hyperparameter("alpha", alpha)
         self.do_stabilize = do_stabilize
 
-    def __call__(
-        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
-    ) -> Float[Array, "*shape"]:
-        """Apply the nonlinearity elementwise to one example `x` of any shape."""
+    def phi(self, x: Array) -> Array:
         return _abrelu(x, frozen(self.alpha), 1.0)
 
 
-class Abs(eqx.Module):
+class Abs(AbstractNonlinearity):
     """The absolute value $\\phi(x) = |x|$ (see [`eqntk.nn.ABRelu`][] with $a=-1, b=1$).
 
     **Example:**
@@ -157,14 +149,11 @@ class Abs(eqx.Module):
         """
         self.do_stabilize = do_stabilize
 
-    def __call__(
-        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
-    ) -> Float[Array, "*shape"]:
-        """Apply the nonlinearity elementwise to one example `x` of any shape."""
+    def phi(self, x: Array) -> Array:
         return jnp.abs(x)
 
 
-class Erf(eqx.Module):
+class Erf(AbstractNonlinearity):
     """The scaled error function $\\phi(x) = a\\,\\mathrm{erf}(b x) + c$.
 
     Kernel rule (Williams 1997): with $\\tilde q_{ij} = 2 b^2 \\mathcal{K}_{ij}$,
@@ -198,10 +187,7 @@ class Erf(eqx.Module):
         self.b = hyperparameter("b", b)
         self.c = hyperparameter("c", c)
 
-    def __call__(
-        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
-    ) -> Float[Array, "*shape"]:
-        """Apply the nonlinearity elementwise to one example `x` of any shape."""
+    def phi(self, x: Array) -> Array:
         return frozen(self.a) * jax.scipy.special.erf(frozen(self.b) * x) + frozen(self.c)
 
 
@@ -210,7 +196,7 @@ class Erf(eqx.Module):
 SIGMOID_LIKE_SCALE = 2.4020563531719796
 
 
-class SigmoidLike(eqx.Module):
+class SigmoidLike(AbstractNonlinearity):
     """A sigmoid made of the error function, $\\phi(x) = \\mathrm{erf}(x / 2.40206)/2 + 1/2$.
 
     Its kernel is that of [`eqntk.nn.Erf`][] with $a = 1/2$, $b = 1/2.4020563531719796$,
@@ -226,14 +212,11 @@ class SigmoidLike(eqx.Module):
     ```
     """
 
-    def __call__(
-        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
-    ) -> Float[Array, "*shape"]:
-        """Apply the nonlinearity elementwise to one example `x` of any shape."""
+    def phi(self, x: Array) -> Array:
         return 0.5 * jax.scipy.special.erf(x / SIGMOID_LIKE_SCALE) + 0.5
 
 
-class Gelu(eqx.Module):
+class Gelu(AbstractNonlinearity):
     """The Gaussian error linear unit $\\phi(x) = x\\,\\Phi(x)$, $\\Phi$ the standard normal CDF.
 
     Kernel rule (Tsuchida et al. 2020), writing $q_{ij} = \\mathcal{K}_{ij}$,
@@ -267,14 +250,11 @@ class Gelu(eqx.Module):
         """
         self.approximate = approximate
 
-    def __call__(
-        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
-    ) -> Float[Array, "*shape"]:
-        """Apply the nonlinearity elementwise to one example `x` of any shape."""
+    def phi(self, x: Array) -> Array:
         return jax.nn.gelu(x, approximate=self.approximate)
 
 
-class Sign(eqx.Module):
+class Sign(AbstractNonlinearity):
     """The sign function $\\phi(x) = \\mathrm{sign}(x)$.
 
     Kernel rule, with $\\rho = \\mathcal{K}_{12}/\\sqrt{\\mathcal{K}_{11}\\mathcal{K}_{22}}$:
@@ -291,10 +271,7 @@ class Sign(eqx.Module):
     ```
     """
 
-    def __call__(
-        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
-    ) -> Float[Array, "*shape"]:
-        """Apply the nonlinearity elementwise to one example `x` of any shape."""
+    def phi(self, x: Array) -> Array:
         return jnp.sign(x)
 
 

@@ -1,12 +1,12 @@
 """Convolutions over any number of spatial dimensions: `Conv`, `ConvTranspose`, `ConvLocal`."""
 
+import abc
 import dataclasses
 import math
 from collections.abc import Sequence
 
 import equinox as eqx
 import jax.numpy as jnp
-import jax.random as jr
 from jax import lax
 from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
@@ -27,18 +27,18 @@ from ..limits._kernel import Kernel
 from ..limits._masking import output_masks
 from ..limits._registry import AbstractRule, Requirements, register
 from ..limits._spatial import to_diagonal_spatial
-from ._dense import Parameterization, affine_kernel, check_channels, check_parameterization
-from ._hyperparameters import frozen, hyperparameter
+from ._affine import (
+    AbstractAffine,
+    Parameterization,
+    affine_kernel,
+    check_channels,
+    check_parameterization,
+    init_affine,
+)
 from ._masked import AbstractMaskedLayer
 
 
-def _check_sizes(in_channels: int, out_channels: int) -> None:
-    for name, size in (("in_channels", in_channels), ("out_channels", out_channels)):
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise ValueError(f"`{name}` must be a positive integer, got {size!r}.")
-
-
-def _check_input(layer, x: Array) -> None:
+def _check_input(layer: "AbstractConvolution | ConvLocal", x: Array) -> None:
     check_spatial_rank(layer, len(layer.filter_shape), x.shape, "x")
     expected = layer.s[0] * layer.in_channels
     if x.shape[0] != expected:
@@ -48,35 +48,26 @@ def _check_input(layer, x: Array) -> None:
         )
 
 
-def _hyperparameters(W_std, b_std):
-    W_std = hyperparameter("W_std", W_std, nonnegative=True)
-    b_std = None if b_std is None else hyperparameter("b_std", b_std, nonnegative=True)
-    return W_std, b_std
-
-
-def _init_params(layer, key, weight_shape, bias_shape, fan_in: int):
-    """Standard-normal weights and biases, pre-scaled in the standard parameterisation."""
-    wkey, bkey = jr.split(key)
-    dtype = layer.W_std.dtype
-    weight = jr.normal(wkey, weight_shape, dtype)
-    bias = None if layer.b_std is None else jr.normal(bkey, bias_shape, dtype)
-    if layer.parameterization == "standard":
-        weight = weight * (layer.W_std / math.sqrt(fan_in))
-        bias = None if bias is None or layer.b_std is None else bias * layer.b_std
-    return weight, bias
-
-
-def _affine_output(layer, y: Array, bias: Array | None, fan_in: int) -> Array:
-    """Scale the raw weighted sum `y` and add the bias, as the parameterisation says."""
-    if layer.parameterization == "ntk":
-        y = y * (frozen(layer.W_std) / math.sqrt(fan_in))
-        if bias is not None:
-            y = y + frozen(layer.b_std) * bias
-    else:
-        y = y / math.sqrt(layer.s[0])
-        if bias is not None:
-            y = y + bias
-    return y
+def _set_window_fields(
+    layer: "AbstractConvolution | ConvLocal",
+    in_channels: int,
+    out_channels: int,
+    filter_shape: Sequence[int],
+    strides: Sequence[int] | None,
+    padding: Padding,
+    dilation: Sequence[int] | None,
+) -> None:
+    """Check and set the sizes, the window geometry and the mask of a convolution (from its
+    `__init__`, after the parameterisation)."""
+    for name, size in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"`{name}` must be a positive integer, got {size!r}.")
+    layer.filter_shape, layer.strides, layer.dilation = check_window_args(
+        "filter_shape", filter_shape, strides, dilation, padding
+    )
+    layer.in_channels, layer.out_channels = in_channels, out_channels
+    layer.padding = padding
+    layer.mask = None
 
 
 def _pad_input(x: Array, windows: tuple[Window, ...]) -> tuple[Array, list[tuple[int, int]]]:
@@ -121,27 +112,12 @@ def _channel_bias(bias: Array | None, n_spatial: int) -> Array | None:
     return None if bias is None else bias.reshape((-1,) + (1,) * n_spatial)
 
 
-class Conv(AbstractMaskedLayer):
-    """A convolution (cross-correlation) over any number of spatial dimensions.
+class AbstractConvolution(AbstractAffine, AbstractMaskedLayer):
+    """A convolution with weights shared over positions: [`eqntk.nn.Conv`][] and
+    [`eqntk.nn.ConvTranspose`][], which differ only in their windows (`windows`) and masks.
 
-    Acts on one channel-first example `(in_channels, *spatial)` like
-    `lax.conv_general_dilated`; the number of spatial dimensions is `len(filter_shape)`. Weights
-    and biases are drawn i.i.d. standard normal; in the NTK parameterisation
-    $y = \\frac{\\sigma_W}{\\sqrt{n}} W \\star x + \\sigma_b b$ with fan-in
-    $n = C_{in} \\prod_d f_d$, and in the standard one the stored weights carry that scale (see
-    [`eqntk.nn.Dense`][]).
-
-    Kernel rule: per spatial dimension, with the padded input covariance $\\tilde K$,
-    $K'[o, o'] = \\frac{1}{f} \\sum_{k<f} \\tilde K[s o + d k, s o' + d k]$ (a shift-and-add
-    along the diagonal of each pair of spatial axes, or along the one axis of the diagonal
-    layout), then the affine map of `Dense`: $\\mathcal{K}' = \\sigma_W^2 K' + \\sigma_b^2$,
-    $\\Theta' = \\sigma_W^2 \\Theta_{pooled} + \\mathcal{K}'$ (NTK parameterisation) or
-    $\\sigma_W^2 \\Theta_{pooled} + n \\mathcal{K}_{pooled} + [\\text{bias}]$ (standard).
-    It keeps the spatial layout, so a CNN that ends in `Flatten` only ever holds the diagonal.
-
-    Masks (variable-length inputs): with a mask set by [`eqntk.nn.with_inputs`][] the layer
-    zeroes its input at masked positions; an output position is masked when the input position
-    at the centre of its window is (`output_mask`), as in neural-tangents.
+    Both have one kernel rule, registered here: shift-and-add each covariance over the windows,
+    then the affine map of [`eqntk.nn.Dense`][].
     """
 
     weight: Float[Array, "out in *filter"]
@@ -178,9 +154,11 @@ class Conv(AbstractMaskedLayer):
         - `in_channels`: the number of input channels.
         - `out_channels`: the number of output channels (the width).
         - `filter_shape`: the filter size along each spatial dimension, e.g. `(3, 3)`.
-        - `strides`: the stride along each spatial dimension; `None` for ones.
-        - `padding`: `"VALID"` (none), `"SAME"` (zeros, output length `ceil(L / stride)`) or
-          `"CIRCULAR"` (the same amounts, wrapped around periodically).
+        - `strides`: the stride along each spatial dimension (for `ConvTranspose`, the
+          upsampling factor); `None` for ones.
+        - `padding`: `"VALID"` (none), `"SAME"` (zeros; output length `ceil(L / stride)`, or
+          `L * stride` for `ConvTranspose`) or `"CIRCULAR"` (the same amounts, wrapped around
+          periodically).
         - `dilation`: the filter dilation along each spatial dimension; `None` for ones.
         - `W_std`: the weight standard deviation $\\sigma_W \\geq 0$.
         - `b_std`: the bias standard deviation $\\sigma_b \\geq 0$, or `None` for no bias.
@@ -189,37 +167,88 @@ class Conv(AbstractMaskedLayer):
         - `s`: the width scales `(s0, s1)` of the standard parameterisation (must be `(1, 1)`
           for `"ntk"`).
         - `key`: a `jax.random` key for the initial weights.
-
-        **Example:**
-
-        ```python
-        import jax.numpy as jnp
-        import jax.random as jr
-        from eqntk import nn
-
-        conv = nn.Conv(3, 16, (3, 3), padding="SAME", W_std=1.5, b_std=0.1, key=jr.key(0))
-        assert conv(jnp.ones((3, 8, 8))).shape == (16, 8, 8)
-        ```
         """
         check_parameterization(parameterization, s)
-        _check_sizes(in_channels, out_channels)
-        self.filter_shape, self.strides, self.dilation = check_window_args(
-            "filter_shape", filter_shape, strides, dilation, padding
+        self.parameterization, self.s = parameterization, (int(s[0]), int(s[1]))
+        _set_window_fields(
+            self, in_channels, out_channels, filter_shape, strides, padding, dilation
         )
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.padding, self.parameterization = padding, parameterization
-        self.s = (int(s[0]), int(s[1]))
-        self.W_std, self.b_std = _hyperparameters(W_std, b_std)
-        self.mask = None
         n_out, n_in = self.s[1] * out_channels, self.s[0] * in_channels
-        self.weight, self.bias = _init_params(
-            self, key, (n_out, n_in) + self.filter_shape, (n_out,), self.fan_in
+        self.W_std, self.b_std, self.weight, self.bias = init_affine(
+            key,
+            W_std,
+            b_std,
+            parameterization,
+            (n_out, n_in) + self.filter_shape,
+            (n_out,),
+            self.fan_in,
         )
 
     @property
     def fan_in(self) -> int:
         """The fan-in $C_{in} \\prod_d f_d$ of one output unit (nominal widths)."""
         return self.in_channels * math.prod(self.filter_shape)
+
+    @property
+    def widths(self) -> tuple[int, int]:
+        """The nominal widths `(in_channels, out_channels)`."""
+        return self.in_channels, self.out_channels
+
+    @property
+    @abc.abstractmethod
+    def mixes_positions(self) -> bool:
+        """Whether the layer adds up outputs of different positions (then its kernel rule
+        needs the full spatial covariance of its input)."""
+
+    @abc.abstractmethod
+    def windows(self, spatial_shape: tuple[int, ...]) -> tuple[Window, ...]:
+        """The window of each spatial dimension for inputs of `spatial_shape`."""
+
+
+class Conv(AbstractConvolution):
+    """A convolution (cross-correlation) over any number of spatial dimensions.
+
+    Acts on one channel-first example `(in_channels, *spatial)` like
+    `lax.conv_general_dilated`; the number of spatial dimensions is `len(filter_shape)`. Weights
+    and biases are drawn i.i.d. standard normal; in the NTK parameterisation
+    $y = \\frac{\\sigma_W}{\\sqrt{n}} W \\star x + \\sigma_b b$ with fan-in
+    $n = C_{in} \\prod_d f_d$, and in the standard one the stored weights carry that scale (see
+    [`eqntk.nn.Dense`][]).
+
+    Kernel rule: per spatial dimension, with the padded input covariance $\\tilde K$,
+    $K'[o, o'] = \\frac{1}{f} \\sum_{k<f} \\tilde K[s o + d k, s o' + d k]$ (a shift-and-add
+    along the diagonal of each pair of spatial axes, or along the one axis of the diagonal
+    layout), then the affine map of `Dense`: $\\mathcal{K}' = \\sigma_W^2 K' + \\sigma_b^2$,
+    $\\Theta' = \\sigma_W^2 \\Theta_{pooled} + \\mathcal{K}'$ (NTK parameterisation) or
+    $\\sigma_W^2 \\Theta_{pooled} + n \\mathcal{K}_{pooled} + [\\text{bias}]$ (standard).
+    It keeps the spatial layout, so a CNN that ends in `Flatten` only ever holds the diagonal.
+
+    Masks (variable-length inputs): with a mask set by [`eqntk.nn.with_inputs`][] the layer
+    zeroes its input at masked positions; an output position is masked when the input position
+    at the centre of its window is (`output_mask`), as in neural-tangents.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    import jax.random as jr
+    from eqntk import nn
+
+    conv = nn.Conv(3, 16, (3, 3), padding="SAME", W_std=1.5, b_std=0.1, key=jr.key(0))
+    assert conv(jnp.ones((3, 8, 8))).shape == (16, 8, 8)
+    ```
+    """
+
+    @property
+    def mixes_positions(self) -> bool:
+        """`False`: each output position is one window of the input."""
+        return False
+
+    def windows(self, spatial_shape: tuple[int, ...]) -> tuple[Window, ...]:
+        """The window of each spatial dimension for inputs of `spatial_shape`."""
+        return conv_windows(
+            self, spatial_shape, self.filter_shape, self.strides, self.dilation, self.padding
+        )
 
     def output_mask(self, mask: Bool[Array, "..."]) -> Bool[Array, "..."]:
         """The mask of the layer's output: each output position takes the mask of the input
@@ -264,16 +293,12 @@ class Conv(AbstractMaskedLayer):
         """
         _check_input(self, x)
         x = mask_inputs(self, self.mask, x)
-        windows = conv_windows(
-            self, x.shape[1:], self.filter_shape, self.strides, self.dilation, self.padding
-        )
-        x, pads = _pad_input(x, windows)
+        x, pads = _pad_input(x, self.windows(x.shape[1:]))
         y = _conv_one_example(x, self.weight, self.strides, pads, rhs_dilation=self.dilation)
-        bias = _channel_bias(self.bias, len(self.filter_shape))
-        return _affine_output(self, y, bias, self.fan_in)
+        return self.scale_output(y, _channel_bias(self.bias, len(self.filter_shape)))
 
 
-class ConvTranspose(AbstractMaskedLayer):
+class ConvTranspose(AbstractConvolution):
     """A transposed convolution over any number of spatial dimensions.
 
     Acts like `lax.conv_transpose` (with `transpose_kernel=False`): the input is spread out by
@@ -291,89 +316,30 @@ class ConvTranspose(AbstractMaskedLayer):
     Masks: with a mask set by [`eqntk.nn.with_inputs`][] the layer zeroes its input at masked
     positions; an output position is masked when any masked input position reaches it
     (`output_mask`), as in neural-tangents.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    import jax.random as jr
+    from eqntk import nn
+
+    up = nn.ConvTranspose(3, 8, (3, 3), strides=(2, 2), padding="SAME", key=jr.key(0))
+    assert up(jnp.ones((3, 4, 4))).shape == (8, 8, 8)
+    ```
     """
-
-    weight: Float[Array, "out in *filter"]
-    bias: Float[Array, " out"] | None
-    W_std: Float[Array, ""]
-    b_std: Float[Array, ""] | None
-    mask: Bool[Array, "*spatial"] | None
-    in_channels: int = eqx.field(static=True)
-    out_channels: int = eqx.field(static=True)
-    filter_shape: tuple[int, ...] = eqx.field(static=True)
-    strides: tuple[int, ...] = eqx.field(static=True)
-    padding: Padding = eqx.field(static=True)
-    dilation: tuple[int, ...] = eqx.field(static=True)
-    parameterization: Parameterization = eqx.field(static=True)
-    s: tuple[int, int] = eqx.field(static=True)
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        filter_shape: Sequence[int],
-        strides: Sequence[int] | None = None,
-        padding: Padding = "VALID",
-        dilation: Sequence[int] | None = None,
-        W_std: ArrayLike = 1.0,
-        b_std: ArrayLike | None = None,
-        parameterization: Parameterization = "ntk",
-        s: tuple[int, int] = (1, 1),
-        *,
-        key: PRNGKeyArray,
-    ):
-        """**Arguments:**
-
-        - `in_channels`: the number of input channels.
-        - `out_channels`: the number of output channels (the width).
-        - `filter_shape`: the filter size along each spatial dimension.
-        - `strides`: the upsampling factor along each spatial dimension; `None` for ones.
-        - `padding`: `"VALID"`, `"SAME"` or `"CIRCULAR"` (see the class docstring).
-        - `dilation`: the filter dilation along each spatial dimension; `None` for ones.
-        - `W_std`: the weight standard deviation $\\sigma_W \\geq 0$.
-        - `b_std`: the bias standard deviation $\\sigma_b \\geq 0$, or `None` for no bias.
-        - `parameterization`: `"ntk"` or `"standard"`, as for [`eqntk.nn.Dense`][], with
-          fan-in `in_channels * prod(filter_shape)`.
-        - `s`: the width scales `(s0, s1)` of the standard parameterisation (must be `(1, 1)`
-          for `"ntk"`).
-        - `key`: a `jax.random` key for the initial weights.
-
-        **Example:**
-
-        ```python
-        import jax.numpy as jnp
-        import jax.random as jr
-        from eqntk import nn
-
-        up = nn.ConvTranspose(3, 8, (3, 3), strides=(2, 2), padding="SAME", key=jr.key(0))
-        assert up(jnp.ones((3, 4, 4))).shape == (8, 8, 8)
-        ```
-        """
-        check_parameterization(parameterization, s)
-        _check_sizes(in_channels, out_channels)
-        self.filter_shape, self.strides, self.dilation = check_window_args(
-            "filter_shape", filter_shape, strides, dilation, padding
-        )
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.padding, self.parameterization = padding, parameterization
-        self.s = (int(s[0]), int(s[1]))
-        self.W_std, self.b_std = _hyperparameters(W_std, b_std)
-        self.mask = None
-        n_out, n_in = self.s[1] * out_channels, self.s[0] * in_channels
-        self.weight, self.bias = _init_params(
-            self, key, (n_out, n_in) + self.filter_shape, (n_out,), self.fan_in
-        )
-
-    @property
-    def fan_in(self) -> int:
-        """The fan-in $C_{in} \\prod_d f_d$ (nominal widths)."""
-        return self.in_channels * math.prod(self.filter_shape)
 
     @property
     def mixes_positions(self) -> bool:
         """Whether `CIRCULAR` folding adds up outputs of different positions."""
         return self.padding == "CIRCULAR" and any(
             (f - 1) * d + 1 > s for f, d, s in zip(self.filter_shape, self.dilation, self.strides)
+        )
+
+    def windows(self, spatial_shape: tuple[int, ...]) -> tuple[Window, ...]:
+        """The window of each spatial dimension for inputs of `spatial_shape`."""
+        return conv_transpose_windows(
+            spatial_shape, self.filter_shape, self.strides, self.dilation, self.padding
         )
 
     def output_mask(self, mask: Bool[Array, "..."]) -> Bool[Array, "..."]:
@@ -424,9 +390,7 @@ class ConvTranspose(AbstractMaskedLayer):
         """
         _check_input(self, x)
         x = mask_inputs(self, self.mask, x)
-        windows = conv_transpose_windows(
-            x.shape[1:], self.filter_shape, self.strides, self.dilation, self.padding
-        )
+        windows = self.windows(x.shape[1:])
         y = _conv_one_example(
             x,
             self.weight,
@@ -438,11 +402,10 @@ class ConvTranspose(AbstractMaskedLayer):
         for axis, w in enumerate(windows, start=1):
             if w.fold_len is not None:
                 y = fold(y, axis, w)
-        bias = _channel_bias(self.bias, len(self.filter_shape))
-        return _affine_output(self, y, bias, self.fan_in)
+        return self.scale_output(y, _channel_bias(self.bias, len(self.filter_shape)))
 
 
-class ConvLocal(AbstractMaskedLayer):
+class ConvLocal(AbstractAffine, AbstractMaskedLayer):
     """A locally connected layer: a convolution with an independent filter at each position.
 
     Like [`eqntk.nn.Conv`][] (same padding, strides and dilation), but the weights and biases are
@@ -515,9 +478,9 @@ class ConvLocal(AbstractMaskedLayer):
         ```
         """
         check_parameterization(parameterization, s)
-        _check_sizes(in_channels, out_channels)
-        self.filter_shape, self.strides, self.dilation = check_window_args(
-            "filter_shape", filter_shape, strides, dilation, padding
+        self.parameterization, self.s = parameterization, (int(s[0]), int(s[1]))
+        _set_window_fields(
+            self, in_channels, out_channels, filter_shape, strides, padding, dilation
         )
         n = len(self.filter_shape)
         self.spatial_shape = tuple(int(v) for v in spatial_shape)
@@ -526,19 +489,16 @@ class ConvLocal(AbstractMaskedLayer):
                 f"`spatial_shape` must hold {n} positive sizes (one per entry of "
                 f"`filter_shape`), got {spatial_shape!r}."
             )
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.padding, self.parameterization = padding, parameterization
-        self.s = (int(s[0]), int(s[1]))
-        self.W_std, self.b_std = _hyperparameters(W_std, b_std)
-        self.mask = None
         windows = conv_windows(
             self, self.spatial_shape, self.filter_shape, self.strides, self.dilation, padding
         )
         out_spatial = tuple(w.out_len for w in windows)
         n_out, n_in = self.s[1] * out_channels, self.s[0] * in_channels
-        self.weight, self.bias = _init_params(
-            self,
+        self.W_std, self.b_std, self.weight, self.bias = init_affine(
             key,
+            W_std,
+            b_std,
+            parameterization,
             (n_out, n_in * math.prod(self.filter_shape)) + out_spatial,
             (n_out,) + out_spatial,
             self.fan_in,
@@ -548,6 +508,11 @@ class ConvLocal(AbstractMaskedLayer):
     def fan_in(self) -> int:
         """The fan-in $C_{in} \\prod_d f_d$ (nominal widths)."""
         return self.in_channels * math.prod(self.filter_shape)
+
+    @property
+    def widths(self) -> tuple[int, int]:
+        """The nominal widths `(in_channels, out_channels)`."""
+        return self.in_channels, self.out_channels
 
     def output_mask(self, mask: Bool[Array, "..."]) -> Bool[Array, "..."]:
         """The mask of the layer's output, as for [`eqntk.nn.Conv.output_mask`][].
@@ -591,7 +556,7 @@ class ConvLocal(AbstractMaskedLayer):
             x[None], self.filter_shape, self.strides, pads, rhs_dilation=self.dilation
         )[0]
         y = jnp.einsum("oj...,j...->o...", self.weight, patches)
-        return _affine_output(self, y, self.bias, self.fan_in)
+        return self.scale_output(y, self.bias)
 
 
 # Kernel rules -------------------------------------------------------------------------------------
@@ -624,7 +589,9 @@ def check_spatial_input(layer: object, n_spatial: int, k: Kernel) -> None:
     check_spatial_rank(layer, n_spatial, k.shape2, "x2")
 
 
-def _conv_kernel(layer, k: Kernel, windows: tuple[Window, ...]) -> Kernel:
+def _conv_kernel(
+    layer: AbstractConvolution | ConvLocal, k: Kernel, windows: tuple[Window, ...]
+) -> Kernel:
     """Shift-and-add every covariance over the windows, then apply the affine map; the masks
     go to the output positions (`layer.output_mask`)."""
     groups = window_groups(windows, k.diagonal_spatial)
@@ -636,59 +603,35 @@ def _conv_kernel(layer, k: Kernel, windows: tuple[Window, ...]) -> Kernel:
         shape2=k.shape2[:1] + spatial,
         **output_masks(layer, k),
     )
-    return affine_kernel(
-        pooled,
-        layer,
-        layer.W_std,
-        layer.b_std,
-        layer.fan_in,
-        layer.parameterization,
-        layer.s[1] * layer.out_channels,
-    )
+    return affine_kernel(layer, pooled)
 
 
-def _check_affine_input(layer, k: Kernel) -> None:
+def _check_affine_input(layer: AbstractConvolution | ConvLocal, k: Kernel) -> None:
     check_spatial_input(layer, len(layer.filter_shape), k)
-    check_channels(layer, layer.s[0] * layer.in_channels, k)
+    check_channels(layer, k)
 
 
-@register(Conv)
-class ConvRule(AbstractRule[Conv]):
-    """Kernel rule of [`eqntk.nn.Conv`][]: keeps the spatial layout it is asked for."""
+@register(AbstractConvolution)
+class ConvolutionRule(AbstractRule[AbstractConvolution]):
+    """Kernel rule of [`eqntk.nn.Conv`][] and [`eqntk.nn.ConvTranspose`][]: keeps the spatial
+    layout it is asked for, except that a layer that folds positions together (`CIRCULAR`
+    `ConvTranspose` with a filter wider than the stride) needs the full covariance of its
+    input."""
 
-    def requirements(self, layer: Conv, wanted: Requirements) -> Requirements:
-        return wanted
-
-    def __call__(self, layer: Conv, k: Kernel, wanted: Requirements) -> Kernel:
-        _check_affine_input(layer, k)
-        windows = conv_windows(
-            layer, k.shape1[1:], layer.filter_shape, layer.strides, layer.dilation, layer.padding
-        )
-        return _conv_kernel(layer, k, windows)
-
-
-@register(ConvTranspose)
-class ConvTransposeRule(AbstractRule[ConvTranspose]):
-    """Kernel rule of [`eqntk.nn.ConvTranspose`][]: keeps the layout, except that `CIRCULAR`
-    folding with a filter wider than the stride needs the full covariance of its input."""
-
-    def requirements(self, layer: ConvTranspose, wanted: Requirements) -> Requirements:
+    def requirements(self, layer: AbstractConvolution, wanted: Requirements) -> Requirements:
         if layer.mixes_positions:
             return dataclasses.replace(wanted, diagonal_spatial=False)
         return wanted
 
-    def __call__(self, layer: ConvTranspose, k: Kernel, wanted: Requirements) -> Kernel:
+    def __call__(self, layer: AbstractConvolution, k: Kernel, wanted: Requirements) -> Kernel:
         _check_affine_input(layer, k)
         if k.diagonal_spatial and layer.mixes_positions:
             raise ValueError(
-                "`ConvTranspose` with padding='CIRCULAR' and a filter wider than its stride "
-                "folds different positions together and needs the full spatial covariance of "
-                "its input, got the diagonal layout."
+                f"`{type(layer).__name__}` with padding='CIRCULAR' and a filter wider than its "
+                "stride folds different positions together and needs the full spatial "
+                "covariance of its input, got the diagonal layout."
             )
-        windows = conv_transpose_windows(
-            k.shape1[1:], layer.filter_shape, layer.strides, layer.dilation, layer.padding
-        )
-        return _conv_kernel(layer, k, windows)
+        return _conv_kernel(layer, k, layer.windows(k.shape1[1:]))
 
 
 def _diagonal_to_full(a: Array, n_spatial: int) -> Array:

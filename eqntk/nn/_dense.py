@@ -1,36 +1,24 @@
 """`Dense`: the fully-connected layer, acting on the channel axis."""
 
-import math
-from typing import Literal, cast
+from typing import cast
 
 import equinox as eqx
 import jax.numpy as jnp
-import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ..limits._kernel import Kernel
 from ..limits._registry import AbstractRule, Requirements, register
-from ._hyperparameters import frozen, hyperparameter
+from ._affine import (
+    AbstractAffine,
+    Parameterization,
+    affine_kernel,
+    check_channels,
+    check_parameterization,
+    init_affine,
+)
 
 
-Parameterization = Literal["ntk", "standard"]
-
-
-def check_parameterization(parameterization: str, s: tuple[int, int]) -> None:
-    """Validate the `parameterization` and width-scale `s` arguments of an affine layer."""
-    if parameterization not in ("ntk", "standard"):
-        raise ValueError(
-            f"`parameterization` must be 'ntk' or 'standard', got {parameterization!r}."
-        )
-    if len(s) != 2 or any(int(si) != si or si < 1 for si in s):
-        raise ValueError(f"`s` must be a pair of positive integers, got {s!r}.")
-    if parameterization == "ntk" and tuple(s) != (1, 1):
-        raise ValueError(
-            f"`s` only applies to the standard parameterization; got s={s!r} with 'ntk'."
-        )
-
-
-class Dense(eqx.Module):
+class Dense(AbstractAffine):
     """A fully-connected layer on the channel axis: `y = W x + b` at every spatial position.
 
     Two parameterisations, with weights `W` and biases `b` drawn i.i.d. standard normal:
@@ -108,18 +96,20 @@ class Dense(eqx.Module):
         self.out_features = out_features
         self.parameterization = cast(Parameterization, parameterization)  # checked above
         self.s = (int(s[0]), int(s[1]))
-        self.W_std = hyperparameter("W_std", W_std, nonnegative=True)
-        self.b_std = None if b_std is None else hyperparameter("b_std", b_std, nonnegative=True)
-        wkey, bkey = jr.split(key)
         n_in, n_out = self.s[0] * in_features, self.s[1] * out_features
-        dtype = self.W_std.dtype
-        weight = jr.normal(wkey, (n_out, n_in), dtype)
-        bias = None if b_std is None else jr.normal(bkey, (n_out,), dtype)
-        if parameterization == "standard":
-            weight = weight * (self.W_std / math.sqrt(in_features))
-            bias = None if bias is None or self.b_std is None else bias * self.b_std
-        self.weight = weight
-        self.bias = bias
+        self.W_std, self.b_std, self.weight, self.bias = init_affine(
+            key, W_std, b_std, parameterization, (n_out, n_in), (n_out,), in_features
+        )
+
+    @property
+    def fan_in(self) -> int:
+        """The fan-in `in_features` of one output unit (nominal width)."""
+        return self.in_features
+
+    @property
+    def widths(self) -> tuple[int, int]:
+        """The nominal widths `(in_features, out_features)`."""
+        return self.in_features, self.out_features
 
     def __call__(
         self, x: Float[Array, "in *spatial"], *, key: PRNGKeyArray | None = None
@@ -152,55 +142,11 @@ class Dense(eqx.Module):
             )
         y = jnp.tensordot(self.weight, x, axes=(1, 0))
         bias = None if self.bias is None else self.bias.reshape((-1,) + (1,) * (x.ndim - 1))
-        if self.parameterization == "ntk":
-            y = y * (frozen(self.W_std) / math.sqrt(x.shape[0]))
-            if bias is not None and self.b_std is not None:
-                y = y + frozen(self.b_std) * bias
-        else:
-            y = y / math.sqrt(self.s[0])
-            if bias is not None:
-                y = y + bias
-        return y
+        return self.scale_output(y, bias)
 
 
 # Kernel rules -------------------------------------------------------------------------------------
 # Kernel rule of `Dense`.
-
-
-def check_channels(layer: object, expected: int, k: Kernel) -> None:
-    """Raise unless the kernel's activations have the `expected` number of channels."""
-    for name, shape in (("x1", k.shape1), ("x2", k.shape2)):
-        if shape[0] != expected:
-            raise ValueError(
-                f"`{type(layer).__name__}` was built for {expected} input channels, but its "
-                f"input from `{name}` has {shape[0]} channels (per-example shape {shape})."
-            )
-
-
-def affine_kernel(
-    k: Kernel, layer: object, W_std, b_std, fan_in: int, parameterization: str, out_channels: int
-) -> Kernel:
-    """The kernel after an affine map whose outputs are `W_std^2 * (mean over fan-in) + b_std^2`.
-
-    `k` must already hold the input covariances pooled over the receptive field of each output
-    (for `Dense` that is the identity). `fan_in` is the finite fan-in of one output unit, used by
-    the standard parameterisation.
-    """
-    b2 = 0.0 if b_std is None else k.cast(b_std) ** 2
-    w2 = k.cast(W_std) ** 2
-    nngp = w2 * k.nngp + b2
-    if parameterization == "ntk":
-        ntk_fn = lambda ntk: w2 * ntk + nngp
-    else:
-        ntk_fn = lambda ntk: w2 * ntk + fan_in * k.nngp + (0.0 if b_std is None else 1.0)
-    return k.map_covariances(
-        lambda _: nngp,
-        ntk_fn,
-        cov_fn=lambda cov: w2 * cov + b2,
-        shape1=(out_channels,) + k.shape1[1:],
-        shape2=(out_channels,) + k.shape2[1:],
-        is_gaussian=True,
-    )
 
 
 @register(Dense)
@@ -211,13 +157,5 @@ class DenseRule(AbstractRule[Dense]):
         return wanted
 
     def __call__(self, layer: Dense, k: Kernel, wanted: Requirements) -> Kernel:
-        check_channels(layer, layer.s[0] * layer.in_features, k)
-        return affine_kernel(
-            k,
-            layer,
-            layer.W_std,
-            layer.b_std,
-            layer.in_features,
-            layer.parameterization,
-            layer.s[1] * layer.out_features,
-        )
+        check_channels(layer, k)
+        return affine_kernel(layer, k)

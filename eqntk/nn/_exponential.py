@@ -10,9 +10,10 @@ from ..limits._math import correlation
 from ..limits._registry import Requirements, register
 from ._elementwise import kernel_only
 from ._hyperparameters import frozen, hyperparameter
+from ._nonlinearity import AbstractNonlinearity
 
 
-class Exp(eqx.Module):
+class Exp(AbstractNonlinearity):
     """The exponential $\\phi(x) = a\\,e^{b x}$.
 
     Kernel rule (the log-normal moments), with $S = \\mathcal{K}_{11} + \\mathcal{K}_{22}$:
@@ -41,14 +42,11 @@ class Exp(eqx.Module):
         self.a = hyperparameter("a", a)
         self.b = hyperparameter("b", b)
 
-    def __call__(
-        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
-    ) -> Float[Array, "*shape"]:
-        """Apply the nonlinearity elementwise to one example `x` of any shape."""
+    def phi(self, x: Array) -> Array:
         return frozen(self.a) * jnp.exp(frozen(self.b) * x)
 
 
-class Gaussian(eqx.Module):
+class Gaussian(AbstractNonlinearity):
     """The Gaussian bump $\\phi(x) = a\\,e^{b x^2}$.
 
     Kernel rule (a Gaussian integral), with $q_{ij} = \\mathcal{K}_{ij}$ and
@@ -79,10 +77,7 @@ class Gaussian(eqx.Module):
         self.a = hyperparameter("a", a)
         self.b = hyperparameter("b", b)
 
-    def __call__(
-        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
-    ) -> Float[Array, "*shape"]:
-        """Apply the nonlinearity elementwise to one example `x` of any shape."""
+    def phi(self, x: Array) -> Array:
         return frozen(self.a) * jnp.exp(frozen(self.b) * x**2)
 
 

@@ -8,13 +8,14 @@ from numbers import Number
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float
 
 from ..limits._elementwise import AbstractElementwiseRule, EntryMap, map_entries, require_gaussian
 from ..limits._kernel import Kernel
 from ..limits._math import arccos_kernel, correlation
 from ..limits._registry import Requirements, register
 from ._hyperparameters import frozen, real_array
+from ._nonlinearity import AbstractNonlinearity
 
 
 def check_degree(name: str, degree: int) -> int:
@@ -24,7 +25,7 @@ def check_degree(name: str, degree: int) -> int:
     return int(degree)
 
 
-class Monomial(eqx.Module):
+class Monomial(AbstractNonlinearity):
     """The monomial $\\phi(x) = x^n$.
 
     Kernel rule (Isserlis' theorem), with $P = \\mathcal{K}_{11}\\mathcal{K}_{22}$:
@@ -52,14 +53,11 @@ class Monomial(eqx.Module):
         """
         self.degree = check_degree("degree", degree)
 
-    def __call__(
-        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
-    ) -> Float[Array, "*shape"]:
-        """Apply the nonlinearity elementwise to one example `x` of any shape."""
+    def phi(self, x: Array) -> Array:
         return x**self.degree
 
 
-class RectifiedMonomial(eqx.Module):
+class RectifiedMonomial(AbstractNonlinearity):
     """The rectified monomial $\\phi(x) = x^n$ for $x \\geq 0$, else 0 (for $n = 0$: the step
     function $\\mathbb{1}[x \\geq 0]$).
 
@@ -89,14 +87,11 @@ class RectifiedMonomial(eqx.Module):
         """
         self.degree = check_degree("degree", degree)
 
-    def __call__(
-        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
-    ) -> Float[Array, "*shape"]:
-        """Apply the nonlinearity elementwise to one example `x` of any shape."""
+    def phi(self, x: Array) -> Array:
         return jnp.where(x >= 0, x**self.degree, 0)
 
 
-class Polynomial(eqx.Module):
+class Polynomial(AbstractNonlinearity):
     """The polynomial $\\phi(x) = \\sum_k c_k x^k$.
 
     Kernel rule: expanding $\\phi(\\sigma z)$ in normalised Hermite polynomials
@@ -132,10 +127,7 @@ class Polynomial(eqx.Module):
             )
         self.coef = array
 
-    def __call__(
-        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
-    ) -> Float[Array, "*shape"]:
-        """Apply the nonlinearity elementwise to one example `x` of any shape."""
+    def phi(self, x: Array) -> Array:
         coef = frozen(self.coef).astype(x.dtype)
         y = jnp.zeros_like(x)
         for k in range(coef.shape[0] - 1, -1, -1):
@@ -143,7 +135,7 @@ class Polynomial(eqx.Module):
         return y
 
 
-class Hermite(eqx.Module):
+class Hermite(AbstractNonlinearity):
     """The normalised probabilists' Hermite polynomial $\\phi(x) = \\mathrm{He}_n(x)/\\sqrt{n!}$.
 
     Kernel rule, **defined** (as in neural-tangents) by $\\mathcal{K}' = \\mathcal{K}_{12}^n$ and
@@ -169,10 +161,7 @@ class Hermite(eqx.Module):
         """
         self.degree = check_degree("degree", degree)
 
-    def __call__(
-        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
-    ) -> Float[Array, "*shape"]:
-        """Apply the nonlinearity elementwise to one example `x` of any shape."""
+    def phi(self, x: Array) -> Array:
         # The three-term recurrence He_{k+1} = x He_k - k He_{k-1}.
         previous, current = jnp.zeros_like(x), jnp.ones_like(x)
         for k in range(self.degree):

@@ -1,6 +1,7 @@
 """Pooling over spatial windows (`AvgPool`, `SumPool`) and over all positions (`GlobalAvgPool`,
 `GlobalSumPool`)."""
 
+import abc
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -121,17 +122,12 @@ class AvgPool(AbstractMaskedLayer):
         self.mask = None
 
     def output_mask(self, mask: Bool[Array, "..."]) -> Bool[Array, "..."]:
-        """The mask of the layer's output: each output position takes the mask of the input
-        position at the centre of its window (the identity for `SAME` with stride 1).
+        """The mask of the layer's output, as for [`eqntk.nn.Conv.output_mask`][]: the mask at
+        the centre of each window.
 
         **Arguments:**
 
-        - `mask`: `True` at masked positions; its trailing axes are the input's spatial axes
-          (leading axes, e.g. a batch, are kept).
-
-        **Returns:**
-
-        The mask over the output positions.
+        - `mask`: `True` at masked positions; trailing axes: the input's spatial axes.
 
         **Example:**
 
@@ -227,7 +223,31 @@ class SumPool(AbstractMaskedLayer):
         return _pool(self, x)
 
 
-class GlobalAvgPool(AbstractMaskedLayer):
+class AbstractGlobalPool(AbstractMaskedLayer):
+    """A pooling over all spatial positions, `(C, *spatial) -> (C,)`: the sum
+    ([`eqntk.nn.GlobalSumPool`][]) or the mean over the unmasked positions
+    ([`eqntk.nn.GlobalAvgPool`][]). Both have one kernel rule, registered here."""
+
+    @property
+    @abc.abstractmethod
+    def averages(self) -> bool:
+        """Whether the layer divides the sum by the number of unmasked positions."""
+
+    def output_mask(self, mask: Bool[Array, "..."]) -> None:
+        """`None`: the output has no positions left to mask.
+
+        **Arguments:**
+
+        - `mask`: the mask of the input.
+
+        **Returns:**
+
+        `None`.
+        """
+        return None
+
+
+class GlobalAvgPool(AbstractGlobalPool):
     """The mean over all spatial positions: `(C, *spatial) -> (C,)`.
 
     With a mask (set by [`eqntk.nn.with_inputs`][]) the mean is over the unmasked positions
@@ -251,18 +271,10 @@ class GlobalAvgPool(AbstractMaskedLayer):
 
     mask: Bool[Array, "*spatial"] | None = None
 
-    def output_mask(self, mask: Bool[Array, "..."]) -> None:
-        """`None`: the output has no positions left to mask.
-
-        **Arguments:**
-
-        - `mask`: the mask of the input.
-
-        **Returns:**
-
-        `None`.
-        """
-        return None
+    @property
+    def averages(self) -> bool:
+        """`True`: the mean over the unmasked positions."""
+        return True
 
     def __call__(
         self,
@@ -278,7 +290,7 @@ class GlobalAvgPool(AbstractMaskedLayer):
         return total / jnp.maximum(jnp.sum(~self.mask), 1).astype(x.dtype)
 
 
-class GlobalSumPool(AbstractMaskedLayer):
+class GlobalSumPool(AbstractGlobalPool):
     """The sum over all spatial positions: `(C, *spatial) -> (C,)`.
 
     With a mask (set by [`eqntk.nn.with_inputs`][]) the masked positions count as zeros.
@@ -298,18 +310,10 @@ class GlobalSumPool(AbstractMaskedLayer):
 
     mask: Bool[Array, "*spatial"] | None = None
 
-    def output_mask(self, mask: Bool[Array, "..."]) -> None:
-        """`None`: the output has no positions left to mask.
-
-        **Arguments:**
-
-        - `mask`: the mask of the input.
-
-        **Returns:**
-
-        `None`.
-        """
-        return None
+    @property
+    def averages(self) -> bool:
+        """`False`: the sum, masked positions counting as zeros."""
+        return False
 
     def __call__(
         self,
@@ -393,21 +397,17 @@ class PoolRule(AbstractRule[AvgPool | SumPool]):
         )
 
 
-@register(GlobalAvgPool, GlobalSumPool)
-class GlobalPoolRule(AbstractRule[GlobalAvgPool | GlobalSumPool]):
+@register(AbstractGlobalPool)
+class GlobalPoolRule(AbstractRule[AbstractGlobalPool]):
     """Kernel rule of [`eqntk.nn.GlobalAvgPool`][] and [`eqntk.nn.GlobalSumPool`][]: the sum of
     the full spatial covariance over all pairs of positions, divided for the mean by the
     numbers of unmasked positions of the two examples, $|U_1| |U_2|$ (the entries at masked
     positions are zero)."""
 
-    def requirements(
-        self, layer: GlobalAvgPool | GlobalSumPool, wanted: Requirements
-    ) -> Requirements:
+    def requirements(self, layer: AbstractGlobalPool, wanted: Requirements) -> Requirements:
         return dataclasses.replace(wanted, diagonal_spatial=False)
 
-    def __call__(
-        self, layer: GlobalAvgPool | GlobalSumPool, k: Kernel, wanted: Requirements
-    ) -> Kernel:
+    def __call__(self, layer: AbstractGlobalPool, k: Kernel, wanted: Requirements) -> Kernel:
         _require_full(layer, k)
         n = k.spatial_ndim
 
@@ -422,7 +422,7 @@ class GlobalPoolRule(AbstractRule[GlobalAvgPool | GlobalSumPool]):
             diagonal_spatial=False,
             **output_masks(layer, k),
         )
-        if isinstance(layer, GlobalSumPool):
+        if not layer.averages:
             return out
         n1, n2 = k.nngp.shape[:2]
         count1 = _unmasked_counts(k.mask1, n1, k.shape1, k.nngp.dtype)

@@ -185,4 +185,7 @@ class FlattenRule(AbstractRule[Flatten]):
             shape1=(size1,),
             shape2=(size2,),
             diagonal_spatial=False,
+            # No positions are left to mask; the masked entries were averaged as zeros.
+            mask1=None,
+            mask2=None,
         )

@@ -1,95 +1,95 @@
 """Sinusoidal nonlinearities with closed-form kernels: `Sin`, `Cos`, `Rbf`, `Gabor`."""
 
+import abc
 import math
 
-import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float
 
 from ..limits._elementwise import AbstractElementwiseRule, EntryMap, map_entries, require_gaussian
 from ..limits._kernel import Kernel
 from ..limits._registry import Requirements, register
 from ._hyperparameters import frozen, hyperparameter
+from ._nonlinearity import AbstractNonlinearity
 
 
-class Sin(eqx.Module):
+class AbstractSinusoid(AbstractNonlinearity):
+    """A sinusoid $\\phi(x) = a \\sin(b x + c)$ or $a \\cos(b x + c)$: [`eqntk.nn.Sin`][] and
+    [`eqntk.nn.Cos`][], which share one kernel rule (registered here)."""
+
+    a: Float[Array, ""]
+    b: Float[Array, ""]
+    c: Float[Array, ""]
+
+    def __init__(self, a: ArrayLike = 1.0, b: ArrayLike = 1.0, c: ArrayLike = 0.0):
+        """**Arguments:**
+
+        - `a`: the output scale.
+        - `b`: the input scale (frequency).
+        - `c`: the phase shift.
+        """
+        self.a = hyperparameter("a", a)
+        self.b = hyperparameter("b", b)
+        self.c = hyperparameter("c", c)
+
+    @property
+    @abc.abstractmethod
+    def is_cosine(self) -> bool:
+        """Whether $\\phi$ is the cosine: the sine with phase $c + \\pi/2$."""
+
+
+class Sin(AbstractSinusoid):
     """The sinusoid $\\phi(x) = a \\sin(b x + c)$.
 
     Kernel rule, with $S = \\mathcal{K}_{11} + \\mathcal{K}_{22}$ and
     $e_\\pm = \\exp\\left(b^2 (\\pm\\mathcal{K}_{12} - S/2)\\right)$:
     $\\mathcal{K}' = \\frac{a^2}{2}\\left(e_+ - \\cos(2c)\\, e_-\\right)$ and
     $\\Theta' = \\Theta\\,\\frac{a^2 b^2}{2}\\left(e_+ + \\cos(2c)\\, e_-\\right)$.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    from eqntk import nn
+
+    assert nn.Sin(a=2.0)(jnp.zeros(2)).tolist() == [0.0, 0.0]
+    ```
     """
 
-    a: Float[Array, ""]
-    b: Float[Array, ""]
-    c: Float[Array, ""]
+    @property
+    def is_cosine(self) -> bool:
+        """`False`."""
+        return False
 
-    def __init__(self, a: ArrayLike = 1.0, b: ArrayLike = 1.0, c: ArrayLike = 0.0):
-        """**Arguments:**
-
-        - `a`: the output scale.
-        - `b`: the input scale (frequency).
-        - `c`: the phase shift.
-
-        **Example:**
-
-        ```python
-        import jax.numpy as jnp
-        from eqntk import nn
-
-        assert nn.Sin(a=2.0)(jnp.zeros(2)).tolist() == [0.0, 0.0]
-        ```
-        """
-        self.a = hyperparameter("a", a)
-        self.b = hyperparameter("b", b)
-        self.c = hyperparameter("c", c)
-
-    def __call__(
-        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
-    ) -> Float[Array, "*shape"]:
-        """Apply the nonlinearity elementwise to one example `x` of any shape."""
+    def phi(self, x: Array) -> Array:
         return frozen(self.a) * jnp.sin(frozen(self.b) * x + frozen(self.c))
 
 
-class Cos(eqx.Module):
+class Cos(AbstractSinusoid):
     """The sinusoid $\\phi(x) = a \\cos(b x + c)$: [`eqntk.nn.Sin`][] with phase $c + \\pi/2$.
 
     Its kernel is that of `Sin` with $\\cos(2c)$ replaced by $-\\cos(2c)$.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    from eqntk import nn
+
+    assert nn.Cos(a=2.0)(jnp.zeros(2)).tolist() == [2.0, 2.0]
+    ```
     """
 
-    a: Float[Array, ""]
-    b: Float[Array, ""]
-    c: Float[Array, ""]
+    @property
+    def is_cosine(self) -> bool:
+        """`True`."""
+        return True
 
-    def __init__(self, a: ArrayLike = 1.0, b: ArrayLike = 1.0, c: ArrayLike = 0.0):
-        """**Arguments:**
-
-        - `a`: the output scale.
-        - `b`: the input scale (frequency).
-        - `c`: the phase shift.
-
-        **Example:**
-
-        ```python
-        import jax.numpy as jnp
-        from eqntk import nn
-
-        assert nn.Cos(a=2.0)(jnp.zeros(2)).tolist() == [2.0, 2.0]
-        ```
-        """
-        self.a = hyperparameter("a", a)
-        self.b = hyperparameter("b", b)
-        self.c = hyperparameter("c", c)
-
-    def __call__(
-        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
-    ) -> Float[Array, "*shape"]:
-        """Apply the nonlinearity elementwise to one example `x` of any shape."""
+    def phi(self, x: Array) -> Array:
         return frozen(self.a) * jnp.cos(frozen(self.b) * x + frozen(self.c))
 
 
-class Rbf(eqx.Module):
+class Rbf(AbstractNonlinearity):
     """The sinusoid $\\phi(x) = \\sqrt{2}\\sin(\\sqrt{2\\gamma}\\,x + \\pi/4)$, whose NNGP kernel is
     the squared-exponential (RBF) kernel of its inputs.
 
@@ -116,14 +116,11 @@ class Rbf(eqx.Module):
         """
         self.gamma = hyperparameter("gamma", gamma, nonnegative=True)
 
-    def __call__(
-        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
-    ) -> Float[Array, "*shape"]:
-        """Apply the nonlinearity elementwise to one example `x` of any shape."""
+    def phi(self, x: Array) -> Array:
         return math.sqrt(2) * jnp.sin(jnp.sqrt(2 * frozen(self.gamma)) * x + math.pi / 4)
 
 
-class Gabor(eqx.Module):
+class Gabor(AbstractNonlinearity):
     """The Gabor function $\\phi(x) = e^{-x^2}\\sin x$.
 
     Kernel rule, with $S = \\mathcal{K}_{11} + \\mathcal{K}_{22}$,
@@ -143,10 +140,7 @@ class Gabor(eqx.Module):
     ```
     """
 
-    def __call__(
-        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
-    ) -> Float[Array, "*shape"]:
-        """Apply the nonlinearity elementwise to one example `x` of any shape."""
+    def phi(self, x: Array) -> Array:
         return jnp.exp(-(x**2)) * jnp.sin(x)
 
 
@@ -169,24 +163,16 @@ def sinusoid_entries(half_a2, b2, cos_2c) -> EntryMap:
     return fn
 
 
-@register(Sin)
-class SinRule(AbstractElementwiseRule[Sin]):
-    """Kernel rule of [`eqntk.nn.Sin`][]."""
+@register(AbstractSinusoid)
+class SinusoidRule(AbstractElementwiseRule[AbstractSinusoid]):
+    """Kernel rule of [`eqntk.nn.Sin`][] and [`eqntk.nn.Cos`][] (`Sin` with phase $c + \\pi/2$:
+    $\\cos 2c$ flips)."""
 
-    def __call__(self, layer: Sin, k: Kernel, wanted: Requirements) -> Kernel:
+    def __call__(self, layer: AbstractSinusoid, k: Kernel, wanted: Requirements) -> Kernel:
         require_gaussian(k, layer)
         a, b, c = k.cast(layer.a), k.cast(layer.b), k.cast(layer.c)
-        return map_entries(k, sinusoid_entries(a**2 / 2, b**2, jnp.cos(2 * c)))
-
-
-@register(Cos)
-class CosRule(AbstractElementwiseRule[Cos]):
-    """Kernel rule of [`eqntk.nn.Cos`][]: `Sin` with phase $c + \\pi/2$ ($\\cos 2c$ flips)."""
-
-    def __call__(self, layer: Cos, k: Kernel, wanted: Requirements) -> Kernel:
-        require_gaussian(k, layer)
-        a, b, c = k.cast(layer.a), k.cast(layer.b), k.cast(layer.c)
-        return map_entries(k, sinusoid_entries(a**2 / 2, b**2, -jnp.cos(2 * c)))
+        cos_2c = -jnp.cos(2 * c) if layer.is_cosine else jnp.cos(2 * c)
+        return map_entries(k, sinusoid_entries(a**2 / 2, b**2, cos_2c))
 
 
 @register(Rbf)

@@ -104,3 +104,25 @@ def test_bad_masks(getkey):
     with pytest.raises(ValueError, match="`mask` must have the spatial shape"):
         nn.with_inputs(_body(getkey()), mask=jnp.zeros(4, bool))(x[0])
     jax.block_until_ready(kernel_fn(x, mask1=jnp.zeros((3, 5), bool), get="nngp"))
+
+
+def test_replace_never_drops_masks_silently():
+    # A change that removes every position must say what becomes of the masks.
+    n, length = 2, 3
+    mask = jnp.arange(length)[None, :] >= jnp.array([[2], [3]])
+    k = eqntk.Kernel(
+        nngp=jnp.ones((n, n, length)),
+        ntk=None,
+        cov1=jnp.ones((n, length)),
+        cov2=None,
+        shape1=(4, length),
+        shape2=(4, length),
+        x1_is_x2=True,
+        diagonal_spatial=True,
+        mask1=mask,
+    )
+    flat = dict(nngp=jnp.ones((n, n)), cov1=jnp.ones(n), shape1=(12,), shape2=(12,))
+    with pytest.raises(ValueError, match=r"has no positions left, but kept `mask1`"):
+        k.replace(**flat)
+    assert k.replace(**flat, mask1=None).mask1 is None
+    assert k.replace(is_gaussian=True).mask1 is mask  # other changes keep the masks

@@ -45,3 +45,17 @@ def test_rules_are_registered_whichever_package_is_imported_first(first):
         "assert registered_rule(eqx.nn.Sequential) is not None\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    "family",
+    [(nn.Conv, nn.ConvTranspose), (nn.GlobalAvgPool, nn.GlobalSumPool), (nn.Sin, nn.Cos)],
+    ids=lambda family: "+".join(cls.__name__ for cls in family),
+)
+def test_families_share_one_rule_on_their_base(family):
+    # The rule is registered once on the abstract base the family shares, not per class.
+    rules = {type(registered_rule(cls)) for cls in family}
+    assert len(rules) == 1
+    (base,) = {cls.__mro__[1] for cls in family}
+    assert base.__name__.startswith("Abstract")
+    assert type(registered_rule(base)) in rules
