@@ -13,6 +13,7 @@ if typing.TYPE_CHECKING:
         limits as limits,
         nn as nn,
     )
+    from ._compilation_cache import enable_compilation_cache as enable_compilation_cache
     from .batching import batch as batch
     from .empirical import (
         empirical_kernel as empirical_kernel,
@@ -31,6 +32,7 @@ __version__ = importlib.metadata.version("eqntk")
 _SUBPACKAGES = ("batching", "dynamics", "empirical", "limits", "nn")
 _REEXPORTS = {
     "batch": "batching",
+    "enable_compilation_cache": "_compilation_cache",
     "empirical_kernel": "empirical",
     "empirical_ntk_vp": "empirical",
     "linearize": "empirical",
