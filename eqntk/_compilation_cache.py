@@ -45,11 +45,17 @@ def enable_compilation_cache(
 
     ```python
     import tempfile
+    import jax
     import eqntk
 
-    directory = eqntk.enable_compilation_cache(tempfile.mkdtemp())
-    assert directory.is_dir()
+    directory = eqntk.enable_compilation_cache(tempfile.mkdtemp())  # e.g. at a notebook's top
+    assert jax.config.jax_compilation_cache_dir == str(directory)
+    jax.config.update("jax_compilation_cache_dir", None)  # off again
     ```
+
+    A program that contains a host callback (`jax.debug.print`, `eqx.error_if`, ...) is not
+    kept (JAX's rule). eqntk's kernel programs have none: their input checks are read back
+    after the call (inside a program of yours, traced, they become an `eqx.error_if` there).
     """
     import jax
 
