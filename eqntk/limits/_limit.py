@@ -181,10 +181,11 @@ def _checked_inputs(out: Any, bad_input: Any) -> Any:
         return out
     code, dtype = bad_input
     messages = [_bad_input_message(name, dtype) for name in ("x1", "x2")]
-    if isinstance(code, jax.core.Tracer):
+    try:
+        code = int(code)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError):
         out = eqx.error_if(out, code == 1, messages[0])
         return eqx.error_if(out, code == 2, messages[1])
-    code = int(code)
     if code:
         raise eqx.EquinoxRuntimeError(messages[code - 1])
     return out
@@ -247,7 +248,7 @@ def limit(model: Any, *, block_bytes: int | None = DEFAULT_BLOCK_BYTES) -> Kerne
 
 def _inputs_to_kernel(
     x1: Any, x2: Any, wanted: Any, compute_ntk: bool, mask1, mask2, pattern1, pattern2
-) -> tuple[Kernel, tuple[Array, Any]]:
+) -> tuple[Kernel, Any]:
     x1 = _check_input("x1", x1)
     x1_is_x2 = x2 is None
     if not x1_is_x2:
