@@ -10,6 +10,7 @@ if typing.TYPE_CHECKING:
         batching as batching,
         dynamics as dynamics,
         empirical as empirical,
+        features as features,
         limits as limits,
         nn as nn,
     )
@@ -29,7 +30,7 @@ __version__ = importlib.metadata.version("eqntk")
 
 # The subpackages, and the names re-exported from them, load on first use (PEP 562): the
 # `eqntk` command line then answers `--help` without importing JAX.
-_SUBPACKAGES = ("batching", "dynamics", "empirical", "limits", "nn")
+_SUBPACKAGES = ("batching", "dynamics", "empirical", "features", "limits", "nn")
 _REEXPORTS = {
     "batch": "batching",
     "enable_compilation_cache": "_compilation_cache",

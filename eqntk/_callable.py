@@ -2,6 +2,7 @@
 
 import collections
 import functools as ft
+from typing import Any
 
 import equinox as eqx
 
@@ -48,3 +49,33 @@ def named_tuple(typename: str, names: tuple[str, ...]) -> type:
     return the same PyTree structure (e.g. the two branches of a `lax.cond`).
     """
     return collections.namedtuple(typename, names)
+
+
+def check_get(
+    get: Any,
+    allowed: tuple[str, ...],
+    *,
+    none_means: tuple[str, ...] | None = None,
+    none_allowed: bool = True,
+    what: str = "kernel",
+) -> tuple[str, ...] | None:
+    """Validate a `get=` selector and return it as a tuple of names.
+
+    One definition for every public function that takes `get`: a name among `allowed`, or a
+    non-empty tuple of distinct names. `None` returns `none_means` (e.g. `None` for "the whole
+    result", or a default tuple of names), unless `none_allowed` is `False`. `what` names the
+    things selected, for the error messages.
+    """
+    if get is None and none_allowed:
+        return none_means
+    names = (get,) if isinstance(get, str) else get
+    if not isinstance(names, tuple) or not names or any(n not in allowed for n in names):
+        choices = ", ".join(repr(n) for n in allowed)
+        if none_allowed:
+            expected = f"None, one of ({choices}) or a non-empty tuple of them"
+        else:
+            expected = f"{choices} or a non-empty tuple of them"
+        raise ValueError(f"`get` must be {expected}, got {get!r}.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"`get` must not name a {what} twice, got {get!r}.")
+    return names

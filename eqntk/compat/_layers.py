@@ -21,7 +21,16 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from .. import nn
-from ..limits import AbstractRule, limit, register, rule_for
+from ..limits import (
+    AbstractRule,
+    AbstractStreamsRule,
+    Kernel as EqKernel,
+    Requirements,
+    limit,
+    register,
+)
+from ..limits._registry import KernelTree, RequirementsTree
+from ..nn._structure import FlattenRule
 from ._kernel import Kernel, cf_shape, from_cf, from_eqntk, nt_shape, to_cf, to_eqntk
 
 
@@ -712,15 +721,15 @@ class FlattenLast(eqx.Module):
 
 
 @register(FlattenLast)
-class FlattenLastRule(AbstractRule):
+class FlattenLastRule(AbstractRule[FlattenLast]):
     """Kernel rule of `FlattenLast`: that of [`eqntk.nn.Flatten`][] (the order of the features
     does not change the kernel)."""
 
-    def requirements(self, layer, wanted):
-        return rule_for(nn.Flatten()).requirements(nn.Flatten(), wanted)
+    def requirements(self, layer: FlattenLast, wanted: Requirements) -> Requirements:
+        return FlattenRule().requirements(nn.Flatten(), wanted)
 
-    def __call__(self, layer, k, wanted):
-        return rule_for(nn.Flatten())(nn.Flatten(), k, wanted)
+    def __call__(self, layer: FlattenLast, k: EqKernel, wanted: Requirements) -> EqKernel:
+        return FlattenRule()(nn.Flatten(), k, wanted)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -752,20 +761,16 @@ class UserModule(eqx.Module):
 
 
 @register(UserModule)
-class UserModuleRule(AbstractRule):
+class UserModuleRule(AbstractStreamsRule[UserModule]):
     """Kernel rule of `UserModule`: the user's `kernel_fn` on neural-tangents' `Kernel`."""
 
-    takes_streams = True
-
-    def requirements(self, layer, wanted):
-        from ..limits import Requirements
-
+    def requirements(self, layer: UserModule, wanted: RequirementsTree) -> RequirementsTree:
         if isinstance(wanted, tuple):
             return wanted
         # The user's kernel function may need the full spatial covariance.
         return Requirements(diagonal_spatial=False)
 
-    def __call__(self, layer, k, wanted):
+    def __call__(self, layer: UserModule, k: KernelTree, wanted: RequirementsTree) -> KernelTree:
         def conv(ek):
             return from_eqntk(ek, layer.batch_axis, layer.channel_axis)
 

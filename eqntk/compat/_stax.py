@@ -3,7 +3,7 @@
 import enum
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from .. import nn
 from ._layers import (
@@ -156,7 +156,9 @@ def FanInConcat(axis: int = -1):
     return triple(Simple(lambda shape: nn.FanInConcat(_eq_axis(axis, len(shape[0]) + 1))))
 
 
-def _eq_axis(axis: int, ndim: int, batch_axis: int = 0, channel_axis: int = -1):
+def _eq_axis(
+    axis: int, ndim: int, batch_axis: int = 0, channel_axis: int = -1
+) -> Literal["channel"] | int:
     """An axis of a batched neural-tangents array as eqntk names it: `"channel"`, or the
     index of a spatial axis."""
     a, b, c = axis % ndim, batch_axis % ndim, channel_axis % ndim
@@ -367,7 +369,10 @@ def LayerNorm(axis=-1, eps: float = 1e-12, batch_axis: int = 0, channel_axis: in
 
     def make(shape):
         ndim = len(shape) + 1
-        return nn.LayerNorm(tuple(_eq_axis(a, ndim, batch_axis, channel_axis) for a in axes), eps)
+        eq_axes: list[Literal["channel"] | int] = [
+            _eq_axis(a, ndim, batch_axis, channel_axis) for a in axes
+        ]
+        return nn.LayerNorm(eq_axes, eps)
 
     return _with_axes(make, lambda shape: shape, batch_axis, channel_axis)
 

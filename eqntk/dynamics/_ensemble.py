@@ -194,6 +194,7 @@ def _finite_time(g, t, layout, setting, k_dd, k_td, nngp_tt, compute_cov) -> Gau
     n = y_train.size
     y = layout.to_matrix(y_train).astype(dtype)
     v = eigen.evecs
+    kv = None  # the test-train kernel times the eigenvectors, when there is a test set
     if k_td is None:
         points, out = train, layout
         mean = -eigen.apply(eigen.expm1(tau, n), y)
@@ -218,6 +219,7 @@ def _finite_time(g, t, layout, setting, k_dd, k_td, nngp_tt, compute_cov) -> Gau
             e = jnp.einsum("ij,tj,kj->tik", v, eigen.decay(tau, n), v)
             cov = jnp.einsum("tij,jk,tkl->til", e, nngp_dd, e)
     else:
+        assert kv is not None  # made with `mean` above
         k_tt = kernel_to_matrix("kernel_fn(x_test, None)", nngp_tt, points, points)
         if g == "nngp":
             cov = k_tt[None] - jnp.einsum("mj,tj,lj->tml", kv, eigen.growth(2 * tau, n), kv)

@@ -9,7 +9,7 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from .._callable import AbstractCallable, named_tuple
+from .._callable import AbstractCallable, check_get as _check_get, named_tuple
 from ._common import (
     Axes,
     KernelLike,
@@ -33,13 +33,8 @@ GP_NAMES = ("nngp", "ntk", "ntkgp")
 
 def check_get(get: Any, allowed: tuple[str, ...]) -> tuple[str, ...]:
     """`get` as a tuple of names among `allowed` (`None` means `("nngp", "ntk")`)."""
-    names = ("nngp", "ntk") if get is None else (get,) if isinstance(get, str) else get
-    if not isinstance(names, tuple) or not names or any(g not in allowed for g in names):
-        raise ValueError(
-            f"`get` must be None, one of {allowed} or a non-empty tuple of them, got {get!r}."
-        )
-    if len(set(names)) != len(names):
-        raise ValueError(f"`get` names a prediction twice: {get!r}.")
+    names = _check_get(get, allowed, none_means=("nngp", "ntk"), what="prediction")
+    assert names is not None
     return names
 
 

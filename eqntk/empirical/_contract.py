@@ -10,7 +10,7 @@ structured method gains its speed (see `_structured.py`).
 import itertools
 import math
 from collections.abc import Hashable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -111,7 +111,7 @@ def contraction(
 
     def letter(side: int, label: Label) -> str:
         if label[0] == "side":
-            side, label = label[1], label[2]
+            side, label = cast(int, label[1]), cast(Label, label[2])
         owner = side
         if label[0] == "shared":
             owner = 0
@@ -147,7 +147,7 @@ def _path(c: Contraction) -> tuple[list[tuple[int, ...]], float]:
     shapes = [tuple(op.shape) for op in c.operands]
     strategy = "optimal" if len(shapes) <= 4 else "greedy"
     path, info = opt_einsum.contract_path(c.equation, *shapes, shapes=True, optimize=strategy)
-    return path, float(info.opt_cost)
+    return [tuple(step) for step in path], float(info.opt_cost)
 
 
 def cost(c: Contraction) -> float:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, PyTree
 
-from .._callable import named_tuple
+from .._callable import check_get, named_tuple
 from ._contract import (
     EXAMPLE,
     Contraction,
@@ -51,7 +51,12 @@ class _Setup(eqx.Module):
 
 
 def _setup(
-    model: Any, x1: Any, x2: Any, vmap_axes: int, filter: Callable[[Any], bool], need_params: bool
+    model: Any,
+    x1: Any,
+    x2: Any,
+    vmap_axes: int,
+    filter: Callable[[Any], bool] | PyTree[bool],
+    need_params: bool,
 ) -> tuple[_Setup, list[Array], list[Array] | None]:
     params, static = eqx.partition(model, filter)
     leaves, param_tree = jtu.tree_flatten(params)
@@ -143,11 +148,8 @@ def _batch_leaves(name: str, x: Any, vmap_axes: int) -> tuple[list[Array], Any]:
 
 
 def _check_get(get: Any) -> tuple[str, ...]:
-    names = (get,) if isinstance(get, str) else get
-    if not isinstance(names, tuple) or not names or any(n not in _NAMES for n in names):
-        raise ValueError(f"`get` must be 'nngp', 'ntk' or a tuple of them, got {get!r}.")
-    if len(set(names)) != len(names):
-        raise ValueError(f"`get` names a kernel twice: {get!r}.")
+    names = check_get(get, _NAMES, none_allowed=False)
+    assert names is not None
     return names
 
 
@@ -366,7 +368,9 @@ def empirical_kernel(
     ```
     """
     # One compiled program per model structure, shapes and options: evaluated op by op, the
-    # Jacobians and contractions dispatch and compile many small programs.
+    # Jacobians and contractions dispatch and compile many small programs. `filter` is applied
+    # here, to the model's own leaves (inside, they are tracers: a filter that tests identity
+    # would select nothing).
     return _compiled_empirical_kernel(
         model,
         x1,
@@ -376,7 +380,7 @@ def empirical_kernel(
         trace_axes=trace_axes,
         diagonal_axes=diagonal_axes,
         vmap_axes=vmap_axes,
-        filter=filter,
+        filter=jtu.tree_map(filter, model),
     )
 
 

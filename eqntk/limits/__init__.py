@@ -1,29 +1,18 @@
 """The `limit` transform, the `Kernel`, and the registry of kernel rules.
 
-Importing this package registers the rules of every layer in [`eqntk.nn`][].
+The kernel rules of eqntk's layers live beside the layers, in [`eqntk.nn`][]: defining a layer
+class registers its rule.
 """
 
-from . import (
-    _activations as _activations,
-    _attention as _attention,
-    _branching as _branching,
-    _conv as _conv,
-    _dense as _dense,
-    _exponential as _exponential,
-    _graph as _graph,
-    _normalization as _normalization,
-    _polynomial as _polynomial,
-    _pooling as _pooling,
-    _quadrature as _quadrature,
-    _repeat as _repeat,
-    _reshape as _reshape,
-    _structure as _structure,
-    _trigonometric as _trigonometric,
-)
+# The rules of eqntk's layers (and of the `equinox.nn` containers) are registered where the
+# layers are defined; importing `eqntk.nn` here makes them available to `limit` whichever of the
+# two packages is imported first.
+from .. import nn as _nn  # noqa: E402, F401
 from ._kernel import Kernel as Kernel
 from ._limit import KernelFn as KernelFn, limit as limit
 from ._registry import (
     AbstractRule as AbstractRule,
+    AbstractStreamsRule as AbstractStreamsRule,
     Requirements as Requirements,
     apply as apply,
     register as register,

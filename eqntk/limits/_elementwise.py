@@ -1,16 +1,29 @@
 """The shared machinery of elementwise nonlinearities' kernel rules."""
 
 from collections.abc import Callable
+from typing import TypeVar
 
 from jaxtyping import Array
 
 from ._kernel import Kernel
+from ._registry import AbstractRule, Requirements
 from ._spatial import cross_variances, self_variances, swap_examples, variances
 
 
 # `fn(q11, q12, q22, ntk)` -> `(nngp', ntk')`: the NNGP and NTK after the nonlinearity, entry by
 # entry, from the input variances q11, q22, covariance q12 and NTK (None when not computed).
 EntryMap = Callable[[Array, Array, Array, Array | None], tuple[Array, Array | None]]
+
+
+_Layer = TypeVar("_Layer")
+
+
+class AbstractElementwiseRule(AbstractRule[_Layer]):
+    """A rule of an elementwise nonlinearity: it asks of its input what is asked of its output
+    (an elementwise map keeps the spatial layout)."""
+
+    def requirements(self, layer: _Layer, wanted: Requirements) -> Requirements:
+        return wanted
 
 
 def require_gaussian(k: Kernel, layer: object) -> None:

@@ -1,5 +1,6 @@
 """The `Kernel`: the state that the `limit` transform carries from layer to layer."""
 
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -204,17 +205,36 @@ class Kernel(eqx.Module):
                 fields["mask" + i] = None
         return Kernel(**fields)
 
-    def map_covariances(self, fn, ntk_fn=None) -> "Kernel":
-        """Apply `fn` to `nngp`, `cov1`, `cov2`, and `ntk_fn` (default `fn`) to `ntk`.
+    def map_covariances(
+        self,
+        fn: Callable[[Array], Array] | None = None,
+        ntk_fn: Callable[[Array], Array] | None = None,
+        *,
+        cov_fn: Callable[[Array], Array] | None = None,
+        cov1_fn: Callable[[Array], Array] | None = None,
+        cov2_fn: Callable[[Array], Array] | None = None,
+        **changes: Any,
+    ) -> "Kernel":
+        """Map the covariance arrays, and change other fields in the same step.
+
+        Each array gets its own function, defaulting to a shared one: `nngp` gets `fn`, `ntk`
+        gets `ntk_fn` (default `fn`), `cov1` gets `cov1_fn` (default `cov_fn`, then `fn`) and
+        `cov2` likewise. A field that is `None` stays `None`, and a field without a function
+        stays as it is. `changes` are passed to [`eqntk.Kernel.replace`][] together with the
+        new arrays (for metadata that must change with their shapes, e.g. `shape1`).
 
         **Arguments:**
 
-        - `fn`: a function of one covariance array.
-        - `ntk_fn`: a function for the NTK; `None` uses `fn`.
+        - `fn`: a function of one covariance array, for `nngp` and the defaults of the others.
+        - `ntk_fn`: a function for `ntk`; `None` uses `fn`.
+        - `cov_fn`: a function for `cov1` and `cov2` (one batch axis where `nngp` has two);
+          `None` uses `fn`.
+        - `cov1_fn`, `cov2_fn`: a function for that one field; `None` uses `cov_fn`.
+        - `**changes`: other fields to replace.
 
         **Returns:**
 
-        A new [`eqntk.Kernel`][] (metadata unchanged).
+        A new [`eqntk.Kernel`][].
 
         **Example:**
 
@@ -225,14 +245,24 @@ class Kernel(eqx.Module):
         k = eqntk.Kernel(nngp=jnp.eye(2), ntk=jnp.eye(2), cov1=jnp.ones(2), cov2=None,
                          shape1=(3,), shape2=(3,), x1_is_x2=True)
         assert (k.map_covariances(lambda a: 2 * a).cov1 == 2).all()
+        doubled_ntk = k.map_covariances(ntk_fn=lambda a: 2 * a)
+        assert (doubled_ntk.ntk == 2 * k.ntk).all() and doubled_ntk.nngp is k.nngp
         ```
         """
         ntk_fn = fn if ntk_fn is None else ntk_fn
+        cov_fn = fn if cov_fn is None else cov_fn
+        cov1_fn = cov_fn if cov1_fn is None else cov1_fn
+        cov2_fn = cov_fn if cov2_fn is None else cov2_fn
+
+        def mapped(f: Callable[[Array], Array] | None, a: Array | None) -> Array | None:
+            return a if f is None or a is None else f(a)
+
         return self.replace(
-            nngp=fn(self.nngp),
-            ntk=None if self.ntk is None else ntk_fn(self.ntk),
-            cov1=fn(self.cov1),
-            cov2=None if self.cov2 is None else fn(self.cov2),
+            nngp=mapped(fn, self.nngp),
+            ntk=mapped(ntk_fn, self.ntk),
+            cov1=mapped(cov1_fn, self.cov1),
+            cov2=mapped(cov2_fn, self.cov2),
+            **changes,
         )
 
 
@@ -249,20 +279,3 @@ def _field(k: Kernel, name: str):
     if name == "cov2":
         return k.cov2_or_cov1
     return getattr(k, name)
-
-
-def check_get(get: Any) -> tuple[str, ...] | None:
-    """Validate a `get` selector; return it as a tuple of names (or None for everything)."""
-    if get is None:
-        return None
-    names = (get,) if isinstance(get, str) else get
-    if not isinstance(names, tuple) or not names:
-        raise ValueError(
-            f"`get` must be None, one of {KERNEL_NAMES} or a non-empty tuple of them, got {get!r}."
-        )
-    for name in names:
-        if name not in KERNEL_NAMES:
-            raise ValueError(f"`get` must name kernels among {KERNEL_NAMES}, got {name!r}.")
-    if len(set(names)) != len(names):
-        raise ValueError(f"`get` must not name a kernel twice, got {get!r}.")
-    return names

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Shaped
 
-from .._callable import AbstractCallable
+from .._callable import AbstractCallable, check_get
 from ._blocks import DEFAULT_BLOCK_BYTES, apply_in_blocks
-from ._kernel import Kernel, check_get, selected
+from ._kernel import KERNEL_NAMES, Kernel, selected
 from ._registry import Requirements, conform, requirements
 from ._spatial import batch_diagonal, gram, self_gram, swap_examples
 
@@ -131,7 +131,7 @@ def _compiled_kernel(
     pattern1: Any,
     pattern2: Any,
 ):
-    names = check_get(get)
+    names = check_get(get, KERNEL_NAMES)
     compute_ntk = names is None or "ntk" in names
     wanted_out = Requirements(diagonal_spatial=diagonal_spatial)
     wanted_in = requirements(kernel_fn.model, wanted_out)
@@ -251,8 +251,9 @@ def _inputs_to_kernel(
 ) -> tuple[Kernel, Any]:
     x1 = _check_input("x1", x1)
     x1_is_x2 = x2 is None
+    # With `x2 = None` the kernel is of `x1` with itself.
+    x2 = x1 if x2 is None else _check_input("x2", x2)
     if not x1_is_x2:
-        x2 = _check_input("x2", x2)
         if x2.ndim != x1.ndim:
             raise ValueError(
                 f"`x2` must have the same rank as `x1` ({x1.ndim}, shape (N1, C, *spatial) = "
@@ -301,7 +302,6 @@ def _inputs_to_kernel(
         # then exactly 1, where arccos would turn a rounding error of 1e-16 into 1e-8.
         cov1 = batch_diagonal(nngp)
         cov2 = None
-        x2 = x1
     else:
         nngp = gram(x1, x2, diagonal)
         cov1 = self_gram(x1, diagonal)
@@ -391,7 +391,9 @@ def _continue_from(k: Kernel, wanted: Any, compute_ntk: bool) -> Kernel:
         )
     if not compute_ntk and k.ntk is not None:
         k = k.replace(ntk=None)
-    return conform(k, wanted)
+    out = conform(k, wanted)
+    assert isinstance(out, Kernel)  # one stream in, one out
+    return out
 
 
 def _symmetrised(k: Kernel) -> Kernel:
@@ -405,7 +407,7 @@ def _symmetrised(k: Kernel) -> Kernel:
     if not k.x1_is_x2:
         return k
     mirror = ft.partial(_mirrored, k.diagonal_spatial)
-    return k.replace(nngp=mirror(k.nngp), ntk=None if k.ntk is None else mirror(k.ntk))
+    return k.map_covariances(mirror, cov_fn=lambda a: a)
 
 
 @ft.partial(jax.custom_jvp, nondiff_argnums=(0,))

@@ -11,12 +11,17 @@ layer's own `output_mask` for convolutions and pooling, see `output_masks`).
 
 import string
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, TypedDict
 
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
 from ._kernel import Kernel
 from ._spatial import cross_variances, self_variances
+
+
+if TYPE_CHECKING:
+    from ..nn._masked import AbstractMaskedLayer
 
 
 def remask(k: Kernel) -> Kernel:
@@ -36,15 +41,13 @@ def remask(k: Kernel) -> Kernel:
     q11, q22 = cross_variances(keep1, keep2, k.diagonal_spatial)
     cross = q11 * q22
     c11, c12 = self_variances(keep1, k.diagonal_spatial)
-    cov2 = None
-    if k.cov2 is not None:
+
+    def cov2_fn(a: Array) -> Array:
         c21, c22 = self_variances(keep2, k.diagonal_spatial)
-        cov2 = k.cov2 * (c21 * c22)
-    return k.replace(
-        nngp=k.nngp * cross,
-        ntk=None if k.ntk is None else k.ntk * cross,
-        cov1=k.cov1 * (c11 * c12),
-        cov2=cov2,
+        return a * (c21 * c22)
+
+    return k.map_covariances(
+        lambda a: a * cross, cov1_fn=lambda a: a * (c11 * c12), cov2_fn=cov2_fn
     )
 
 
@@ -81,14 +84,21 @@ def mask_count(mask: Bool[Array, "n *spatial"], dtype) -> Float[Array, " n"]:
     return jnp.maximum(jnp.sum(~mask, axis=axes), 1).astype(dtype)
 
 
-def output_masks(layer, k: Kernel) -> dict[str, Bool[Array, "..."] | None]:
+class OutputMasks(TypedDict):
+    """The masks of a layer's output kernel, as keyword arguments of `Kernel.replace`."""
+
+    mask1: Bool[Array, "..."] | None
+    mask2: Bool[Array, "..."] | None
+
+
+def output_masks(layer: "AbstractMaskedLayer", k: Kernel) -> OutputMasks:
     """`mask1=` and `mask2=` for the kernel of `layer`'s output: each batch's mask mapped to
     the output positions by `layer.output_mask` (a convolution or pooling layer)."""
     reject_bound_mask(layer)
-    return {
-        name: None if mask is None else layer.output_mask(mask)
-        for name, mask in (("mask1", k.mask1), ("mask2", k.mask2))
-    }
+    return OutputMasks(
+        mask1=None if k.mask1 is None else layer.output_mask(k.mask1),
+        mask2=None if k.mask2 is None else layer.output_mask(k.mask2),
+    )
 
 
 def reject_bound_mask(layer) -> None:

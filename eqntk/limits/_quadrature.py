@@ -8,12 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..nn import Elementwise
-from ._activations import AbstractElementwiseRule
-from ._elementwise import EntryMap, map_entries, require_gaussian
-from ._kernel import Kernel
+from ._elementwise import EntryMap
 from ._math import correlation, safe_sqrt
-from ._registry import register
 
 
 def closed_form_entries(nngp_fn: Callable, d_nngp_fn: Callable | None) -> EntryMap:
@@ -91,14 +87,3 @@ def compiled_quadrature_entries(phi: Callable, deg: int) -> EntryMap:
         return _compiled_quadrature_entries(phi, deg)
     except TypeError:  # `phi` is unhashable (e.g. a module holding arrays)
         return jax.jit(quadrature_entries(phi, deg))
-
-
-@register(Elementwise)
-class ElementwiseRule(AbstractElementwiseRule):
-    """Kernel rule of [`eqntk.nn.Elementwise`][]."""
-
-    def __call__(self, layer: Elementwise, k: Kernel, wanted) -> Kernel:
-        require_gaussian(k, layer)
-        if layer.nngp_fn is not None:
-            return map_entries(k, closed_form_entries(layer.nngp_fn, layer.d_nngp_fn))
-        return map_entries(k, compiled_quadrature_entries(layer.fn, layer.deg))

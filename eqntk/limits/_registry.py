@@ -5,7 +5,7 @@ import contextlib
 import functools
 import types
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import equinox as eqx
 import jax
@@ -69,10 +69,15 @@ KernelTree = Kernel | tuple["KernelTree", ...]
 RequirementsTree = Requirements | tuple["RequirementsTree", ...]
 
 
-class AbstractRule(eqx.Module):
+_Layer = TypeVar("_Layer", contravariant=True)
+
+
+class AbstractRule(eqx.Module, Generic[_Layer]):
     """The kernel rule of one layer family: how a layer maps its input kernel to its output.
 
-    A rule has two parts, both pure functions of the layer and their argument:
+    The rule is generic over the layer type it handles (`AbstractRule[Dense]`), so that a type
+    checker sees the layer's fields. A rule has two parts, both pure functions of the layer and
+    their argument:
 
     - `requirements(layer, wanted)`: given what the layers above need of this layer's output
       kernel (`wanted`), return what this layer needs of its input kernel. Most layers pass
@@ -83,15 +88,17 @@ class AbstractRule(eqx.Module):
       covariance where the diagonal suffices); `limit` then drops what is not needed. A rule that
       can compute only what is wanted should do so, to save work.
 
+    This class is for layers that take one stream and make one (a `Kernel` in, a `Kernel` out);
+    layers that make, take or route several streams (`FanOut`, `Parallel`, the fan-in layers,
+    containers) subclass [`eqntk.limits.AbstractStreamsRule`][] instead.
+
     Rules are registered for a layer class with [`eqntk.limits.register`][]. A rule for a
     container layer (`Sequential`, `Parallel`) calls [`eqntk.limits.apply`][] and
     [`eqntk.limits.requirements`][] on its children.
 
     [`eqntk.limits.apply`][] checks what a rule returns: a `Kernel` (or a tuple of kernels)
     with the batch sizes `(N1, N2)` of its input, masks kept where the input had masks (unless
-    no spatial axis is left), and an NTK exactly when the input has one. A rule that joins
-    several streams (a tuple of kernels, made by `FanOut`) sets the class attribute
-    `takes_streams = True`; other rules are only given one kernel.
+    no spatial axis is left), and an NTK exactly when the input has one.
 
     **Example:**
 
@@ -101,18 +108,18 @@ class AbstractRule(eqx.Module):
     import jax.random as jr
     import eqntk
     from eqntk import nn
-    from eqntk.limits import AbstractRule, register
+    from eqntk.limits import AbstractRule, Kernel, Requirements, register
 
     class Double(eqx.Module):
         def __call__(self, x, *, key=None):
             return 2 * x
 
     @register(Double)
-    class DoubleRule(AbstractRule):
-        def requirements(self, layer, wanted):
+    class DoubleRule(AbstractRule[Double]):
+        def requirements(self, layer: Double, wanted: Requirements) -> Requirements:
             return wanted
 
-        def __call__(self, layer, k, wanted):
+        def __call__(self, layer: Double, k: Kernel, wanted: Requirements) -> Kernel:
             return k.map_covariances(lambda a: 4 * a)
 
     model = nn.Sequential([nn.Dense(2, 4, key=jr.key(0)), Double()])
@@ -121,21 +128,76 @@ class AbstractRule(eqx.Module):
     ```
     """
 
-    # Whether `__call__` accepts a tuple of kernels (several streams, after `FanOut`).
+    # Kept for rules written before `AbstractStreamsRule`: `True` hands the rule the kernel
+    # trees unchecked, as for a streams rule.
     takes_streams: ClassVar[bool] = False
 
     @abc.abstractmethod
-    def requirements(self, layer: Any, wanted: RequirementsTree) -> RequirementsTree:
+    def requirements(self, layer: _Layer, wanted: Requirements) -> Requirements:
         """Return what `layer` needs of its input kernel, given `wanted` of its output."""
 
     @abc.abstractmethod
-    def __call__(self, layer: Any, k: KernelTree, wanted: RequirementsTree) -> KernelTree:
+    def __call__(self, layer: _Layer, k: Kernel, wanted: Requirements) -> Kernel:
         """Return the kernel of `layer`'s output, given the kernel `k` of its input."""
 
 
-_RULES: dict[type, AbstractRule] = {}
+class AbstractStreamsRule(eqx.Module, Generic[_Layer]):
+    """The kernel rule of a layer that makes, joins or routes streams (a tuple of kernels, made
+    by `FanOut`): the same contract as [`eqntk.limits.AbstractRule`][], on trees.
 
-_R = TypeVar("_R", bound=type[AbstractRule])
+    `requirements` and `__call__` take and return either one `Requirements`/`Kernel` or a tuple
+    of them (one per stream). A single `Requirements` for a tuple of streams applies to every
+    stream: a fan-in layer does not know how many streams will arrive and asks the same of each.
+
+    **Example:**
+
+    ```python
+    import equinox as eqx
+    import jax.numpy as jnp
+    import jax.random as jr
+    import eqntk
+    from eqntk import nn
+    from eqntk.limits import AbstractStreamsRule, register
+
+    class Swap(eqx.Module):
+        def __call__(self, xs, *, key=None):
+            return xs[::-1]
+
+    @register(Swap)
+    class SwapRule(AbstractStreamsRule[Swap]):
+        def requirements(self, layer, wanted):
+            return wanted[::-1] if isinstance(wanted, tuple) else wanted
+
+        def __call__(self, layer, k, wanted):
+            assert isinstance(k, tuple)
+            return k[::-1]
+
+    dense = nn.Dense(3, 4, key=jr.key(0))
+    model = nn.Sequential([dense, nn.FanOut(2), Swap(), nn.FanInSum()])
+    assert eqntk.limit(model)(jnp.ones((2, 3)), get="nngp").shape == (2, 2)
+    ```
+    """
+
+    takes_streams: ClassVar[bool] = True
+
+    @abc.abstractmethod
+    def requirements(self, layer: _Layer, wanted: RequirementsTree) -> RequirementsTree:
+        """Return what `layer` needs of its input kernel(s), given `wanted` of its output."""
+
+    @abc.abstractmethod
+    def __call__(self, layer: _Layer, k: KernelTree, wanted: RequirementsTree) -> KernelTree:
+        """Return the kernel(s) of `layer`'s output, given the kernel(s) `k` of its input."""
+
+
+# What the registry holds: a rule of either kind, for any layer type.
+AnyRule = AbstractRule[Any] | AbstractStreamsRule[Any]
+
+
+_RULES: dict[type, AnyRule] = {}
+# The rule of modules without one: set by `_program` (which imports this module).
+program_rule: list[AnyRule] = []
+
+_R = TypeVar("_R", bound=type[AbstractRule[Any]] | type[AbstractStreamsRule[Any]])
 
 
 def register(*layer_classes: type) -> Callable[[_R], _R]:
@@ -181,9 +243,13 @@ def register(*layer_classes: type) -> Callable[[_R], _R]:
             raise TypeError(f"`register` takes layer classes, got {cls!r}.")
 
     def decorator(rule_class: _R) -> _R:
-        if not (isinstance(rule_class, type) and issubclass(rule_class, AbstractRule)):
+        if not (
+            isinstance(rule_class, type)
+            and issubclass(rule_class, AbstractRule | AbstractStreamsRule)
+        ):
             raise TypeError(
-                f"`register` decorates subclasses of `eqntk.limits.AbstractRule`, "
+                f"`register` decorates subclasses of `eqntk.limits.AbstractRule` or "
+                f"`eqntk.limits.AbstractStreamsRule`, "
                 f"got {rule_class!r}."
             )
         rule = rule_class()
@@ -194,7 +260,7 @@ def register(*layer_classes: type) -> Callable[[_R], _R]:
     return decorator
 
 
-def rule_for(layer: Any) -> AbstractRule:
+def rule_for(layer: Any) -> AnyRule:
     """Return the rule registered for `layer`'s class (or its nearest registered base class).
 
     **Arguments:**
@@ -203,12 +269,15 @@ def rule_for(layer: Any) -> AbstractRule:
 
     **Returns:**
 
-    The registered [`eqntk.limits.AbstractRule`][] instance.
+    The registered [`eqntk.limits.AbstractRule`][] instance. An Equinox module without a rule
+    gets the rule that traces its `__call__` and interprets it on kernels (it raises, naming
+    the operation and showing how to register a rule, when the code has no limit it knows).
 
     **Raises:**
 
-    `NotImplementedError`, naming the class and showing how to register a rule, when there is
-    none; `TypeError` for a plain function (it points to [`eqntk.nn.Elementwise`][]).
+    `NotImplementedError`, naming the class and showing how to register a rule, for an object
+    that is not an Equinox module and has no rule; `TypeError` for a plain function (it points
+    to [`eqntk.nn.Elementwise`][]).
 
     **Example:**
 
@@ -220,19 +289,20 @@ def rule_for(layer: Any) -> AbstractRule:
     print(type(rule_for(nn.Relu())).__name__)  # ReluRule
     ```
     """
-    for cls in type(layer).__mro__:
-        rule = _RULES.get(cls)
-        if rule is not None:
-            return rule
+    rule = registered_rule(type(layer))
+    if rule is not None:
+        return rule
+    # An Equinox module without a rule of its own: its `__call__` is interpreted (`_program`).
+    if isinstance(layer, eqx.Module) and program_rule:
+        return program_rule[0]
     name = type(layer).__name__
     if _is_plain_function(layer):
         raise TypeError(
             f"`limit` takes layers (Equinox modules with a kernel rule), got the plain function "
             f"{_describe_function(layer)}. For a scalar nonlinearity applied elementwise, use "
             f"`eqntk.nn.Elementwise(fn)` (e.g. `nn.Elementwise(jnp.tanh)`): its kernel is "
-            f"computed by quadrature. `equinox.nn.Lambda(fn)` also makes a function a layer, "
-            f"but has no kernel rule of its own (a function need not act elementwise): register "
-            f"one with `eqntk.limits.register(equinox.nn.Lambda)` if you need it."
+            f"computed by quadrature. `equinox.nn.Lambda(fn)` of an elementwise function has "
+            f"the same kernel."
         )
     if isinstance(layer, eqx.nn.Lambda):
         raise NotImplementedError(
@@ -249,6 +319,15 @@ def rule_for(layer: Any) -> AbstractRule:
         f"        def requirements(self, layer, wanted): ...\n"
         f"        def __call__(self, layer, k, wanted): ...\n"
     )
+
+
+def registered_rule(layer_class: type) -> AnyRule | None:
+    """The rule registered for `layer_class` or its nearest registered base class, or `None`."""
+    for cls in layer_class.__mro__:
+        rule = _RULES.get(cls)
+        if rule is not None:
+            return rule
+    return None
 
 
 def _is_plain_function(layer: Any) -> bool:
@@ -291,7 +370,20 @@ def requirements(layer: Any, wanted: RequirementsTree) -> RequirementsTree:
     assert requirements(nn.Flatten(), Requirements(False)).diagonal_spatial
     ```
     """
-    return rule_for(layer).requirements(layer, wanted)
+    rule = rule_for(layer)
+    if rule.takes_streams:
+        return cast(AbstractStreamsRule[Any], rule).requirements(layer, wanted)
+    return cast(AbstractRule[Any], rule).requirements(layer, _one_stream(layer, wanted))
+
+
+def _one_stream(layer: Any, wanted: RequirementsTree) -> Requirements:
+    """`wanted` of a layer that makes one stream, which cannot satisfy several."""
+    if isinstance(wanted, tuple):
+        raise ValueError(
+            f"`{type(layer).__name__}` makes one stream, but the layers after it take "
+            f"{len(wanted)} streams: split it with `nn.FanOut({len(wanted)})` first."
+        )
+    return wanted
 
 
 def apply(layer: Any, k: KernelTree, wanted: RequirementsTree) -> KernelTree:
@@ -321,14 +413,18 @@ def apply(layer: Any, k: KernelTree, wanted: RequirementsTree) -> KernelTree:
     ```
     """
     rule = rule_for(layer)
-    if isinstance(k, tuple) and not rule.takes_streams:
-        raise ValueError(
-            f"`{type(layer).__name__}` received {len(k)} streams (made by `FanOut`), but it "
-            f"takes one. Join the streams first with a fan-in layer (`nn.FanInSum`, "
-            f"`nn.FanInProd`, `nn.FanInConcat`), or give each stream its own layers with "
-            f"`nn.Parallel`."
-        )
-    out = rule(layer, k, wanted)
+    out: KernelTree
+    if rule.takes_streams:
+        out = cast(AbstractStreamsRule[Any], rule)(layer, k, wanted)
+    else:
+        if isinstance(k, tuple):
+            raise ValueError(
+                f"`{type(layer).__name__}` received {len(k)} streams (made by `FanOut`), but "
+                f"it takes one. Join the streams first with a fan-in layer (`nn.FanInSum`, "
+                f"`nn.FanInProd`, `nn.FanInConcat`), or give each stream its own layers with "
+                f"`nn.Parallel`."
+            )
+        out = cast(AbstractRule[Any], rule)(layer, k, _one_stream(layer, wanted))
     _check_output(rule, layer, k, out)
     # Masked positions stay zero whatever the rule did (e.g. a bias added there), so rules only
     # have to say how masks move when they move positions.
@@ -343,13 +439,19 @@ def _kernels(k: Any) -> list[Any]:
     return [x for ki in k for x in _kernels(ki)] if isinstance(k, tuple) else [k]
 
 
-def _check_output(rule: AbstractRule, layer: Any, k: KernelTree, out: Any) -> None:
+def _check_output(rule: AnyRule, layer: Any, k: KernelTree, out: Any) -> None:
     """Check that a rule kept what every rule must keep: the batch sizes, the masks and whether
     the NTK is computed."""
     where = f"The kernel rule `{type(rule).__qualname__}` (of `{type(layer).__name__}`)"
     inputs, outputs = _kernels(k), _kernels(out)
     if not outputs or not all(isinstance(o, Kernel) for o in outputs):
-        got = [type(o).__name__ for o in outputs] if isinstance(out, tuple) else type(out).__name__
+
+        def described(o: Any) -> str:
+            if isinstance(o, jax.Array):  # a traced or concrete array alike
+                return f"an array of shape {o.shape}"
+            return type(o).__name__
+
+        got = [described(o) for o in outputs] if isinstance(out, tuple) else described(out)
         raise TypeError(f"{where} must return a `Kernel` or a tuple of kernels, got {got}.")
     first = inputs[0]
     n1, n2 = first.nngp.shape[:2]

@@ -26,11 +26,9 @@ def to_diagonal_spatial(k: Kernel) -> Kernel:
     if k.diagonal_spatial or k.spatial_ndim == 0:
         return k.replace(diagonal_spatial=True)
     n = k.spatial_ndim
-    return k.replace(
-        nngp=diagonal_of_pairs(k.nngp, 2, n),
-        ntk=None if k.ntk is None else diagonal_of_pairs(k.ntk, 2, n),
-        cov1=diagonal_of_pairs(k.cov1, 1, n),
-        cov2=None if k.cov2 is None else diagonal_of_pairs(k.cov2, 1, n),
+    return k.map_covariances(
+        lambda a: diagonal_of_pairs(a, 2, n),
+        cov_fn=lambda a: diagonal_of_pairs(a, 1, n),
         diagonal_spatial=True,
     )
 

@@ -45,3 +45,9 @@ from ._repeat import Repeat as Repeat, repeat as repeat
 from ._reshape import DotGeneral as DotGeneral, ImageResize as ImageResize, Index as Index
 from ._structure import Flatten as Flatten, Identity as Identity, Sequential as Sequential
 from ._trigonometric import Cos as Cos, Gabor as Gabor, Rbf as Rbf, Sin as Sin
+
+
+# isort: split
+# The rules of the stock `equinox.nn` layers and the interpreter of modules without a rule (they
+# use the layers above, so they are registered once these are defined).
+from ..limits import _equinox_layers as _equinox_layers, _program as _program  # noqa: E402

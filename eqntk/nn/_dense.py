@@ -1,13 +1,15 @@
 """`Dense`: the fully-connected layer, acting on the channel axis."""
 
 import math
-from typing import Literal
+from typing import Literal, cast
 
 import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from ..limits._kernel import Kernel
+from ..limits._registry import AbstractRule, Requirements, register
 from ._hyperparameters import frozen, hyperparameter
 
 
@@ -104,7 +106,7 @@ class Dense(eqx.Module):
                 raise ValueError(f"`{name}` must be a positive integer, got {size!r}.")
         self.in_features = in_features
         self.out_features = out_features
-        self.parameterization = parameterization
+        self.parameterization = cast(Parameterization, parameterization)  # checked above
         self.s = (int(s[0]), int(s[1]))
         self.W_std = hyperparameter("W_std", W_std, nonnegative=True)
         self.b_std = None if b_std is None else hyperparameter("b_std", b_std, nonnegative=True)
@@ -115,7 +117,7 @@ class Dense(eqx.Module):
         bias = None if b_std is None else jr.normal(bkey, (n_out,), dtype)
         if parameterization == "standard":
             weight = weight * (self.W_std / math.sqrt(in_features))
-            bias = None if bias is None else bias * self.b_std
+            bias = None if bias is None or self.b_std is None else bias * self.b_std
         self.weight = weight
         self.bias = bias
 
@@ -152,10 +154,70 @@ class Dense(eqx.Module):
         bias = None if self.bias is None else self.bias.reshape((-1,) + (1,) * (x.ndim - 1))
         if self.parameterization == "ntk":
             y = y * (frozen(self.W_std) / math.sqrt(x.shape[0]))
-            if bias is not None:
+            if bias is not None and self.b_std is not None:
                 y = y + frozen(self.b_std) * bias
         else:
             y = y / math.sqrt(self.s[0])
             if bias is not None:
                 y = y + bias
         return y
+
+
+# Kernel rules -------------------------------------------------------------------------------------
+# Kernel rule of `Dense`.
+
+
+def check_channels(layer: object, expected: int, k: Kernel) -> None:
+    """Raise unless the kernel's activations have the `expected` number of channels."""
+    for name, shape in (("x1", k.shape1), ("x2", k.shape2)):
+        if shape[0] != expected:
+            raise ValueError(
+                f"`{type(layer).__name__}` was built for {expected} input channels, but its "
+                f"input from `{name}` has {shape[0]} channels (per-example shape {shape})."
+            )
+
+
+def affine_kernel(
+    k: Kernel, layer: object, W_std, b_std, fan_in: int, parameterization: str, out_channels: int
+) -> Kernel:
+    """The kernel after an affine map whose outputs are `W_std^2 * (mean over fan-in) + b_std^2`.
+
+    `k` must already hold the input covariances pooled over the receptive field of each output
+    (for `Dense` that is the identity). `fan_in` is the finite fan-in of one output unit, used by
+    the standard parameterisation.
+    """
+    b2 = 0.0 if b_std is None else k.cast(b_std) ** 2
+    w2 = k.cast(W_std) ** 2
+    nngp = w2 * k.nngp + b2
+    if parameterization == "ntk":
+        ntk_fn = lambda ntk: w2 * ntk + nngp
+    else:
+        ntk_fn = lambda ntk: w2 * ntk + fan_in * k.nngp + (0.0 if b_std is None else 1.0)
+    return k.map_covariances(
+        lambda _: nngp,
+        ntk_fn,
+        cov_fn=lambda cov: w2 * cov + b2,
+        shape1=(out_channels,) + k.shape1[1:],
+        shape2=(out_channels,) + k.shape2[1:],
+        is_gaussian=True,
+    )
+
+
+@register(Dense)
+class DenseRule(AbstractRule[Dense]):
+    """Kernel rule of [`eqntk.nn.Dense`][]: acts on the channel axis, positions unchanged."""
+
+    def requirements(self, layer: Dense, wanted: Requirements) -> Requirements:
+        return wanted
+
+    def __call__(self, layer: Dense, k: Kernel, wanted: Requirements) -> Kernel:
+        check_channels(layer, layer.s[0] * layer.in_features, k)
+        return affine_kernel(
+            k,
+            layer,
+            layer.W_std,
+            layer.b_std,
+            layer.in_features,
+            layer.parameterization,
+            layer.s[1] * layer.out_features,
+        )

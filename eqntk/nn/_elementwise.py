@@ -5,8 +5,14 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
+
+from ..limits._elementwise import AbstractElementwiseRule, map_entries, require_gaussian
+from ..limits._kernel import Kernel
+from ..limits._quadrature import closed_form_entries, compiled_quadrature_entries
+from ..limits._registry import Requirements, register
 
 
 def kernel_only(layer: Any, x: Array) -> Array:
@@ -131,3 +137,19 @@ def _check_scalar_function(name: str, fn: Any, n_args: int) -> None:
         raise ValueError(f"`{name}` must return a scalar for scalar input(s), got output {shape}.")
     if not jnp.issubdtype(out.dtype, jnp.floating):
         raise ValueError(f"`{name}` must return a floating-point scalar, got dtype {out.dtype}.")
+
+
+# Kernel rules -------------------------------------------------------------------------------------
+
+
+@register(Elementwise)
+class ElementwiseRule(AbstractElementwiseRule[Elementwise]):
+    """Kernel rule of [`eqntk.nn.Elementwise`][]."""
+
+    def __call__(self, layer: Elementwise, k: Kernel, wanted: Requirements) -> Kernel:
+        require_gaussian(k, layer)
+        if layer.nngp_fn is not None:
+            return map_entries(k, closed_form_entries(layer.nngp_fn, layer.d_nngp_fn))
+        # `Elementwise` checks that it has `fn` when it has no `nngp_fn`.
+        assert layer.fn is not None
+        return map_entries(k, compiled_quadrature_entries(layer.fn, layer.deg))

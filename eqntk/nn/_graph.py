@@ -8,26 +8,12 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray, Shaped
 
-from ._attention import GlobalSelfAttention
-from ._conv import Conv, ConvLocal, ConvTranspose
+from ..limits._kernel import Kernel
+from ..limits._registry import AbstractRule, Requirements, register
 from ._hyperparameters import frozen
-from ._pooling import AvgPool, GlobalAvgPool, GlobalSumPool, SumPool
-from ._reshape import spatial_axes
+from ._masked import AbstractMaskedLayer
+from ._reshape import map_array, spatial_axes
 from ._structure import Flatten, Sequential
-
-
-# The layers that hold a mask: they zero their input at masked positions (attention skips them)
-# and, except attention, say where the positions of their output are masked (`output_mask`).
-MASKED_LAYERS = (
-    GlobalSelfAttention,
-    Conv,
-    ConvTranspose,
-    ConvLocal,
-    AvgPool,
-    SumPool,
-    GlobalAvgPool,
-    GlobalSumPool,
-)
 
 
 def dense_adjacency(
@@ -236,16 +222,75 @@ def _bind_mask(node: Any, mask: Array | None) -> tuple[Any, Array | None]:
             layer, mask = _bind_mask(layer, mask)
             layers.append(layer)
         return eqx.tree_at(lambda s: s.layers, node, tuple(layers)), mask
-    if isinstance(node, MASKED_LAYERS):
+    if isinstance(node, AbstractMaskedLayer):
         node = eqx.tree_at(lambda n: n.mask, node, mask, is_leaf=lambda z: z is None)
-        has_map = hasattr(node, "output_mask")
-        return node, node.output_mask(mask) if has_map and mask is not None else mask
+        return node, None if mask is None else node.output_mask(mask)
     if isinstance(node, Flatten):
         return node, None
-    kinds = (Sequential,) + MASKED_LAYERS
+    kinds = (Sequential, AbstractMaskedLayer)
 
     def inner(child):
         return _bind_mask(child, mask)[0] if isinstance(child, kinds) else child
 
     children = jax.tree_util.tree_map(inner, node, is_leaf=lambda n: isinstance(n, kinds))
     return children, mask
+
+
+# Kernel rules -------------------------------------------------------------------------------------
+# Kernel rule of `Aggregate` (graph message passing).
+
+
+def _maps(layer: Aggregate, pattern, shape, n: int, name: str, dtype):
+    """The per-example maps `M = A^T` `(N, *S_out, *S_in)` of a batch of graphs."""
+    axes = layer.aggregated_axes(len(shape) - 1)
+    agg_shape = tuple(shape[1 + a] for a in axes)
+    if pattern is None:
+        raise ValueError(
+            f"`Aggregate` needs the graphs of the inputs: call the kernel function with "
+            f"`pattern1=...` (and `pattern2=...` with `x2`), one graph per example of shape "
+            f"(N, *S, *S) = {(n,) + agg_shape * 2} or an integer edge list (N, E, 2)."
+        )
+    if pattern.shape[0] != n:
+        raise ValueError(
+            f"`{name}` must hold one graph per example ({n}), got shape {pattern.shape}."
+        )
+    adjacency = jax.vmap(lambda p: dense_adjacency(p, agg_shape, dtype, name))(pattern)
+    k = len(axes)
+    # y[j] = sum_i x[i] A[i, j]: the map from positions i to positions j is A transposed.
+    matrix = jnp.moveaxis(adjacency, tuple(range(1, 1 + k)), tuple(range(1 + k, 1 + 2 * k)))
+    return axes, matrix
+
+
+@register(Aggregate)
+class AggregateRule(AbstractRule[Aggregate]):
+    """Kernel rule of [`eqntk.nn.Aggregate`][]:
+    $\\mathcal{K}'(x_1, x_2) = A_1^\\top \\mathcal{K}(x_1, x_2) A_2$ on the aggregated axes,
+    with each example's own adjacency. It needs the full spatial covariance."""
+
+    def requirements(self, layer: Aggregate, wanted: Requirements) -> Requirements:
+        return Requirements(diagonal_spatial=False)
+
+    def __call__(self, layer: Aggregate, k: Kernel, wanted: Requirements) -> Kernel:
+        if layer.pattern is not None:
+            raise ValueError(
+                "This `Aggregate` layer holds one example's graph (set by `nn.with_inputs`), "
+                "which is for the finite network; pass the graphs of the batches to the kernel "
+                "function as `pattern1=` / `pattern2=` instead."
+            )
+        dtype = k.nngp.dtype
+        n1, n2 = k.nngp.shape[:2]
+        axes, m1 = _maps(layer, k.pattern1, k.shape1, n1, "pattern1", dtype)
+        if k.x1_is_x2:
+            m2 = m1
+        else:
+            _, m2 = _maps(layer, k.pattern2, k.shape2, n2, "pattern2", dtype)
+        n = k.spatial_ndim
+
+        def apply(a, ma, mb, n_lead):
+            return map_array(a, n_lead, n, False, ((axes, ma, mb),), batched=True)
+
+        return k.map_covariances(
+            lambda a: apply(a, m1, m2, 2),
+            cov1_fn=lambda a: apply(a, m1, m1, 1),
+            cov2_fn=lambda a: apply(a, m2, m2, 1),
+        )

@@ -1,8 +1,9 @@
 """Hyperparameters (`W_std`, `b_std`, activation constants) as array leaves of layers."""
 
-from typing import Any
+from typing import Any, overload
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
@@ -19,8 +20,8 @@ def hyperparameter(name: str, value: Any, *, nonnegative: bool = False) -> Float
     array = real_array(name, value, "a real number")
     if array.shape != ():
         raise ValueError(f"`{name}` must be a scalar, got shape {array.shape}.")
-    if not isinstance(array, jax.core.Tracer) and nonnegative and array < 0:
-        raise ValueError(f"`{name}` must be non-negative, got {array}.")
+    if not isinstance(value, jax.core.Tracer) and nonnegative and np.asarray(value) < 0:
+        raise ValueError(f"`{name}` must be non-negative, got {value!r}.")
     return array
 
 
@@ -44,14 +45,19 @@ def real_array(name: str, value: Any, expected: str = "a real array") -> Array:
         )
     if dtype.kind not in "iuf" and not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"`{name}` must be {expected}, got {value!r} (dtype {dtype}).")
-    array = value if isinstance(value, jax.core.Tracer) else jnp.asarray(value)
-    if not isinstance(array, jax.core.Tracer) and not np.isfinite(np.asarray(array)).all():
+    # Checked on the concrete value: inside `jit`, even `jnp.asarray(1.0)` is traced.
+    if not isinstance(value, jax.core.Tracer) and not np.isfinite(np.asarray(value)).all():
         raise ValueError(f"`{name}` must be finite, got {value!r}.")
+    array = value if isinstance(value, jax.core.Tracer) else jnp.asarray(value)
     if not jnp.issubdtype(array.dtype, jnp.floating):
         array = array.astype(jnp.result_type(float))
     return array
 
 
+@overload
+def frozen(value: Array) -> Array: ...
+@overload
+def frozen(value: None) -> None: ...
 def frozen(value: Array | None) -> Array | None:
     """A hyperparameter as the finite forward pass sees it: constant under training.
 

@@ -1,15 +1,20 @@
 """Normalisation and regularisation layers: `LayerNorm` and `Dropout`."""
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from ..limits._elementwise import require_gaussian
+from ..limits._kernel import Kernel
+from ..limits._registry import AbstractRule, Requirements, register
+from ..limits._spatial import cross_variances, self_variances, variances
 from ._hyperparameters import frozen, hyperparameter
 
 
@@ -33,7 +38,7 @@ class LayerNorm(eqx.Module):
     axis: tuple[Axis, ...] = eqx.field(static=True)
     eps: float = eqx.field(static=True)
 
-    def __init__(self, axis: Sequence[Axis] = ("channel",), eps: float = 1e-12):
+    def __init__(self, axis: Axis | Sequence[Axis] = ("channel",), eps: float = 1e-12):
         """**Arguments:**
 
         - `axis`: the axes to normalise over. Must include `"channel"` (the limit exists only
@@ -54,17 +59,21 @@ class LayerNorm(eqx.Module):
         z = nn.LayerNorm(("channel", "spatial"))(jnp.ones((4, 5, 5)))  # whole image
         ```
         """
-        axis = (axis,) if isinstance(axis, str | int) else tuple(axis)
-        for a in axis:
+        axes: tuple[Axis, ...]
+        if isinstance(axis, str | int):
+            axes = (cast(Axis, axis),)
+        else:
+            axes = tuple(axis)
+        for a in axes:
             if a not in ("channel", "spatial") and not (isinstance(a, int) and a >= 0):
                 raise ValueError(
                     f"`LayerNorm` axes must be 'channel', 'spatial' or spatial axis indices "
-                    f"(integers >= 0), got {a!r} in `axis={axis!r}`."
+                    f"(integers >= 0), got {a!r} in `axis={axes!r}`."
                 )
-        if "channel" not in axis:
+        if "channel" not in axes:
             raise ValueError(
                 f"`LayerNorm` must normalise over the channels: `axis` must include 'channel', "
-                f"got {axis!r}."
+                f"got {axes!r}."
             )
         if isinstance(eps, bool) or not isinstance(eps, int | float | np.integer | np.floating):
             raise TypeError(f"`eps` must be a positive real number, got {eps!r}.")
@@ -73,7 +82,7 @@ class LayerNorm(eqx.Module):
                 f"`eps` must be a positive real number, got {eps!r}: with `eps=0` an input whose "
                 f"entries are all equal (e.g. all zero) has a 0/0 output."
             )
-        self.axis = axis
+        self.axis = axes
         self.eps = float(eps)
 
     def spatial_axes(self, n_spatial: int) -> tuple[int, ...]:
@@ -187,3 +196,130 @@ class Dropout(eqx.Module):
         keep_rate = frozen(self.keep_rate).astype(x.dtype)
         keep = jr.bernoulli(key, keep_rate, x.shape)
         return jnp.where(keep, x / keep_rate, jnp.zeros((), x.dtype))
+
+
+# Kernel rules -------------------------------------------------------------------------------------
+# Kernel rules of `LayerNorm` and `Dropout` (also `equinox.nn.Dropout`).
+
+
+@register(LayerNorm)
+class LayerNormRule(AbstractRule[LayerNorm]):
+    """Kernel rule of [`eqntk.nn.LayerNorm`][]: each covariance divided by the square roots of
+    the two examples' variances, averaged over the normalised positions (plus `eps`).
+
+    Only the variances of single positions are used, so the rule works in both spatial
+    layouts.
+    """
+
+    def requirements(self, layer: LayerNorm, wanted: Requirements) -> Requirements:
+        return wanted
+
+    def __call__(self, layer: LayerNorm, k: Kernel, wanted: Requirements) -> Kernel:
+        require_gaussian(k, layer)
+        mean_axes = tuple(1 + a for a in layer.spatial_axes(k.spatial_ndim))
+        eps = k.cast(layer.eps)
+
+        def normaliser(cov):
+            var = variances(cov, k) + eps
+            return jnp.mean(var, axis=mean_axes, keepdims=True) if mean_axes else var
+
+        v1 = normaliser(k.cov1)
+        v2 = normaliser(k.cov2_or_cov1)
+        q11, q22 = cross_variances(v1, v2, k.diagonal_spatial)
+        norm12 = jnp.sqrt(q11 * q22)
+        c11, c22 = self_variances(v1, k.diagonal_spatial)
+
+        def cov2_fn(a: Array) -> Array:
+            d11, d22 = self_variances(v2, k.diagonal_spatial)
+            return a / jnp.sqrt(d11 * d22)
+
+        return k.map_covariances(
+            lambda a: a / norm12, cov1_fn=lambda a: a / jnp.sqrt(c11 * c22), cov2_fn=cov2_fn
+        )
+
+
+def dropout_kernel(k: Kernel, keep_rate: Array | float, name: str = "keep_rate") -> Kernel:
+    """The kernel after dropout in training mode, as neural-tangents defines it.
+
+    Masks of different examples are independent, so only the entries that pair a unit with
+    itself are scaled, by $1/\\text{keep\\_rate}$: `cov1`/`cov2` on their spatial diagonal, and
+    `nngp`/`ntk` on the batch and spatial diagonal when `x2` is `None`. `keep_rate` must be in
+    `(0, 1]` (checked at trace time when concrete, else with `eqx.error_if`; `name` is what the
+    error calls it).
+    """
+    rate = k.cast(keep_rate)
+    message = (
+        f"Dropout in training mode needs `{name}` (the probability of keeping a unit) in (0, 1]"
+    )
+    if isinstance(rate, jax.core.Tracer):
+        rate = eqx.error_if(rate, ~((rate > 0) & (rate <= 1)), message + "; got a value outside.")
+    elif not 0 < rate <= 1:
+        raise ValueError(f"{message}, got {float(rate)}.")
+    factor = 1 / rate
+    # Entries of different examples pair different dropout masks: only with `x2 = None` do
+    # `nngp` and `ntk` hold entries of an example with itself.
+    return k.map_covariances(
+        (lambda a: _scale_diagonal(a, factor, k, n_lead=2)) if k.x1_is_x2 else None,
+        cov_fn=lambda a: _scale_diagonal(a, factor, k, n_lead=1),
+        is_gaussian=False,
+    )
+
+
+def _scale_diagonal(a: Array, factor: Array, k: Kernel, n_lead: int) -> Array:
+    """Multiply by `factor` the entries of `a` that pair a unit with itself.
+
+    With two leading (batch) axes those are the entries of the same example; in the full
+    spatial layout, also of the same position (`i == i'` for every spatial pair).
+    """
+    pairs = [(0, 1)] if n_lead == 2 else []
+    if not k.diagonal_spatial:
+        pairs += [(n_lead + 2 * d, n_lead + 2 * d + 1) for d in range(k.spatial_ndim)]
+    same = jnp.ones((1,) * a.ndim, bool)
+    for p, q in pairs:
+        shape = [1] * a.ndim
+        shape[p] = shape[q] = a.shape[p]
+        same = same & jnp.eye(a.shape[p], dtype=bool).reshape(shape)
+    return jnp.where(same, a * factor, a)
+
+
+@register(Dropout)
+class DropoutRule(AbstractRule[Dropout]):
+    """Kernel rule of [`eqntk.nn.Dropout`][]: [`dropout_kernel`] in training mode, the identity
+    with `inference=True`."""
+
+    def requirements(self, layer: Dropout, wanted: Requirements) -> Requirements:
+        return wanted
+
+    def __call__(self, layer: Dropout, k: Kernel, wanted: Requirements) -> Kernel:
+        return k if layer.inference else dropout_kernel(k, layer.keep_rate)
+
+
+@register(eqx.nn.Dropout)
+class EquinoxDropoutRule(AbstractRule[eqx.nn.Dropout]):
+    """Kernel rule of `equinox.nn.Dropout`, whose `p` is the probability of dropping a unit:
+    the rule of [`eqntk.nn.Dropout`][] with `keep_rate = 1 - p`."""
+
+    def requirements(self, layer: eqx.nn.Dropout, wanted: Requirements) -> Requirements:
+        return wanted
+
+    def __call__(self, layer: eqx.nn.Dropout, k: Kernel, wanted: Requirements) -> Kernel:
+        p = layer.p
+        if not isinstance(p, jax.core.Tracer):
+            # Static checks first: `p=1` drops every unit (no limit), `p` outside [0, 1) is not a
+            # probability; both would otherwise give infinite or negative variances.
+            hyperparameter("p", p)  # a finite real number
+            p = float(np.asarray(p))  # compared here, at trace time (not a traced array)
+            if not 0 <= p <= 1:
+                raise ValueError(
+                    f"`equinox.nn.Dropout` needs its drop probability `p` in [0, 1], "
+                    f"got {float(p)}."
+                )
+            if p == 1 and not layer.inference:
+                raise ValueError(
+                    "`equinox.nn.Dropout(p=1.0)` in training mode drops every unit: the rescaling "
+                    "1/(1 - p) has no infinite-width limit. Use `p` in [0, 1), or "
+                    "`inference=True` to turn dropout off."
+                )
+        if layer.inference:
+            return k
+        return dropout_kernel(k, 1 - jnp.asarray(p), name="1 - p")

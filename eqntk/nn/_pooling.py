@@ -1,6 +1,8 @@
 """Pooling over spatial windows (`AvgPool`, `SumPool`) and over all positions (`GlobalAvgPool`,
 `GlobalSumPool`)."""
 
+import dataclasses
+import math
 from collections.abc import Sequence
 
 import equinox as eqx
@@ -8,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from ._windows import (
+from .._geometry import (
     Padding,
     Window,
     centre_mask,
@@ -19,6 +21,11 @@ from ._windows import (
     tap_counts,
     window_sum,
 )
+from ..limits._kernel import Kernel
+from ..limits._masking import mask_count, output_masks
+from ..limits._registry import AbstractRule, Requirements, register
+from ._conv import check_spatial_input
+from ._masked import AbstractMaskedLayer
 
 
 def pool_scales(layer: "AvgPool | SumPool", windows: tuple[Window, ...]) -> list[np.ndarray]:
@@ -61,7 +68,7 @@ def _pool_output_mask(layer: "AvgPool | SumPool", mask: Array) -> Array:
     return centre_mask(mask, windows)
 
 
-class AvgPool(eqx.Module):
+class AvgPool(AbstractMaskedLayer):
     """Average pooling over spatial windows, for any number of spatial dimensions.
 
     With `SAME` padding the padded zeros count towards the mean unless `normalize_edges`, which
@@ -158,7 +165,7 @@ class AvgPool(eqx.Module):
         return _pool(self, x)
 
 
-class SumPool(eqx.Module):
+class SumPool(AbstractMaskedLayer):
     """Sum pooling over spatial windows, for any number of spatial dimensions.
 
     Kernel rule: as [`eqntk.nn.AvgPool`][] without the scale; it needs the full spatial
@@ -220,7 +227,7 @@ class SumPool(eqx.Module):
         return _pool(self, x)
 
 
-class GlobalAvgPool(eqx.Module):
+class GlobalAvgPool(AbstractMaskedLayer):
     """The mean over all spatial positions: `(C, *spatial) -> (C,)`.
 
     With a mask (set by [`eqntk.nn.with_inputs`][]) the mean is over the unmasked positions
@@ -271,7 +278,7 @@ class GlobalAvgPool(eqx.Module):
         return total / jnp.maximum(jnp.sum(~self.mask), 1).astype(x.dtype)
 
 
-class GlobalSumPool(eqx.Module):
+class GlobalSumPool(AbstractMaskedLayer):
     """The sum over all spatial positions: `(C, *spatial) -> (C,)`.
 
     With a mask (set by [`eqntk.nn.with_inputs`][]) the masked positions count as zeros.
@@ -313,3 +320,123 @@ class GlobalSumPool(eqx.Module):
         """Sum one channel-first example `x` over its spatial axes (zeros where masked)."""
         x = mask_inputs(self, self.mask, x)
         return jnp.sum(x, axis=tuple(range(1, x.ndim)))
+
+
+# Kernel rules -------------------------------------------------------------------------------------
+# Kernel rules of pooling: `AvgPool`, `SumPool`, `GlobalAvgPool` and `GlobalSumPool`.
+#
+# Pooling mixes positions, so these rules need the full spatial covariance of their input. Along
+# each spatial dimension a window layer with pooling matrix `P` maps the pair of axes `(i, i')` to
+# `P K Pᵀ`: one window sum along `i` and one along `i'`, then the scale of each output entry.
+#
+# Masks: the entries at masked positions are zero (`remask`), so window sums skip them; window
+# layers take each batch's masks to the output positions (the window centres, `output_mask`),
+# and `GlobalAvgPool` divides by the numbers of unmasked positions instead of all of them.
+
+
+def _require_full(layer: object, k: Kernel) -> None:
+    if k.diagonal_spatial and k.spatial_ndim > 0:
+        raise ValueError(
+            f"`{type(layer).__name__}` mixes positions and needs the full spatial covariance of "
+            f"its input, got the diagonal layout (compute the input kernel with "
+            f"`diagonal_spatial=False`)."
+        )
+
+
+def _pool_pairs(a: Array, windows: tuple[Window, ...], factor: np.ndarray | float) -> Array:
+    """`P K Pᵀ` on every interleaved pair of trailing spatial axes, times `factor`."""
+    n = len(windows)
+    for d, w in enumerate(windows):
+        for axis in (2 * d - 2 * n, 2 * d - 2 * n + 1):
+            a = window_sum(a, [((axis,), w)])
+    if isinstance(factor, np.ndarray):
+        return a * jnp.asarray(factor, a.dtype).reshape(
+            (1,) * (a.ndim - factor.ndim) + factor.shape
+        )
+    return a * factor
+
+
+@register(AvgPool, SumPool)
+class PoolRule(AbstractRule[AvgPool | SumPool]):
+    """Kernel rule of [`eqntk.nn.AvgPool`][] and [`eqntk.nn.SumPool`][]."""
+
+    def requirements(self, layer: AvgPool | SumPool, wanted: Requirements) -> Requirements:
+        return dataclasses.replace(wanted, diagonal_spatial=False)
+
+    def __call__(self, layer: AvgPool | SumPool, k: Kernel, wanted: Requirements) -> Kernel:
+        n = len(layer.window_shape)
+        check_spatial_input(layer, n, k)
+        _require_full(layer, k)
+        windows = conv_windows(
+            layer,
+            k.shape1[1:],
+            layer.window_shape,
+            layer.strides,
+            (1,) * n,
+            layer.padding,
+            "window_shape",
+        )
+        scales = pool_scales(layer, windows)
+        if all(np.all(s == s[0]) for s in scales):
+            # A uniform scale: one scalar instead of an array broadcast over the kernel.
+            factor: np.ndarray | float = float(np.prod([s[0] ** 2 for s in scales]))
+        else:
+            factor = scales[0][:, None] * scales[0][None, :]
+            for s in scales[1:]:
+                factor = np.multiply.outer(factor, s[:, None] * s[None, :])
+        spatial = tuple(w.out_len for w in windows)
+        return k.map_covariances(
+            lambda a: _pool_pairs(a, windows, factor),
+            shape1=k.shape1[:1] + spatial,
+            shape2=k.shape2[:1] + spatial,
+            **output_masks(layer, k),
+        )
+
+
+@register(GlobalAvgPool, GlobalSumPool)
+class GlobalPoolRule(AbstractRule[GlobalAvgPool | GlobalSumPool]):
+    """Kernel rule of [`eqntk.nn.GlobalAvgPool`][] and [`eqntk.nn.GlobalSumPool`][]: the sum of
+    the full spatial covariance over all pairs of positions, divided for the mean by the
+    numbers of unmasked positions of the two examples, $|U_1| |U_2|$ (the entries at masked
+    positions are zero)."""
+
+    def requirements(
+        self, layer: GlobalAvgPool | GlobalSumPool, wanted: Requirements
+    ) -> Requirements:
+        return dataclasses.replace(wanted, diagonal_spatial=False)
+
+    def __call__(
+        self, layer: GlobalAvgPool | GlobalSumPool, k: Kernel, wanted: Requirements
+    ) -> Kernel:
+        _require_full(layer, k)
+        n = k.spatial_ndim
+
+        def pool(a: Array) -> Array:
+            return jnp.sum(a, axis=tuple(range(a.ndim - 2 * n, a.ndim)))
+
+        # The output has no positions: its masks are None.
+        out = k.map_covariances(
+            pool,
+            shape1=k.shape1[:1],
+            shape2=k.shape2[:1],
+            diagonal_spatial=False,
+            **output_masks(layer, k),
+        )
+        if isinstance(layer, GlobalSumPool):
+            return out
+        n1, n2 = k.nngp.shape[:2]
+        count1 = _unmasked_counts(k.mask1, n1, k.shape1, k.nngp.dtype)
+        count2 = _unmasked_counts(k.mask2_or_mask1, n2, k.shape2, k.nngp.dtype)
+        pair = count1[:, None] * count2[None, :]
+        return out.map_covariances(
+            lambda a: a / pair,
+            cov1_fn=lambda a: a / count1**2,
+            cov2_fn=lambda a: a / count2**2,
+        )
+
+
+def _unmasked_counts(mask, n: int, shape: tuple[int, ...], dtype) -> Array:
+    """The number of unmasked positions of each of `n` examples (all of them without a mask)."""
+    if mask is None:
+        return jnp.full((n,), math.prod(shape[1:]), dtype)
+    return mask_count(mask, dtype)

@@ -59,9 +59,11 @@ def test_jaxpr_size_is_flat_in_depth(getkey):
         kernel.append(
             _jaxpr_size(lambda p, x: eqntk.limit(eqx.combine(p, static))(x, get="ntk"), params, x)
         )
-    # Only the printed lengths of the stacked axis change (`f64[2,6,6]` vs `f64[32,6,6]`).
+    # Only the printed lengths of the stacked axis change (`f64[2,6,6]` vs `f64[32,6,6]`, a few
+    # characters each time the stacked parameters are named); unrolled, 32 blocks would be 16
+    # times 2 blocks.
     assert max(finite) - min(finite) < 50
-    assert max(kernel) - min(kernel) < 50
+    assert max(kernel) - min(kernel) < 0.01 * min(kernel)
 
 
 class _Toggle(eqx.Module):

@@ -1,0 +1,1267 @@
+"""The limit of plain Equinox code: a module's `__call__` traced to a jaxpr and interpreted on
+kernels.
+
+A module without a registered rule is traced once (`jax.make_jaxpr`) with every sub-module
+that has a rule kept as one opaque `eqntk_layer` operation. The jaxpr is then run on symbolic
+values instead of arrays. In the infinite-width limit every value is, channel by channel, a
+function of jointly Gaussian variables; a value here is a linear combination of *atoms*:
+
+- `_Source`: the input, the output of a layer whose rule is applied (fresh weights: a centred
+  Gaussian independent of everything computed before, unless the same weights are reused), or
+  the output of another layer with a rule (its kernel known, its correlation with other values
+  only known when they are independent);
+- `_Fn`: a scalar function applied elementwise to one Gaussian value (`relu(x)`,
+  `x + tanh(x)`, `where(x > 0, x, 0.1 * x)`, ...);
+- `_SpatialMap`: a linear map of positions applied to every channel (means over positions,
+  slicing, padding, reshapes and transposes that keep the channel axis first);
+- `_Concat`: a concatenation along the channel axis; `_Flatten`: `ravel` of all axes;
+- `_Product`: the product of two Gaussian values (Isserlis' theorem).
+
+The kernel of two values is computed on demand, pair of atoms by pair of atoms, so that values
+that share randomness are correlated exactly: `x + x` has kernel `4K`, `relu(a) + relu(b)` has
+the cross terms `E[relu(a) relu(b)]` of correlated `a`, `b`. Gaussian pairs use their
+covariance, a function and a Gaussian use Stein's lemma `E[f(g) h] = E[f'(g)] Cov(g, h)`, two
+functions the bivariate Gaussian expectation (closed forms of ReLU-like functions and `erf`,
+Gauss–Hermite quadrature otherwise). The NTK of two atoms is `E[f'(g) k'(h)] Θ(g, h)`.
+"""
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+from jax import lax
+from jax._src import source_info_util
+from jax.core import ShapedArray, Tracer
+from jax.extend import core as jex_core
+
+from ..nn import Conv, ConvLocal, ConvTranspose, Dense
+from ..nn._activations import abrelu_entries, erf_entries
+from . import _registry
+from ._kernel import Kernel
+from ._math import correlation, safe_sqrt
+from ._registry import AbstractRule, Requirements, apply
+
+
+# ---------------------------------------------------------------------------------------------
+# Opaque layers in the trace.
+
+_FRESH = (eqx.nn.Linear, eqx.nn.Conv, eqx.nn.ConvTranspose, Dense, Conv, ConvTranspose, ConvLocal)
+# Modules with a rule whose code is traced through instead (their limit is that of their code,
+# and tracing keeps the correlations of what they compute with the rest of the program).
+_TRACED = (eqx.nn.Sequential, eqx.nn.MLP, eqx.nn.Lambda, eqx.nn.Identity, eqx.nn.PReLU)
+
+layer_p = jex_core.Primitive("eqntk_layer")
+
+
+def _layer_abstract_eval(x, *params, index, out_shape, out_dtype):
+    return ShapedArray(out_shape, out_dtype)
+
+
+def _layer_impl(*args, **kwargs):
+    raise RuntimeError("`eqntk_layer` only marks a layer in a trace; it is never run.")
+
+
+layer_p.def_abstract_eval(_layer_abstract_eval)
+layer_p.def_impl(_layer_impl)
+
+
+class _Opaque(eqx.Module):
+    layer: Any
+    index: int = eqx.field(static=True)
+
+    def __call__(self, x, *args, key=None, **kwargs):
+        out = eqx.filter_eval_shape(self.layer, x)
+        params = jtu.tree_leaves(eqx.filter(self.layer, eqx.is_array))
+        return layer_p.bind(
+            x, *params, index=self.index, out_shape=tuple(out.shape), out_dtype=out.dtype
+        )
+
+
+def _has_rule(layer: Any) -> bool:
+    return any(c in _registry._RULES for c in type(layer).__mro__)
+
+
+def _elementwise_module(layer: Any) -> bool:
+    from ._elementwise import AbstractElementwiseRule
+
+    return isinstance(_registry._RULES.get(type(layer)), AbstractElementwiseRule)
+
+
+def _wrap(model: Any) -> tuple[Any, list[Any]]:
+    """Replace every sub-module with a rule (other than those traced through) by `_Opaque`."""
+    layers: list[Any] = []
+
+    def is_leaf(m):
+        return isinstance(m, eqx.Module) and _has_rule(m) and not _traced(m)
+
+    def wrap(m):
+        if is_leaf(m):
+            layers.append(m)
+            return _Opaque(m, len(layers) - 1)
+        return m
+
+    def _traced(m):
+        return isinstance(m, _TRACED) or _elementwise_module(m)
+
+    # The top module itself is traced (it has no rule, or it is one traced through).
+    wrapped = (
+        jtu.tree_map(wrap, model, is_leaf=lambda m: m is not model and is_leaf(m))
+        if not is_leaf(model)
+        else model
+    )
+    return wrapped, layers
+
+
+# ---------------------------------------------------------------------------------------------
+# Symbolic values.
+
+
+class _Atom:
+    shape: tuple[int, ...]
+    gaussian: bool = False
+    ancestry: frozenset
+
+
+class _Source(_Atom):
+    def __init__(self, kernel: Kernel, gaussian: bool, zero_mean: bool, ancestry=None, name=""):
+        self.kernel = kernel
+        self.shape = tuple(kernel.shape1)
+        self.gaussian = gaussian
+        self.zero_mean = zero_mean
+        self.ancestry = frozenset({id(self)}) if ancestry is None else ancestry
+        self.name = name
+
+
+class _Fn(_Atom):
+    def __init__(self, g: "_Lin", f: Callable, tag: tuple | None):
+        self.g, self.f, self.tag = g, f, tag
+        self.shape = g.shape
+        self.ancestry = g.ancestry
+
+
+class _SpatialMap(_Atom):
+    def __init__(self, u: "_Lin", fn: Callable, shape: tuple[int, ...]):
+        self.u, self.fn, self.shape = u, fn, shape
+        self.gaussian = u.gaussian
+        self.ancestry = u.ancestry
+
+
+class _Concat(_Atom):
+    def __init__(self, parts: tuple["_Lin", ...]):
+        self.parts = parts
+        self.widths = tuple(p.shape[0] for p in parts)
+        self.shape = (sum(self.widths),) + parts[0].shape[1:]
+        self.ancestry = frozenset().union(*(p.ancestry for p in parts))
+
+
+class _Flatten(_Atom):
+    def __init__(self, u: "_Lin"):
+        self.u = u
+        self.shape = (math.prod(u.shape),)
+        self.ancestry = u.ancestry
+
+
+class _Product(_Atom):
+    """`g * h` of two Gaussian values (jointly Gaussian: moments by Isserlis' theorem)."""
+
+    def __init__(self, g: "_Lin", h: "_Lin"):
+        self.g, self.h = g, h
+        self.shape = g.shape
+        self.ancestry = g.ancestry | h.ancestry
+
+
+class _Lin:
+    """A linear combination of atoms with scalar coefficients."""
+
+    def __init__(self, terms: dict, shape: tuple[int, ...]):
+        self.terms = {a: c for a, c in terms.items()}
+        self.shape = shape
+
+    @staticmethod
+    def of(atom: _Atom) -> "_Lin":
+        return _Lin({atom: 1.0}, atom.shape)
+
+    @property
+    def gaussian(self) -> bool:
+        return bool(self.terms) and all(a.gaussian for a in self.terms)
+
+    @property
+    def ancestry(self) -> frozenset:
+        return frozenset().union(*(a.ancestry for a in self.terms))
+
+    def scaled(self, c) -> "_Lin":
+        return _Lin({a: c * v for a, v in self.terms.items()}, self.shape)
+
+    def plus(self, other: "_Lin") -> "_Lin":
+        terms = dict(self.terms)
+        for a, v in other.terms.items():
+            terms[a] = terms[a] + v if a in terms else v
+        return _Lin(terms, self.shape)
+
+    def same_as(self, other: "_Lin") -> bool:
+        if set(self.terms) != set(other.terms):
+            return False
+        return all(_same_coefficient(self.terms[a], other.terms[a]) for a in self.terms)
+
+
+def _same_coefficient(a, b) -> bool:
+    if a is b:
+        return True
+    try:
+        return bool(np.all(np.asarray(a) == np.asarray(b)))
+    except Exception:  # tracers
+        return False
+
+
+class _Static:
+    """A value off the data path (parameters, constants), with an identity token."""
+
+    def __init__(self, value, token):
+        self.value, self.token = value, token
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors.
+
+
+class _Unsupported(NotImplementedError):
+    pass
+
+
+def _where(eqns) -> str:
+    """The innermost line of the user's code among the frames of `eqns` (innermost last)."""
+    for eqn in reversed(eqns):
+        try:
+            frames = list(source_info_util.user_frames(eqn.source_info.traceback))
+        except Exception:
+            continue
+        for frame in frames:
+            if "/equinox/" not in frame.file_name and "/eqntk/" not in frame.file_name:
+                return f"{frame.file_name}:{frame.start_line} ({frame.function_name})"
+    return "an unknown line"
+
+
+def _unsupported(eqn, why: str, interp: Any) -> _Unsupported:
+    model = interp.model
+    name = type(model).__name__
+    eqns = interp.stack + ([eqn] if eqn is not None else [])
+    return _Unsupported(
+        f"`limit` traced `{type(model).__module__}.{type(model).__qualname__}.__call__` to "
+        f"interpret it on kernels, but cannot take the limit of the operation "
+        f"`{eqns[-1].primitive.name if eqns else '?'}` at {_where(eqns)}: {why}\n"
+        f"Register a kernel rule for the module (or for the sub-module doing this) with\n\n"
+        f"    @eqntk.limits.register({name})\n"
+        f"    class {name}Rule(eqntk.limits.AbstractRule):\n"
+        f"        def requirements(self, layer, wanted): ...\n"
+        f"        def __call__(self, layer, k, wanted): ...\n"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernel arrays. Internally a moment of atoms `a`, `b` is laid out `(lead, *S_a, *S_b)`, with
+# `lead = (N1, N2)` for the cross kernel ("12") and `(N,)` for one batch with itself ("11",
+# "22", batch diagonal only).
+
+
+def _deinterleave(a, n_lead: int, n: int):
+    perm = list(range(n_lead)) + [n_lead + 2 * d for d in range(n)]
+    perm += [n_lead + 2 * d + 1 for d in range(n)]
+    return jnp.transpose(a, perm)
+
+
+def _interleave(a, n_lead: int, n: int):
+    perm = list(range(n_lead))
+    for d in range(n):
+        perm += [n_lead + d, n_lead + n + d]
+    return jnp.transpose(a, perm)
+
+
+def _on_axes(a, fn: Callable, axes: list[int]):
+    others = [i for i in range(a.ndim) if i not in axes]
+    perm = others + axes
+    b = jnp.transpose(a, perm)
+    lead = b.shape[: len(others)]
+    b = b.reshape((-1,) + b.shape[len(others) :])
+    c = jax.vmap(fn)(b)
+    c = c.reshape(lead + c.shape[1:])
+    n_out = c.ndim - len(others)
+    # The mapped axes come last; move them back where the first of them was.
+    first = min(axes) if axes else len(others)
+    order = list(range(len(others)))
+    new = list(range(len(others), len(others) + n_out))
+    before = [i for i in order if perm[i] < first]
+    after = [i for i in order if perm[i] >= first]
+    return jnp.transpose(c, before + new + after)
+
+
+def _diagonal_positions(a, n_lead: int, n: int):
+    """Entries at the same position of both atoms: `(lead, *S, *S) -> (lead, *S)`."""
+    for d in range(n):
+        a = jnp.diagonal(a, axis1=n_lead + d, axis2=n_lead + n - d + d)
+        a = jnp.moveaxis(a, -1, n_lead + d)
+    return a
+
+
+_Moment = tuple[Any, Any]  # (nngp, ntk or None)
+
+
+class _Interpreter:
+    def __init__(self, model, layers, k: Kernel, deg: int = 25):
+        self.model = model
+        self.layers = layers
+        self.k = k
+        self.deg = deg
+        self.with_ntk = k.ntk is not None
+        self.cache: dict = {}
+        self.calls: dict = {}
+        self.stack: list = []  # the equations being evaluated, outermost first
+
+    # -- moments ------------------------------------------------------------------------------
+
+    def n_lead(self, mode: str) -> int:
+        return 2 if mode == "12" else 1
+
+    def zeros(self, a, b, mode: str):
+        n1, n2 = self.k.nngp.shape[:2]
+        lead = (n1, n2) if mode == "12" else ((n1,) if mode == "11" else (n2,))
+        z = jnp.zeros(lead + tuple(a.shape[1:]) + tuple(b.shape[1:]), self.k.nngp.dtype)
+        return z, (z if (mode == "12" and self.with_ntk) else None)
+
+    def lin_moment(self, u: _Lin, v: _Lin, mode: str) -> _Moment:
+        total_k, total_t = None, None
+        for a, ca in u.terms.items():
+            for b, cb in v.terms.items():
+                mk, mt = self.atom_moment(a, b, mode)
+                c = ca * cb
+                total_k = c * mk if total_k is None else total_k + c * mk
+                if mt is not None:
+                    total_t = c * mt if total_t is None else total_t + c * mt
+        if total_k is None:
+            return self.zeros(u, v, mode)
+        if mode == "12" and self.with_ntk and total_t is None:
+            total_t = jnp.zeros_like(total_k)
+        return total_k, total_t
+
+    def atom_moment(self, a: _Atom, b: _Atom, mode: str) -> _Moment:
+        key = (id(a), id(b), mode)
+        if key not in self.cache:
+            self.cache[key] = self._atom_moment(a, b, mode)
+        return self.cache[key]
+
+    def _atom_moment(self, a: _Atom, b: _Atom, mode: str) -> _Moment:
+        lead = self.n_lead(mode)
+        if isinstance(a, _SpatialMap):
+            mk, mt = self.lin_moment(a.u, _Lin.of(b), mode)
+            axes = list(range(lead, lead + len(a.u.shape) - 1))
+            f = lambda m: _on_axes(m, a.fn, axes)
+            return f(mk), None if mt is None else f(mt)
+        if isinstance(b, _SpatialMap):
+            mk, mt = self.lin_moment(_Lin.of(a), b.u, mode)
+            start = lead + len(a.shape) - 1
+            axes = list(range(start, start + len(b.u.shape) - 1))
+            f = lambda m: _on_axes(m, b.fn, axes)
+            return f(mk), None if mt is None else f(mt)
+        if isinstance(a, _Flatten) or isinstance(b, _Flatten):
+            if isinstance(a, _Flatten) and isinstance(b, _Flatten) and a.u.shape == b.u.shape:
+                mk, mt = self.lin_moment(a.u, b.u, mode)
+                n = len(a.u.shape) - 1
+                f = lambda m: jnp.mean(
+                    _diagonal_positions(m, lead, n), axis=tuple(range(lead, lead + n))
+                )
+                return f(mk), None if mt is None else f(mt)
+            return self.independent(a, b, mode)
+        if isinstance(a, _Concat) or isinstance(b, _Concat):
+            if isinstance(a, _Concat) and isinstance(b, _Concat) and a.widths == b.widths:
+                total = sum(a.widths)
+                mk, mt = 0.0, None
+                for w, pa, pb in zip(a.widths, a.parts, b.parts):
+                    k_, t_ = self.lin_moment(pa, pb, mode)
+                    mk = mk + (w / total) * k_
+                    mt = None if t_ is None else (0.0 if mt is None else mt) + (w / total) * t_
+                return mk, mt
+            return self.independent(a, b, mode)
+        if isinstance(a, _Product) or isinstance(b, _Product):
+            if isinstance(a, _Product) and isinstance(b, _Product):
+                return self.isserlis(a, b, mode)
+            if a.gaussian or b.gaussian:
+                # An odd moment of centred jointly Gaussian values; the NTK terms
+                # E[h] Θ(g, c) vanish likewise.
+                return self.zeros(a, b, mode)
+            return self.independent(a, b, mode)
+        if isinstance(a, _Source) and isinstance(b, _Source):
+            if a is b:
+                return self.source_moment(a, mode)
+            return self.independent(a, b, mode)
+        if isinstance(a, _Fn) and isinstance(b, _Fn):
+            return self.two_functions(a, b, mode)
+        if isinstance(a, _Fn):
+            if b.gaussian:
+                return self.stein(a, b, mode, first=True)
+            return self.independent(a, b, mode)
+        if isinstance(b, _Fn):
+            if a.gaussian:
+                return self.stein(b, a, mode, first=False)
+            return self.independent(a, b, mode)
+        raise AssertionError((a, b))
+
+    def independent(self, a: _Atom, b: _Atom, mode: str) -> _Moment:
+        """Zero, when the two atoms are independent and one of them is centred."""
+        centred = lambda x: (
+            (isinstance(x, _Source) and x.zero_mean)
+            or (isinstance(x, _SpatialMap | _Concat | _Flatten) and x.gaussian)
+        )
+        if not (a.ancestry & b.ancestry) and (centred(a) or centred(b)):
+            return self.zeros(a, b, mode)
+        raise _unsupported(
+            None,
+            f"two values that share randomness (or are not centred) are combined in a way "
+            f"whose joint covariance is not tracked: {_describe(a)} and {_describe(b)}. "
+            f"Supported: sums and elementwise functions of values, where nonlinearities act on "
+            f"Gaussian values (outputs of affine layers and their linear combinations).",
+            self,
+        )
+
+    def isserlis(self, p: _Product, q: _Product, mode: str) -> _Moment:
+        """`E[g1 h1 g2 h2] = E[g1 g2] E[h1 h2] + E[g1 h2] E[h1 g2] + E[g1 h1] E[g2 h2]`, and the
+        NTK by the product rule: `Θ = Σ` (the other two factors' covariance) `×` Θ."""
+        kgg, tgg = self.lin_moment(p.g, q.g, mode)
+        khh, thh = self.lin_moment(p.h, q.h, mode)
+        kgh, tgh = self.lin_moment(p.g, q.h, mode)
+        khg, thg = self.lin_moment(p.h, q.g, mode)
+        s1, s2 = ("11", "22") if mode == "12" else (mode, mode)
+        n_p, n_q = len(p.shape) - 1, len(q.shape) - 1
+        m1 = _diagonal_positions(self.lin_moment(p.g, p.h, s1)[0], 1, n_p)
+        m2 = _diagonal_positions(self.lin_moment(q.g, q.h, s2)[0], 1, n_q)
+        if mode == "12":
+            m1 = m1.reshape((m1.shape[0], 1) + m1.shape[1:] + (1,) * n_q)
+            m2 = m2.reshape((1, m2.shape[0]) + (1,) * n_p + m2.shape[1:])
+        else:
+            m1 = m1.reshape(m1.shape + (1,) * n_q)
+            m2 = m2.reshape((m2.shape[0],) + (1,) * n_p + m2.shape[1:])
+        nngp = kgg * khh + kgh * khg + m1 * m2
+        ntk = None
+        if tgg is not None:
+            assert thh is not None and tgh is not None and thg is not None
+            ntk = khh * tgg + kgg * thh + khg * tgh + kgh * thg
+        return nngp, ntk
+
+    def source_moment(self, s: _Source, mode: str) -> _Moment:
+        k = s.kernel
+        n = len(s.shape) - 1
+        if mode == "12":
+            return _deinterleave(k.nngp, 2, n), (
+                None if k.ntk is None else _deinterleave(k.ntk, 2, n)
+            )
+        cov = k.cov1 if mode == "11" else k.cov2_or_cov1
+        return _deinterleave(cov, 1, n), None
+
+    def variances(self, g: _Lin, side: str):
+        """The variance of a Gaussian value at each position, `(N, *S)`."""
+        mk, _ = self.lin_moment(g, g, side)
+        return _diagonal_positions(mk, 1, len(g.shape) - 1)
+
+    def broadcast_variances(self, g: _Lin, h: _Lin, mode: str):
+        ng, nh = len(g.shape) - 1, len(h.shape) - 1
+        s1, s2 = ("11", "22") if mode == "12" else (mode, mode)
+        v1, v2 = self.variances(g, s1), self.variances(h, s2)
+        if mode == "12":
+            q11 = v1.reshape((v1.shape[0], 1) + v1.shape[1:] + (1,) * nh)
+            q22 = v2.reshape((1, v2.shape[0]) + (1,) * ng + v2.shape[1:])
+        else:
+            q11 = v1.reshape(v1.shape + (1,) * nh)
+            q22 = v2.reshape((v2.shape[0],) + (1,) * ng + v2.shape[1:])
+        return q11, q22
+
+    def stein(self, a: _Fn, b: _Atom, mode: str, first: bool) -> _Moment:
+        """`E[f(g) b] = E[f'(g)] Cov(g, b)` for a Gaussian `b`; the NTK has the same factor."""
+        if first:
+            mk, mt = self.lin_moment(a.g, _Lin.of(b), mode)
+            q, _ = self.broadcast_variances(a.g, _Lin.of(b), mode)
+        else:
+            mk, mt = self.lin_moment(_Lin.of(b), a.g, mode)
+            _, q = self.broadcast_variances(_Lin.of(b), a.g, mode)
+        factor = _regression_factor(a, q, self.deg)
+        ntk_factor = None if mt is None else _mean_derivative(a, q, self.deg)
+        return factor * mk, None if mt is None else ntk_factor * mt
+
+    def two_functions(self, a: _Fn, b: _Fn, mode: str) -> _Moment:
+        q12, t12 = self.lin_moment(a.g, b.g, mode)
+        q11, q22 = self.broadcast_variances(a.g, b.g, mode)
+        q11 = jnp.broadcast_to(q11, q12.shape)
+        q22 = jnp.broadcast_to(q22, q12.shape)
+        if a.tag is not None and a.tag == b.tag and a.tag[0] in _CLOSED_FORMS:
+            entries = _closed_form(a.tag, q12.dtype)
+            return entries(q11, q12, q22, t12)
+        return _bivariate(a.f, b.f, q11, q12, q22, t12, self.deg)
+
+    # -- the jaxpr ------------------------------------------------------------------------------
+
+    def run(self, closed, args):
+        return self.eval_jaxpr(closed.jaxpr, closed.consts, args)
+
+    def eval_jaxpr(self, jaxpr, consts, args):
+        env: dict = {}
+
+        def read(v):
+            if isinstance(v, jex_core.Literal):
+                return _Static(v.val, ("literal", repr(v.val)))
+            return env[v]
+
+        for v, c in zip(jaxpr.constvars, consts):
+            env[v] = c if isinstance(c, _Static | _Lin) else _Static(c, ("const", id(c)))
+        for v, a in zip(jaxpr.invars, args):
+            env[v] = a
+        for eqn in jaxpr.eqns:
+            ins = [read(v) for v in eqn.invars]
+            self.stack.append(eqn)
+            try:
+                outs: Any = self.eval_eqn(eqn, ins)
+            finally:
+                self.stack.pop()
+            if not eqn.primitive.multiple_results:
+                outs = [outs]
+            for v, o in zip(eqn.outvars, outs):
+                env[v] = o
+        return [read(v) for v in jaxpr.outvars]
+
+    def eval_eqn(self, eqn, ins):
+        prim = eqn.primitive
+        name = prim.name
+        if name == "eqntk_layer":
+            return self.opaque(eqn, ins)
+        sub = _sub_jaxpr(eqn)
+        if name == "scan":
+            return self.scan(eqn, ins)
+        if sub is not None and name not in ("cond", "while"):
+            closed, n_skip = sub
+            consts = [_Static(c, ("const", id(c))) for c in closed.consts]
+            return self.eval_jaxpr(closed.jaxpr, consts, ins[n_skip:])
+        if all(isinstance(x, _Static) for x in ins):
+            values = [x.value for x in ins]
+            out = prim.bind(*values, **eqn.params)
+            token = (id(eqn), tuple(x.token for x in ins))
+            if prim.multiple_results:
+                return [_Static(o, (token, i)) for i, o in enumerate(out)]
+            return _Static(out, token)
+        handler = _STRUCTURAL.get(name)
+        if handler is not None:
+            return handler(self, eqn, ins)
+        if name in _ELEMENTWISE:
+            return self.elementwise(eqn, ins)
+        raise _unsupported(eqn, "it has no kernel rule in the program interpreter.", self)
+
+    def opaque(self, eqn, ins):
+        x, params = ins[0], ins[1:]
+        if not isinstance(x, _Lin):
+            raise _unsupported(eqn, "a layer is applied to a constant.", self)
+        index = eqn.params["index"]
+        template = self.layers[index]
+        arrays, static = eqx.partition(template, eqx.is_array)
+        treedef = jtu.tree_structure(arrays)
+        layer = eqx.combine(jtu.tree_unflatten(treedef, [p.value for p in params]), static)
+        identity = (index, tuple(p.token for p in params))
+        if identity in self.calls:
+            parent, out = self.calls[identity]
+            if parent.same_as(x):
+                return out
+            if isinstance(template, _FRESH):
+                raise _unsupported(
+                    eqn,
+                    f"the layer `{type(template).__name__}` is applied twice to different "
+                    f"inputs (shared weights), whose outputs are then correlated; weight "
+                    f"sharing is not supported.",
+                    self,
+                )
+        kin = self.kernel_of(x)
+        out_k = apply(layer, kin, Requirements(diagonal_spatial=False))
+        if isinstance(out_k, tuple):
+            raise _unsupported(eqn, "a layer returned several streams.", self)
+        if out_k.diagonal_spatial and out_k.spatial_ndim:
+            raise AssertionError("rules keep the full layout when asked for it")
+        if isinstance(template, _FRESH):
+            src = _Source(out_k, out_k.is_gaussian, True, name=type(template).__name__)
+        else:
+            src = _Source(
+                out_k,
+                out_k.is_gaussian,
+                out_k.is_gaussian,
+                ancestry=x.ancestry,
+                name=type(template).__name__,
+            )
+        out = _Lin.of(src)
+        self.calls[identity] = (x, out)
+        return out
+
+    def kernel_of(self, x: _Lin) -> Kernel:
+        n = len(x.shape) - 1
+        k12, t12 = self.lin_moment(x, x, "12")
+        k11, _ = self.lin_moment(x, x, "11")
+        cov2 = None
+        if not self.k.x1_is_x2:
+            cov2 = _interleave(self.lin_moment(x, x, "22")[0], 1, n)
+        return Kernel(
+            nngp=_interleave(k12, 2, n),
+            ntk=None if t12 is None else _interleave(t12, 2, n),
+            cov1=_interleave(k11, 1, n),
+            cov2=cov2,
+            shape1=x.shape,
+            shape2=x.shape,
+            diagonal_spatial=False,
+            is_gaussian=x.gaussian,
+            x1_is_x2=self.k.x1_is_x2,
+            pattern1=self.k.pattern1,
+            pattern2=self.k.pattern2,
+        )
+
+    def scan(self, eqn, ins):
+        p = eqn.params
+        closed = p["jaxpr"]
+        n_consts, n_carry, length = p["num_consts"], p["num_carry"], p["length"]
+        consts, carry, xs = (
+            ins[:n_consts],
+            ins[n_consts : n_consts + n_carry],
+            ins[n_consts + n_carry :],
+        )
+        for x in xs:
+            if not isinstance(x, _Static):
+                raise _unsupported(
+                    eqn,
+                    "`lax.scan` over a sequence of data values is not supported (scan over "
+                    "stacked layers is).",
+                    self,
+                )
+        ys_all = []
+        order = range(length - 1, -1, -1) if p["reverse"] else range(length)
+        for i in order:
+            x_i = [_Static(x.value[i], ("slice", x.token, i)) for x in xs]
+            body_consts = [_Static(c, ("const", id(c))) for c in closed.consts]
+            outs = self.eval_jaxpr(closed.jaxpr, body_consts, list(consts) + list(carry) + x_i)
+            carry, ys = outs[:n_carry], outs[n_carry:]
+            ys_all.append(ys)
+        if p["reverse"]:
+            ys_all = ys_all[::-1]
+        stacked = []
+        for j in range(len(eqn.outvars) - n_carry):
+            column = [ys[j] for ys in ys_all]
+            if not all(isinstance(y, _Static) for y in column):
+                raise _unsupported(
+                    eqn, "a `lax.scan` that stacks data values is not supported.", self
+                )
+            stacked.append(
+                _Static(jnp.stack([y.value for y in column]), ("stack", id(eqn), len(column)))
+            )
+        return list(carry) + stacked
+
+    # -- elementwise ----------------------------------------------------------------------------
+
+    def elementwise(self, eqn, ins):
+        name = eqn.primitive.name
+        data = [x for x in ins if isinstance(x, _Lin)]
+        shape = data[0].shape
+        for x in data:
+            if x.shape != shape:
+                raise _unsupported(eqn, "operands of different shapes.", self)
+        statics = []
+        for x in ins:
+            if isinstance(x, _Static):
+                statics.append(_scalar(x, eqn, self))
+        # Linear operations keep linear combinations.
+        if name in ("add", "add_any", "sub") and len(data) == 2:
+            a, b = ins
+            return a.plus(b if name != "sub" else b.scaled(-1.0))
+        if name == "neg":
+            return data[0].scaled(-1.0)
+        if name == "mul" and len(data) == 1:
+            return data[0].scaled(statics[0])
+        if name == "div" and len(data) == 1 and isinstance(ins[0], _Lin):
+            return data[0].scaled(1.0 / statics[0])
+        floating = all(jnp.issubdtype(v.aval.dtype, jnp.floating) for v in eqn.invars)
+        passes = ("convert_element_type", "copy", "copy_p", "reduce_precision")
+        if name in passes and len(ins) == 1 and floating:
+            return ins[0]
+        # Otherwise: a scalar function of one Gaussian value.
+        singles = []
+        for x in ins:
+            if isinstance(x, _Lin):
+                s = _as_function_of_one_gaussian(x)
+                if s is None:
+                    raise _unsupported(
+                        eqn,
+                        "a nonlinear function is applied to a value that is not a function of "
+                        "one Gaussian value (e.g. a sum of nonlinear functions of independent "
+                        "layers); its limit needs the joint law of several Gaussians. Put an "
+                        "affine layer in between.",
+                        self,
+                    )
+                singles.append(s)
+        g = singles[0][0]
+        # Express every operand as a function of the first one's Gaussian (`0.1 * h` and `h`
+        # are both functions of `h`).
+        ratios = [_ratio(single[0], g) for single in singles]
+        if name == "mul" and len(singles) == 2 and ratios[1] is None:
+            if all(single[2] == _IDENTITY for single in singles):
+                return _Lin.of(_Product(g, singles[1][0]))
+        if any(r is None for r in ratios):
+            raise _unsupported(
+                eqn,
+                "a nonlinear function of two different values (e.g. the product of a "
+                "nonlinear function and another value); only functions of one Gaussian value "
+                "and products of two Gaussian values are supported.",
+                self,
+            )
+        select_tag = _select_tag(name, ins, singles, ratios)
+        singles = [
+            single if r == 1.0 else (g, (lambda t, f=single[1], r=r: f(r * t)), None)
+            for single, r in zip(singles, ratios)
+        ]
+        prim, params = eqn.primitive, eqn.params
+        parts = []
+        it = iter(singles)
+        st = iter(statics)
+        for x in ins:
+            parts.append(("data", next(it)[1]) if isinstance(x, _Lin) else ("const", next(st)))
+
+        def f(t):
+            args = [
+                fn(t)
+                if kind == "data"
+                else jnp.broadcast_to(jnp.asarray(fn, t.dtype), t.shape)
+                if jnp.issubdtype(jnp.asarray(fn).dtype, jnp.floating)
+                else jnp.broadcast_to(jnp.asarray(fn), t.shape)
+                for kind, fn in parts
+            ]
+            return prim.bind(*args, **params)
+
+        tag = select_tag or _tag(name, parts, singles, statics)
+        return _Lin.of(_Fn(g, f, tag))
+
+
+_IDENTITY = ("identity",)
+_CLOSED_FORMS = ("abrelu", "erf")
+
+
+def _select_tag(name, ins, singles, ratios):
+    """`where(g > 0, b g, a g)` (also `>=`, and `0` for either case) is `ABRelu(a, b)`."""
+    if name != "select_n" or len(ins) != 3 or not isinstance(ins[0], _Lin):
+        return None
+    if singles[0][2] != ("positive",):
+        return None
+    slopes = []
+    data = iter(zip(singles[1:], ratios[1:]))
+    for x in ins[1:]:
+        if isinstance(x, _Static):
+            if not _is_zero(x.value):
+                return None
+            slopes.append(0.0)
+        else:
+            single, r = next(data)
+            if single[2] != _IDENTITY or r is None:
+                return None
+            slopes.append(r)
+    return ("abrelu", slopes[0], slopes[1])
+
+
+def _tag(name, parts, singles, statics):
+    """Closed forms recognised: `max(g, 0)` (ReLU), `abs(g)`, `erf(g)`."""
+    direct = all(s[2] == _IDENTITY for s in singles)
+    if not direct:
+        return None
+    if name == "max" and len(singles) == 1 and len(statics) == 1 and _is_zero(statics[0]):
+        return ("abrelu", 0.0, 1.0)
+    if name == "abs" and len(parts) == 1:
+        return ("abrelu", -1.0, 1.0)
+    if name in ("gt", "ge") and parts[0][0] == "data" and len(statics) == 1:
+        if _is_zero(statics[0]):
+            return ("positive",)
+    if name == "erf" and len(parts) == 1:
+        return ("erf", 1.0, 1.0, 0.0)
+    return None
+
+
+def _ratio(u: "_Lin", g: "_Lin") -> float | None:
+    """`r` with `u = r g` (both linear combinations of the same atoms), or None."""
+    if u.same_as(g):
+        return 1.0
+    if set(u.terms) != set(g.terms):
+        return None
+    try:
+        ratios = [float(u.terms[a]) / float(g.terms[a]) for a in g.terms]
+    except Exception:  # traced coefficients
+        return None
+    if all(abs(r - ratios[0]) <= 1e-12 * max(1.0, abs(ratios[0])) for r in ratios):
+        return ratios[0]
+    return None
+
+
+def _is_zero(c) -> bool:
+    try:
+        return float(c) == 0.0
+    except Exception:
+        return False
+
+
+def _scalar(x: _Static, eqn, model):
+    value = jnp.asarray(x.value)
+    if value.size == 1:
+        return value.reshape(())
+    if not isinstance(value, Tracer):
+        flat = value.ravel()
+        if bool(jnp.all(flat == flat[0])):
+            return flat[0]
+    raise _unsupported(
+        eqn,
+        f"a constant of shape {value.shape} that varies across entries; in the limit every "
+        f"channel must be treated alike (only scalar constants are supported).",
+        model,
+    )
+
+
+def _as_function_of_one_gaussian(u: _Lin):
+    """`(g, f, tag)` with `u = f(g)` elementwise for a Gaussian value `g`, or None."""
+    gauss = {a: c for a, c in u.terms.items() if a.gaussian}
+    fns = {a: c for a, c in u.terms.items() if isinstance(a, _Fn)}
+    if len(gauss) + len(fns) != len(u.terms):
+        return None
+    if not fns:
+        if not gauss:
+            return None
+        return _Lin(gauss, u.shape), (lambda t: t), _IDENTITY
+    g = next(iter(fns)).g
+    if not all(a.g.same_as(g) for a in fns):
+        return None
+    scale = 0.0
+    if gauss:
+        if set(gauss) != set(g.terms):
+            return None
+        ratios = []
+        for a, c in gauss.items():
+            try:
+                ratios.append(float(c) / float(g.terms[a]))
+            except Exception:
+                return None
+        if not all(abs(r - ratios[0]) <= 1e-12 * max(1.0, abs(ratios[0])) for r in ratios):
+            return None
+        scale = ratios[0]
+    items = list(fns.items())
+    if len(items) == 1 and not scale and _is_one(items[0][1]):
+        # The function itself: keeps its dtype (a comparison stays boolean).
+        return g, items[0][0].f, items[0][0].tag
+
+    def f(t):
+        out = scale * t if scale else 0.0
+        for a, c in items:
+            out = out + c * a.f(t)
+        return out
+
+    tag = items[0][0].tag if (len(items) == 1 and not scale and _is_one(items[0][1])) else None
+    return g, f, tag
+
+
+def _is_one(c) -> bool:
+    try:
+        return float(c) == 1.0
+    except Exception:
+        return False
+
+
+def _describe(a: _Atom) -> str:
+    if isinstance(a, _Source):
+        return f"the output of `{a.name}`" if a.name else "the input"
+    if isinstance(a, _Fn):
+        return "a nonlinear function of a Gaussian value"
+    return type(a).__name__.strip("_")
+
+
+def _sub_jaxpr(eqn):
+    """The called jaxpr of a call-like primitive, and how many leading operands it skips."""
+    p = eqn.params
+    for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
+        if key in p:
+            j = p[key]
+            if hasattr(j, "jaxpr") and hasattr(j, "consts"):
+                return j, 0
+            if hasattr(j, "eqns"):
+                return jex_core.ClosedJaxpr(j, ()), 0
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Expectations.
+
+
+def _closed_form(tag, dtype):
+    # The entry maps read only the dtype and whether there are positions from their kernel
+    # (with positions they store a product that XLA would otherwise recompute).
+    probe = Kernel(
+        nngp=jnp.zeros((1, 1, 1), dtype),
+        ntk=None,
+        cov1=jnp.zeros((1, 1), dtype),
+        cov2=None,
+        shape1=(1, 1),
+        shape2=(1, 1),
+        diagonal_spatial=True,
+        x1_is_x2=True,
+    )
+    if tag[0] == "abrelu":
+        return abrelu_entries(probe, tag[1], tag[2])
+    return erf_entries(probe, tag[1], tag[2], tag[3])
+
+
+def _derivative(f: Callable) -> Callable:
+    return lambda z: jax.jvp(f, (z,), (jnp.ones_like(z),))[1]
+
+
+def _mean_derivative(a: _Fn, q, deg: int):
+    """`E[f'(g)]` for `g ~ N(0, q)`."""
+    if a.tag is not None and a.tag[0] == "abrelu":
+        return jnp.asarray((a.tag[1] + a.tag[2]) / 2, q.dtype) * jnp.ones_like(q)
+    if a.tag is not None and a.tag[0] == "erf":
+        return (2 / math.sqrt(math.pi)) / jnp.sqrt(1 + 2 * q)
+    nodes, weights = np.polynomial.hermite.hermgauss(deg)
+    s = safe_sqrt(2 * q)
+    df = _derivative(a.f)
+    total = sum(float(w) * df(s * float(x)) for x, w in zip(nodes, weights))
+    return total / math.sqrt(math.pi)
+
+
+def _regression_factor(a: _Fn, q, deg: int):
+    """`E[f(g) g] / Var(g)`, so that `E[f(g) h] = factor * Cov(g, h)` for jointly Gaussian
+    `(g, h)` (the regression of `h` on `g`); Stein's lemma makes it `E[f'(g)]` for smooth `f`,
+    and it needs no derivative (`f` may jump). At zero variance: `E[f'(g)] = f'(0)`."""
+    if a.tag is not None and a.tag[0] in _CLOSED_FORMS:
+        return _mean_derivative(a, q, deg)
+    nodes, weights = np.polynomial.hermite.hermgauss(deg)
+    s = safe_sqrt(2 * q)
+    total = sum(float(w) * a.f(s * float(x)) * (s * float(x)) for x, w in zip(nodes, weights))
+    positive = q > 0
+    ratio = (total / math.sqrt(math.pi)) / jnp.where(positive, q, 1)
+    return jnp.where(positive, ratio, _derivative(a.f)(jnp.zeros_like(q)))
+
+
+def _bivariate(f, k, q11, q12, q22, t12, deg: int):
+    """`E[f(u) k(v)]` and `t12 E[f'(u) k'(v)]` for jointly Gaussian `(u, v)`, by Gauss–Hermite
+    quadrature of degree `deg` in each variable (as `nn.Elementwise`)."""
+    nodes, weights = np.polynomial.hermite.hermgauss(deg)
+    x = jnp.asarray(nodes, q12.dtype)
+    w = [float(v) for v in weights]
+    _, rho = correlation(q11, q12, q22)
+    s1, s2 = safe_sqrt(2 * q11), safe_sqrt(2 * q22)
+    a, b = s2 * rho, s2 * safe_sqrt(1 - rho * rho)
+    df, dk = _derivative(f), _derivative(k)
+
+    def integrate(g1, g2):
+        def body(i, total):
+            outer = w_arr[i] * g1(s1 * x[i])
+            inner = sum(wj * g2(a * x[i] + b * float(xj)) for wj, xj in zip(w, nodes))
+            return total + outer * inner
+
+        w_arr = jnp.asarray(w, q12.dtype)
+        return lax.fori_loop(0, deg, body, jnp.zeros(q12.shape, q12.dtype)) / math.pi
+
+    nngp = integrate(f, k)
+    return nngp, None if t12 is None else t12 * integrate(df, dk)
+
+
+# ---------------------------------------------------------------------------------------------
+# Structural (linear) primitives.
+
+
+def _spatial(interp, eqn, x: _Lin, fn: Callable, out_shape) -> _Lin:
+    return _Lin.of(_SpatialMap(x, fn, tuple(out_shape)))
+
+
+def _data_only(interp, eqn, ins) -> _Lin:
+    x = ins[0]
+    if not isinstance(x, _Lin):
+        raise _unsupported(eqn, "unexpected operands.", interp)
+    return x
+
+
+def _reduce_sum(interp, eqn, ins):
+    x = _data_only(interp, eqn, ins)
+    axes = tuple(eqn.params["axes"])
+    if 0 in axes:
+        raise _unsupported(
+            eqn,
+            "a sum or mean over the channel axis (axis 0); in the limit channels are "
+            "infinitely many. Sum over positions only, or end with an affine layer.",
+            interp,
+        )
+    out = eqn.outvars[0].aval.shape
+    return _spatial(interp, eqn, x, lambda z: jnp.sum(z, axis=tuple(a - 1 for a in axes)), out)
+
+
+def _channel_kept(interp, eqn, x: _Lin, out_shape) -> None:
+    if not out_shape or out_shape[0] != x.shape[0]:
+        raise _unsupported(
+            eqn,
+            f"it changes the channel axis (axis 0, size {x.shape[0]}) to shape {out_shape}; "
+            f"keep the channels first and whole (only positions may be sliced, reshaped or "
+            f"transposed).",
+            interp,
+        )
+
+
+def _slice(interp, eqn, ins):
+    x = _data_only(interp, eqn, ins)
+    p = eqn.params
+    out = eqn.outvars[0].aval.shape
+    _channel_kept(interp, eqn, x, out)
+    start, limit = tuple(p["start_indices"]), tuple(p["limit_indices"])
+    strides = p["strides"]
+    if start[0] != 0 or (strides is not None and strides[0] != 1):
+        _channel_kept(interp, eqn, x, ())
+    st = None if strides is None else tuple(strides[1:])
+    return _spatial(interp, eqn, x, lambda z: lax.slice(z, start[1:], limit[1:], st), out)
+
+
+def _pad(interp, eqn, ins):
+    x, value = ins
+    if not isinstance(x, _Lin) or not isinstance(value, _Static) or not _is_zero(value.value):
+        raise _unsupported(eqn, "only zero padding of positions is supported.", interp)
+    config = eqn.params["padding_config"]
+    if tuple(config[0]) != (0, 0, 0):
+        _channel_kept(interp, eqn, x, ())
+    out = eqn.outvars[0].aval.shape
+    return _spatial(interp, eqn, x, lambda z: lax.pad(z, jnp.zeros((), z.dtype), config[1:]), out)
+
+
+def _transpose(interp, eqn, ins):
+    x = _data_only(interp, eqn, ins)
+    perm = tuple(eqn.params["permutation"])
+    if perm[0] != 0:
+        _channel_kept(interp, eqn, x, ())
+    return _spatial(
+        interp,
+        eqn,
+        x,
+        lambda z: jnp.transpose(z, [p - 1 for p in perm[1:]]),
+        eqn.outvars[0].aval.shape,
+    )
+
+
+def _reshape(interp, eqn, ins):
+    x = ins[0]
+    if not isinstance(x, _Lin):
+        raise _unsupported(eqn, "unexpected operands.", interp)
+    out = tuple(eqn.outvars[0].aval.shape)
+    if out == (math.prod(x.shape),) and len(x.shape) > 1:
+        return _Lin.of(_Flatten(x))
+    if out == x.shape:
+        return x
+    _channel_kept(interp, eqn, x, out)
+    return _spatial(interp, eqn, x, lambda z: jnp.reshape(z, out[1:]), out)
+
+
+def _squeeze(interp, eqn, ins):
+    x = _data_only(interp, eqn, ins)
+    dims = tuple(eqn.params["dimensions"])
+    if 0 in dims:
+        _channel_kept(interp, eqn, x, ())
+    out = eqn.outvars[0].aval.shape
+    return _spatial(interp, eqn, x, lambda z: jnp.squeeze(z, [d - 1 for d in dims]), out)
+
+
+def _broadcast_in_dim(interp, eqn, ins):
+    x = _data_only(interp, eqn, ins)
+    p = eqn.params
+    out = tuple(p["shape"])
+    dims = tuple(p["broadcast_dimensions"])
+    if not dims or dims[0] != 0 or out[0] != x.shape[0]:
+        _channel_kept(interp, eqn, x, ())
+    return _spatial(
+        interp,
+        eqn,
+        x,
+        lambda z: lax.broadcast_in_dim(z, out[1:], tuple(d - 1 for d in dims[1:])),
+        out,
+    )
+
+
+def _rev(interp, eqn, ins):
+    x = _data_only(interp, eqn, ins)
+    dims = tuple(eqn.params["dimensions"])
+    if 0 in dims:
+        # Reversing the channels permutes exchangeable channels: the kernel is unchanged, but
+        # the correlations with the unreversed value would not be.
+        _channel_kept(interp, eqn, x, ())
+    return _spatial(interp, eqn, x, lambda z: lax.rev(z, tuple(d - 1 for d in dims)), x.shape)
+
+
+def _concatenate(interp, eqn, ins):
+    dim = eqn.params["dimension"]
+    if not all(isinstance(x, _Lin) for x in ins):
+        raise _unsupported(eqn, "concatenation with constants is not supported.", interp)
+    if dim == 0:
+        return _Lin.of(_Concat(tuple(ins)))
+    out = tuple(eqn.outvars[0].aval.shape)
+    total = None
+    offset = 0
+    for x in ins:
+        size = x.shape[dim]
+        config = [(0, 0, 0)] * (len(out) - 1)
+        config[dim - 1] = (offset, out[dim] - offset - size, 0)
+        offset += size
+        fn = lambda z, c=tuple(config): lax.pad(z, jnp.zeros((), z.dtype), c)
+        part = _Lin.of(_SpatialMap(x, fn, out))
+        total = part if total is None else total.plus(part)
+    return total
+
+
+def _stack(interp, eqn, ins):
+    axis = eqn.params["axis"]
+    if not all(isinstance(x, _Lin) for x in ins) or axis == 0:
+        raise _unsupported(
+            eqn,
+            "only data values stacked along a new axis after the channels (axis >= 1) are "
+            "supported (stacking along axis 0 moves the channel axis).",
+            interp,
+        )
+    out = tuple(eqn.outvars[0].aval.shape)
+    total = None
+    for i, x in enumerate(ins):
+        # Position i of the new axis holds this value; the others hold zeros.
+        fn = lambda z, i=i: jnp.stack(
+            [z if j == i else jnp.zeros_like(z) for j in range(len(ins))], axis=axis - 1
+        )
+        part = _Lin.of(_SpatialMap(x, fn, out))
+        total = part if total is None else total.plus(part)
+    return total
+
+
+_STRUCTURAL = {
+    "stack": _stack,
+    "reduce_sum": _reduce_sum,
+    "slice": _slice,
+    "pad": _pad,
+    "transpose": _transpose,
+    "reshape": _reshape,
+    "squeeze": _squeeze,
+    "broadcast_in_dim": _broadcast_in_dim,
+    "rev": _rev,
+    "concatenate": _concatenate,
+}
+
+_ELEMENTWISE = {
+    "add",
+    "add_any",
+    "sub",
+    "neg",
+    "mul",
+    "div",
+    "max",
+    "min",
+    "abs",
+    "sign",
+    "exp",
+    "exp2",
+    "log",
+    "log1p",
+    "expm1",
+    "tanh",
+    "logistic",
+    "sin",
+    "cos",
+    "tan",
+    "erf",
+    "erfc",
+    "erf_inv",
+    "sqrt",
+    "rsqrt",
+    "cbrt",
+    "integer_pow",
+    "pow",
+    "square",
+    "select_n",
+    "gt",
+    "ge",
+    "lt",
+    "le",
+    "eq",
+    "ne",
+    "and",
+    "or",
+    "not",
+    "convert_element_type",
+    "copy",
+    "copy_p",
+    "atan",
+    "asinh",
+    "sinh",
+    "cosh",
+    "clamp",
+    "nextafter",
+    "floor",
+    "ceil",
+    "round",
+    "is_finite",
+    "reduce_precision",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The rule.
+
+
+class ProgramRule(AbstractRule):
+    """The kernel rule of an Equinox module without a rule of its own: its `__call__` traced
+    and interpreted on kernels (see `eqntk.limits._program`). It takes the full spatial
+    covariance of its input and returns the full layout."""
+
+    def requirements(self, layer, wanted):
+        return Requirements(diagonal_spatial=False)
+
+    def __call__(self, layer, k: Kernel, wanted) -> Kernel:
+        if k.mask1 is not None or k.mask2 is not None:
+            raise ValueError(
+                f"`{type(layer).__name__}` is interpreted from its code, which does not take "
+                f"masked inputs (`mask1`/`mask2`)."
+            )
+        # Constants of the program (literals, scalars, flags) stay concrete under `jit`, so that
+        # they can be compared and folded; kernels and traced parameters are staged as usual.
+        with jax.ensure_compile_time_eval():
+            return self._interpret(layer, k)
+
+    def _interpret(self, layer, k: Kernel) -> Kernel:
+        wrapped, layers = _wrap(layer)
+        params, static = eqx.partition(wrapped, eqx.is_array)
+        leaves, treedef = jtu.tree_flatten(params)
+
+        def call(leaves, x):
+            return eqx.combine(jtu.tree_unflatten(treedef, leaves), static)(x)
+
+        x_aval = jax.ShapeDtypeStruct(tuple(k.shape1), k.nngp.dtype)
+        closed = jax.make_jaxpr(call)(leaves, x_aval)
+        source = _Source(k, k.is_gaussian, k.is_gaussian, name="")
+        interp = _Interpreter(layer, layers, k)
+        args = [_Static(v, ("param", i)) for i, v in enumerate(leaves)] + [_Lin.of(source)]
+        outs = interp.run(closed, args)
+        if len(outs) != 1 or not isinstance(outs[0], _Lin):
+            raise NotImplementedError(
+                f"`limit` of `{type(layer).__name__}` needs `__call__` to return one array "
+                f"computed from its input, got {len(outs)} output(s)."
+            )
+        out = outs[0]
+        n = len(out.shape) - 1
+        k12, t12 = interp.lin_moment(out, out, "12")
+        cov1 = interp.lin_moment(out, out, "11")[0]
+        cov2 = None if k.x1_is_x2 else _interleave(interp.lin_moment(out, out, "22")[0], 1, n)
+        shape = out.shape if out.shape else (1,)
+        return k.replace(
+            nngp=_interleave(k12, 2, n),
+            ntk=None if t12 is None else _interleave(t12, 2, n),
+            cov1=_interleave(cov1, 1, n),
+            cov2=cov2,
+            shape1=shape,
+            shape2=shape,
+            diagonal_spatial=False,
+            is_gaussian=out.gaussian,
+        )
+
+
+_registry.program_rule.append(ProgramRule())
