@@ -19,8 +19,9 @@ def enable_compilation_cache(
     A kernel function ([`eqntk.limit`][]), an empirical kernel or a predictor of
     [`eqntk.dynamics`][] compiles one program per architecture, input shapes and options on
     its first call; for a CNN or an ODE solve that takes seconds, most of a first call. With
-    the cache, the first call of a later process with the same program takes the time to read
-    it back (typically a tenth of the compile time) plus the time to trace it.
+    the cache, the first call of a later process with the same program takes the time to trace
+    it and read it back, a fraction of the compile (Myrtle-5 on 16x16 images: about 1 s of CPU
+    instead of 5.5 s).
 
     Call it once, at the start of the program, before the first computation (programs
     compiled earlier are not written). It is the same as setting JAX's options
