@@ -19,13 +19,15 @@ NOT_AVAILABLE = (ImportError, AttributeError, NotImplementedError)
 class Target:
     """What a row must achieve: a time ratio to neural-tangents, an absolute time, or both.
 
-    `memory=True` adds that eqntk's peak memory (above the baseline of the case's memory
-    window, see `_timing.start_memory_window`) must not exceed neural-tangents'.
+    `memory=True` adds that eqntk's peak memory (above the baseline of the measurement's
+    memory window, see `_timing.measure`) must not exceed neural-tangents'. `first` bounds the
+    ratio of the first calls (trace, compile and run) to neural-tangents' first call.
     """
 
     ratio: float | None = None
     seconds: float | None = None
     memory: bool = False
+    first: float | None = None
 
     def describe(self) -> str:
         parts = []
@@ -33,6 +35,8 @@ class Target:
             parts.append(f"<={self.ratio:g}x")
         if self.seconds is not None:
             parts.append(f"<{self.seconds:g} s")
+        if self.first is not None:
+            parts.append(f"first<={self.first:g}x")
         if self.memory:
             parts.append("mem<=NT")
         return " ".join(parts)
@@ -110,33 +114,43 @@ def _seconds(t: float | None) -> str:
     return f"{t:.2f} s"
 
 
-def _time_of(result: dict | None, key: str | tuple[str, ...] | None, statistic: str):
+def _pick(result: dict | None, key: str | tuple[str, ...] | None, statistic: str) -> dict:
+    """The measurement named `key` (the fastest by `statistic` when a tuple), or `{}`."""
     if result is None or key is None or result.get("status") != "ok":
-        return None
+        return {}
     keys = (key,) if isinstance(key, str) else key
     found = [result["measurements"].get(k, {}) for k in keys]
-    times = [m[statistic] for m in found if m.get(statistic) is not None]
-    return min(times) if times else None
+    found = [m for m in found if m.get(statistic) is not None]
+    return min(found, key=lambda m: m[statistic]) if found else {}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b is not None and b > 0 else None
 
 
 def evaluate(row: Row, ours: dict, theirs: dict | None) -> dict:
-    """The figures of one table row: times, ratio, memory and whether the target is met."""
-    t_ours = _time_of(ours, row.eqntk, row.statistic)
+    """The figures of one table row: times, ratios, first calls, memory and the verdict."""
+    mine = _pick(ours, row.eqntk, row.statistic)
     if row.versus is not None:
-        t_nt = _time_of(ours, row.versus, row.statistic)
+        other = _pick(ours, row.versus, row.statistic)
     else:
-        t_nt = _time_of(theirs, row.nt, row.statistic)
-    ratio = t_ours / t_nt if t_ours is not None and t_nt is not None and t_nt > 0 else None
-    cpu_ours, cpu_nt = _time_of(ours, row.eqntk, "cpu_median"), None
-    if row.statistic == "median":
-        reference = ours if row.versus is not None else theirs
-        cpu_nt = _time_of(reference, row.versus or row.nt, "cpu_median")
-    cpu_ratio = cpu_ours / cpu_nt if cpu_ours and cpu_nt else None
-    compile_s = None
-    if t_ours is not None:
-        compile_s = ours["measurements"][row.eqntk].get("compile")
-    mem_ours = ours.get("work_mib") if ours.get("status") == "ok" else None
-    mem_nt = theirs.get("work_mib") if theirs and theirs.get("status") == "ok" else None
+        other = _pick(theirs, row.nt, row.statistic)
+    t_ours, t_nt = mine.get(row.statistic), other.get(row.statistic)
+    ratio = _ratio(t_ours, t_nt)
+    cpu_key = "cpu_median" if row.statistic == "median" else "cpu_first"
+    cpu_ratio = _ratio(mine.get(cpu_key), other.get(cpu_key))
+    first_ours, first_nt = mine.get("first_call"), other.get("first_call")
+    first_ratio = _ratio(first_ours, first_nt)
+    first_cpu_ratio = _ratio(mine.get("cpu_first"), other.get("cpu_first"))
+
+    def memory(result: dict | None, measurement: dict) -> float | None:
+        # The measurement's own window when it has one, else the whole case's.
+        if measurement.get("work_mib") is not None:
+            return measurement["work_mib"]
+        return result.get("work_mib") if result and result.get("status") == "ok" else None
+
+    mem_ours = memory(ours, mine) if mine else None
+    mem_nt = memory(ours if row.versus else theirs, other) if other else None
     verdict = "-"
     target = row.target
     if target is not None and t_ours is not None:
@@ -145,6 +159,8 @@ def evaluate(row: Row, ours: dict, theirs: dict | None) -> dict:
             checks.append(None if ratio is None else ratio <= target.ratio)
         if target.seconds is not None:
             checks.append(t_ours < target.seconds)
+        if target.first is not None:
+            checks.append(None if first_ratio is None else first_ratio <= target.first)
         if target.memory:
             checks.append(None if mem_ours is None or mem_nt is None else mem_ours <= mem_nt)
         known = [c for c in checks if c is not None]
@@ -162,10 +178,14 @@ def evaluate(row: Row, ours: dict, theirs: dict | None) -> dict:
         "versus": row.versus,
         "statistic": row.statistic,
         "eqntk_s": t_ours,
-        "compile_s": compile_s,
+        "compile_s": mine.get("compile"),
         "nt_s": t_nt,
         "ratio": ratio,
         "cpu_ratio": cpu_ratio,
+        "eqntk_first_s": first_ours,
+        "nt_first_s": first_nt,
+        "first_ratio": first_ratio,
+        "first_cpu_ratio": first_cpu_ratio,
         "target": target.describe() if target else "",
         "verdict": verdict,
         "eqntk_mib": mem_ours,
@@ -177,10 +197,13 @@ _HEADER = (
     "case",
     "stat",
     "eqntk",
-    "compile",
     "NT",
     "ratio",
     "cpu ratio",
+    "eqntk first",
+    "NT first",
+    "first ratio",
+    "first cpu",
     "target",
     "pass",
     "eqntk MiB",
@@ -194,6 +217,9 @@ def table_lines(evaluations: Sequence[dict], unavailable: Sequence[tuple[str, st
     def mib(m: float | None) -> str:
         return "-" if m is None else f"{m:.0f}"
 
+    def times(r: float | None) -> str:
+        return "-" if r is None else f"{r:.2f}x"
+
     rows = [_HEADER]
     for e in evaluations:
         rows.append(
@@ -201,10 +227,13 @@ def table_lines(evaluations: Sequence[dict], unavailable: Sequence[tuple[str, st
                 e["row"],
                 "first" if e["statistic"] == "first_call" else "median",
                 "not available" if e["missing"] else _seconds(e["eqntk_s"]),
-                _seconds(e["compile_s"]),
                 _seconds(e["nt_s"]) + (f" (eqntk {e['versus']})" if e["versus"] else ""),
-                "-" if e["ratio"] is None else f"{e['ratio']:.2f}x",
-                "-" if e["cpu_ratio"] is None else f"{e['cpu_ratio']:.2f}x",
+                times(e["ratio"]),
+                times(e["cpu_ratio"]),
+                _seconds(e["eqntk_first_s"]),
+                _seconds(e["nt_first_s"]),
+                times(e["first_ratio"]),
+                times(e["first_cpu_ratio"]),
                 e["target"] or "-",
                 e["verdict"],
                 mib(e["eqntk_mib"]),

@@ -12,14 +12,19 @@ def measure(fn: Callable[..., Any], *args: Any, repeats: int = 5, **kwargs: Any)
 
     Every call ends with `jax.block_until_ready`, so asynchronous dispatch is not mistaken for
     speed. Returns a JSON-able dict with `first_call`, `median`, `compile` (first call minus the
-    median, the compile and trace overhead), `cpu_median` (process CPU time per call) and the
-    individual `runs`, in seconds.
+    median, the compile and trace overhead), `cpu_first` and `cpu_median` (process CPU time of
+    the first call and per further call), the individual `runs`, in seconds, and `work_mib`:
+    the peak resident memory during the measurement above the resident memory just before it
+    (a memory window started here, so every measurement of both libraries counts from the same
+    point: inputs and model built, library imported, backend initialised).
     """
     import jax
 
-    start = time.perf_counter()
+    start_memory_window()
+    start, start_cpu = time.perf_counter(), time.process_time()
     jax.block_until_ready(fn(*args, **kwargs))
     first = time.perf_counter() - start
+    cpu_first = time.process_time() - start_cpu
     runs, cpu = [], []
     for _ in range(repeats):
         start, start_cpu = time.perf_counter(), time.process_time()
@@ -27,14 +32,17 @@ def measure(fn: Callable[..., Any], *args: Any, repeats: int = 5, **kwargs: Any)
         runs.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
     median = statistics.median(runs) if runs else first
+    baseline, peak = window_peak_mib()
     return {
         "first_call": first,
         "median": median,
         "compile": max(first - median, 0.0),
+        "cpu_first": cpu_first,
         # CPU time of all threads: steadier than wall time when other processes share the
         # cores, though it counts the work rather than the wait.
-        "cpu_median": statistics.median(cpu) if cpu else None,
+        "cpu_median": statistics.median(cpu) if cpu else cpu_first,
         "runs": runs,
+        "work_mib": peak - baseline,
     }
 
 

@@ -166,7 +166,14 @@ def _case(name: str, ratio: float, description: str) -> Case:
         module=__name__,
         eqntk=f"eqntk_{name}",
         nt=f"nt_{name}",
-        rows=(Row(f"cnn.{name}", "kernel", "kernel", target=Target(ratio=ratio, memory=True)),),
+        rows=(
+            Row(
+                f"cnn.{name}",
+                "kernel",
+                "kernel",
+                target=Target(ratio=ratio, memory=True, first=1.0),
+            ),
+        ),
         description=description,
         timeout_s=3600.0,
     )

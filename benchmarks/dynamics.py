@@ -138,10 +138,9 @@ def nt_ode(quick: bool) -> dict:
     return {"measurements": {"predict": _measure_nt("ode", quick)}}
 
 
-def _case(name: str, ratio: float, description: str, first_call: bool = False) -> Case:
-    rows = (Row(f"dynamics.{name}", "predict", "predict", target=Target(ratio=ratio)),)
-    if first_call:
-        rows += (Row(f"dynamics.{name}: first call", "predict", "predict", "first_call"),)
+def _case(name: str, ratio: float, description: str) -> Case:
+    target = Target(ratio=ratio, first=1.0, memory=True)
+    rows = (Row(f"dynamics.{name}", "predict", "predict", target=target),)
     return Case(
         name=f"dynamics.{name}",
         module=__name__,
@@ -155,5 +154,5 @@ def _case(name: str, ratio: float, description: str, first_call: bool = False) -
 CASES = (
     _case("gp_inference", 1.0, "gp_inference, 4000 train, 1000 test, 10 outputs, covariance"),
     _case("mse", 1.0, "gradient_descent_mse, 2000 train, 500 test, 10 outputs, 100 times"),
-    _case("ode", 0.5, "gradient_descent, cross-entropy, 500 train, 100 test, 50 times", True),
+    _case("ode", 0.5, "gradient_descent, cross-entropy, 500 train, 100 test, 50 times"),
 )

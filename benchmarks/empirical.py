@@ -118,7 +118,12 @@ def nt_cnn(quick: bool) -> dict:
 def _case(name: str, description: str) -> Case:
     rows = tuple(Row(f"empirical.{name}: {impl}", impl, impl) for impl in IMPLEMENTATIONS)
     rows += (
-        Row(f"empirical.{name}: auto", "auto", tuple(IMPLEMENTATIONS), target=Target(ratio=1.0)),
+        Row(
+            f"empirical.{name}: auto",
+            "auto",
+            tuple(IMPLEMENTATIONS),
+            target=Target(ratio=1.0, first=1.0),
+        ),
     )
     return Case(
         name=f"empirical.{name}",

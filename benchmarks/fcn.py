@@ -116,7 +116,7 @@ CASES = (
         eqntk="eqntk_side",
         nt="nt_side",
         rows=(
-            Row("fcn", "kernel", "kernel", target=Target(ratio=0.5)),
+            Row("fcn", "kernel", "kernel", target=Target(ratio=0.5, first=1.0, memory=True)),
             Row("fcn: floor (Gram + 3 maps)", "floor"),
             Row("fcn: floor Gram matmul", "gram"),
             Row("fcn: floor fused ReLU map", "relu_map"),

@@ -14,6 +14,7 @@ if typing.TYPE_CHECKING:
         limits as limits,
         nn as nn,
     )
+    from ._compilation_cache import enable_compilation_cache as enable_compilation_cache
     from .batching import batch as batch
     from .empirical import (
         empirical_kernel as empirical_kernel,
@@ -32,6 +33,7 @@ __version__ = importlib.metadata.version("eqntk")
 _SUBPACKAGES = ("batching", "dynamics", "empirical", "features", "limits", "nn")
 _REEXPORTS = {
     "batch": "batching",
+    "enable_compilation_cache": "_compilation_cache",
     "empirical_kernel": "empirical",
     "empirical_ntk_vp": "empirical",
     "linearize": "empirical",

@@ -104,7 +104,7 @@ class KernelFn(AbstractCallable):
         # One compiled program per architecture, input shapes and `get` (cached): evaluated op
         # by op, a CNN's kernel dispatches and compiles a few hundred small programs, and its
         # first call takes seconds longer. Under `jax.disable_jit()` it runs op by op.
-        return _compiled_kernel(
+        out, bad_input = _compiled_kernel(
             self,
             x1,
             x2,
@@ -115,6 +115,7 @@ class KernelFn(AbstractCallable):
             pattern1=pattern1,
             pattern2=pattern2,
         )
+        return _checked_inputs(out, bad_input)
 
 
 @eqx.filter_jit
@@ -144,15 +145,50 @@ def _compiled_kernel(
                 f"`{given[0]}` must be None when `x1` is a `Kernel`; set it on the kernel "
                 f"instead, e.g. `k.replace({given[0]}=...)`."
             )
-        k = _continue_from(x1, wanted_in, compute_ntk)
+        k, bad_input = _continue_from(x1, wanted_in, compute_ntk), None
     else:
-        k = _inputs_to_kernel(x1, x2, wanted_in, compute_ntk, **side)
+        k, bad_input = _inputs_to_kernel(x1, x2, wanted_in, compute_ntk, **side)
     out = apply_in_blocks(kernel_fn.model, k, wanted_out, kernel_fn.block_bytes)
-    return jax.tree_util.tree_map(
+    out = jax.tree_util.tree_map(
         lambda leaf: selected(_symmetrised(leaf), get),
         out,
         is_leaf=lambda z: isinstance(z, Kernel),
     )
+    return out, bad_input
+
+
+def _bad_input_message(name: str, dtype: Any) -> str:
+    largest = float(jnp.finfo(dtype).max)
+    return (
+        f"`{name}` has entries that are NaN or infinite, or so large that their mean square "
+        f"overflows {jnp.dtype(dtype)} (largest {largest:.3g}); rescale the inputs or compute "
+        "in float64."
+    )
+
+
+def _checked_inputs(out: Any, bad_input: Any) -> Any:
+    """`out`, or an error when `bad_input` (0: none, 1: `x1`, 2: `x2`, with the dtype) says
+    that an input's variance is not finite: a NaN or infinite input, or one whose squared norm
+    overflows its dtype, is an error rather than a kernel of NaNs.
+
+    The check is an output of the compiled kernel program rather than an `eqx.error_if` inside
+    it: a program with a host callback is never written to JAX's persistent compilation cache
+    (see `eqntk.enable_compilation_cache`). Called eagerly, the flag is read back (waiting for
+    the kernel) and the error raised here; under a trace it becomes an `eqx.error_if` of the
+    caller's program.
+    """
+    if bad_input is None:
+        return out
+    code, dtype = bad_input
+    messages = [_bad_input_message(name, dtype) for name in ("x1", "x2")]
+    try:
+        code = int(code)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError):
+        out = eqx.error_if(out, code == 1, messages[0])
+        return eqx.error_if(out, code == 2, messages[1])
+    if code:
+        raise eqx.EquinoxRuntimeError(messages[code - 1])
+    return out
 
 
 def limit(model: Any, *, block_bytes: int | None = DEFAULT_BLOCK_BYTES) -> KernelFn:
@@ -212,7 +248,7 @@ def limit(model: Any, *, block_bytes: int | None = DEFAULT_BLOCK_BYTES) -> Kerne
 
 def _inputs_to_kernel(
     x1: Any, x2: Any, wanted: Any, compute_ntk: bool, mask1, mask2, pattern1, pattern2
-) -> Kernel:
+) -> tuple[Kernel, Any]:
     x1 = _check_input("x1", x1)
     x1_is_x2 = x2 is None
     # With `x2 = None` the kernel is of `x1` with itself.
@@ -270,10 +306,12 @@ def _inputs_to_kernel(
         nngp = gram(x1, x2, diagonal)
         cov1 = self_gram(x1, diagonal)
         cov2 = self_gram(x2, diagonal)
-    nngp = _check_finite_variances("x1", x1, cov1, nngp)
+    # 0, or which input (1: `x1`, 2: `x2`) has a variance that is not finite: checked by the
+    # caller (`_checked_inputs`).
+    bad = jnp.where(jnp.all(jnp.isfinite(cov1)), 0, 1)
     if cov2 is not None:
-        nngp = _check_finite_variances("x2", x2, cov2, nngp)
-    return Kernel(
+        bad = jnp.where((bad == 0) & ~jnp.all(jnp.isfinite(cov2)), 2, bad)
+    k = Kernel(
         nngp=nngp,
         ntk=jnp.zeros_like(nngp) if compute_ntk else None,
         cov1=cov1,
@@ -288,19 +326,7 @@ def _inputs_to_kernel(
         pattern1=pattern1,
         pattern2=pattern2,
     )
-
-
-def _check_finite_variances(name: str, x: Array, variances: Array, nngp: Array) -> Array:
-    """`nngp`, with a check (at run time) that every input's variance is finite: a NaN or
-    infinite input, or one whose squared norm overflows its dtype, is an error rather than a
-    kernel of NaNs."""
-    limit_ = float(jnp.finfo(x.dtype).max)
-    return eqx.error_if(
-        nngp,
-        ~jnp.all(jnp.isfinite(variances)),
-        f"`{name}` has entries that are NaN or infinite, or so large that their mean square "
-        f"overflows {x.dtype} (largest {limit_:.3g}); rescale the inputs or compute in float64.",
-    )
+    return k, (bad, jnp.dtype(x1.dtype))
 
 
 def _check_mask(name: str, mask: Any, x: Array, x_name: str) -> Array | None:
