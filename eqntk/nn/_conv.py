@@ -239,6 +239,8 @@ class Conv(AbstractConvolution):
     ```
     """
 
+    __init__ = AbstractConvolution.__init__  # (for type checkers: Equinox inherits it anyway)
+
     @property
     def mixes_positions(self) -> bool:
         """`False`: each output position is one window of the input."""
@@ -328,6 +330,8 @@ class ConvTranspose(AbstractConvolution):
     assert up(jnp.ones((3, 4, 4))).shape == (8, 8, 8)
     ```
     """
+
+    __init__ = AbstractConvolution.__init__  # (for type checkers: Equinox inherits it anyway)
 
     @property
     def mixes_positions(self) -> bool:

@@ -56,6 +56,8 @@ class Sin(AbstractSinusoid):
     ```
     """
 
+    __init__ = AbstractSinusoid.__init__  # (for type checkers: Equinox inherits it anyway)
+
     @property
     def is_cosine(self) -> bool:
         """`False`."""
@@ -79,6 +81,8 @@ class Cos(AbstractSinusoid):
     assert nn.Cos(a=2.0)(jnp.zeros(2)).tolist() == [2.0, 2.0]
     ```
     """
+
+    __init__ = AbstractSinusoid.__init__  # (for type checkers: Equinox inherits it anyway)
 
     @property
     def is_cosine(self) -> bool:
