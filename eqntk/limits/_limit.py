@@ -5,6 +5,7 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Shaped
@@ -181,11 +182,10 @@ def _checked_inputs(out: Any, bad_input: Any) -> Any:
         return out
     code, dtype = bad_input
     messages = [_bad_input_message(name, dtype) for name in ("x1", "x2")]
-    try:
-        code = int(code)
-    except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError):
+    if isinstance(code, jax.core.Tracer):
         out = eqx.error_if(out, code == 1, messages[0])
         return eqx.error_if(out, code == 2, messages[1])
+    code = int(code)
     if code:
         raise eqx.EquinoxRuntimeError(messages[code - 1])
     return out

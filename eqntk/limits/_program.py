@@ -808,22 +808,14 @@ class _Interpreter:
 # products such as `t * (t > 0)` are of this form; their Gaussian moments have closed forms.
 
 _PL = "pl"
-_NON_SMOOTH = {
+# Selections and comparisons: elementwise, and where a function's pieces are chosen.
+_SELECTIONS = {"select_n", "gt", "ge", "lt", "le", "eq", "ne", "and", "or", "not"}
+_NON_SMOOTH = _SELECTIONS | {
     "max",
     "min",
     "abs",
     "sign",
     "clamp",
-    "select_n",
-    "gt",
-    "ge",
-    "lt",
-    "le",
-    "eq",
-    "ne",
-    "and",
-    "or",
-    "not",
     "floor",
     "ceil",
     "round",
@@ -1535,7 +1527,7 @@ _STRUCTURAL = {
     "concatenate": _concatenate,
 }
 
-_ELEMENTWISE = {
+_ELEMENTWISE = _SELECTIONS | {
     "add",
     "add_any",
     "sub",
@@ -1565,16 +1557,6 @@ _ELEMENTWISE = {
     "integer_pow",
     "pow",
     "square",
-    "select_n",
-    "gt",
-    "ge",
-    "lt",
-    "le",
-    "eq",
-    "ne",
-    "and",
-    "or",
-    "not",
     "convert_element_type",
     "copy",
     "copy_p",
