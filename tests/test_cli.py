@@ -187,13 +187,17 @@ def test_bad_argument_through_the_script(a_file):
     assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
 
 
-def test_demo_end_to_end(tmp_path):
+# The CNN's training compiles for most of a minute: with `-m slow` (CI also runs the README's
+# full `eqntk demo`, both architectures, before the tests).
+@pytest.mark.parametrize("arch", ["fcn", pytest.param("cnn", marks=pytest.mark.slow)])
+def test_demo_end_to_end(tmp_path, arch):
     pytest.importorskip("optax")
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
     out = tmp_path / "new" / "folder"
-    args = ["demo", "--n-train", "80", "--n-test", "60", "--depth", "1", "--width", "32"]
-    args += ["--channels", "4", "--ensemble", "2", "--steps", "30", "--batch-size", "32"]
+    args = ["demo", "--arch", arch, "--n-train", "80", "--n-test", "60", "--depth", "1"]
+    args += ["--width", "32", "--channels", "4", "--ensemble", "2", "--steps", "30"]
+    args += ["--batch-size", "32"]
     result = _run(args + ["--out", str(out)], timeout=300)
     assert result.returncode == 0, result.stderr
     assert "Test accuracy on 60 digits (80 training images)" in result.stdout
@@ -201,25 +205,23 @@ def test_demo_end_to_end(tmp_path):
     # Progress: every phase, and each network's training, as whole lines (CI logs).
     log = result.stderr
     assert "\r" not in log and "Traceback" not in log
-    for arch in ("fcn", "cnn"):
-        assert f"{arch}: NNGP and NTK between the 80 training images" in log
-        assert f"{arch}: training 2 finite networks of" in log
-        for network in (1, 2):
-            assert f"{arch}: finite network {network}/2: step 30/30, minibatch loss" in log
+    assert f"{arch}: NNGP and NTK between the 80 training images" in log
+    assert f"{arch}: training 2 finite networks of" in log
+    for network in (1, 2):
+        assert f"{arch}: finite network {network}/2: step 30/30, minibatch loss" in log
     results = json.loads((out / "results.json").read_text())
     assert results["eqntk"] == importlib.metadata.version("eqntk")
     assert (results["n_train"], results["n_test"]) == (80, 60)
     assert results["settings"]["ensemble"] == 2 and results["settings"]["batch_size"] == 32
-    for arch in ("fcn", "cnn"):
-        accuracy = results["accuracy"][arch]
-        values = [accuracy["nngp"], accuracy["ntk"], accuracy["finite"]]
-        values += accuracy["finite_networks"]
-        assert len(accuracy["finite_networks"]) == 2
-        for value in values:
-            # Fractions of 60 test images, rounded to 4 decimals: no float32 noise.
-            assert isinstance(value, float) and 0 <= value <= 1
-            assert value == round(value, 4)
-            assert math.isclose(value * 60, round(value * 60), abs_tol=0.01)
-        # 80 training digits: NNGP regression gets about 85% of the test digits (chance: 10%).
-        assert accuracy["nngp"] > 0.6, accuracy
+    accuracy = results["accuracy"][arch]
+    values = [accuracy["nngp"], accuracy["ntk"], accuracy["finite"]]
+    values += accuracy["finite_networks"]
+    assert len(accuracy["finite_networks"]) == 2
+    for value in values:
+        # Fractions of 60 test images, rounded to 4 decimals: no float32 noise.
+        assert isinstance(value, float) and 0 <= value <= 1
+        assert value == round(value, 4)
+        assert math.isclose(value * 60, round(value * 60), abs_tol=0.01)
+    # 80 training digits: NNGP regression gets about 85% of the test digits (chance: 10%).
+    assert accuracy["nngp"] > 0.6, accuracy
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
