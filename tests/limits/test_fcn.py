@@ -65,9 +65,22 @@ def _mc_tolerance(k: jax.Array, n_draws: int, width: int) -> jax.Array:
     return scale * (5 * math.sqrt(2 / n_draws) + 4 / width)
 
 
-@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+PARAMETERIZATIONS = [("ntk", 0.1), ("ntk", None), ("standard", 0.2)]
+
+
+def _every_pair_with_a_default_diagonal():
+    """Every activation with every parameterization; by default each activation runs once, the
+    parameterizations in turn (all three are covered), and the other pairs with `-m slow`."""
+    cases = []
+    for i, activation in enumerate(sorted(ACTIVATIONS)):
+        for j, (parameterization, b_std) in enumerate(PARAMETERIZATIONS):
+            marks = () if j == i % len(PARAMETERIZATIONS) else pytest.mark.slow
+            cases.append(pytest.param(activation, parameterization, b_std, marks=marks))
+    return cases
+
+
 @pytest.mark.parametrize(
-    "parameterization, b_std", [("ntk", 0.1), ("ntk", None), ("standard", 0.2)]
+    "activation, parameterization, b_std", _every_pair_with_a_default_diagonal()
 )
 def test_one_hidden_layer_matches_wide_networks(getkey, activation, parameterization, b_std):
     width, d_out, n_samples = 1024, 16, 16
