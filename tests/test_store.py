@@ -28,6 +28,7 @@ import pytest
 
 import eqntk
 from eqntk import nn
+from eqntk.batching import _store
 from eqntk.batching._progress import progress_bar
 
 
@@ -152,6 +153,33 @@ def test_resume_computes_only_missing_tiles(tmp_path, monkeypatch):
     assert not leftover.exists()
 
 
+def test_a_failed_write_stops_the_job_and_resume_finishes_it(tmp_path, monkeypatch):
+    # Tiles are written on a thread of their own: its error (a full disk, say) must reach the
+    # caller, stop the job, and leave the tiles written before it for the resume.
+    log = tmp_path / "tiles.log"
+    monkeypatch.setenv("EQNTK_TILE_LOG", str(log))
+    kernel_fn, x = _job()
+    want = np.asarray(eqntk.batch(kernel_fn, 4, store=tmp_path / "whole.zarr")(x, None, "nngp"))
+    path = tmp_path / "k.zarr"
+    write, writes = _store._Geometry.write, []
+
+    def failing_write(self, *args):
+        if len(writes) == 5:
+            raise OSError("No space left on device")
+        writes.append(args[1:3])
+        return write(self, *args)
+
+    monkeypatch.setattr(_store._Geometry, "write", failing_write)
+    with pytest.raises(OSError, match="No space left"):
+        eqntk.batch(kernel_fn, 4, store=path)(x, None, "nngp")
+    monkeypatch.setattr(_store._Geometry, "write", write)
+    before = _tiles_computed(log)
+    resumed = np.asarray(eqntk.batch(kernel_fn, 4, store=path)(x, None, "nngp"))
+    # The resume computes exactly the tiles without a record: all but the five written.
+    assert _tiles_computed(log) - before == 21 - 5
+    assert np.array_equal(resumed, want)
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
 def test_corrupted_tile_is_detected_and_recomputed(tmp_path, monkeypatch, damage):
     log = tmp_path / "tiles.log"
@@ -255,6 +283,9 @@ def _start(script: str, *args: str, env: dict[str, str]) -> subprocess.Popen:
     )
 
 
+IN_FLIGHT_STEPS = _store._IN_FLIGHT + 2  # queued for the writer, being written, being computed
+
+
 def _records(path: pathlib.Path) -> int:
     files = (path / "tiles_done" / "c").glob("*/*")
     return sum(f.name.isdigit() for f in files)
@@ -296,16 +327,16 @@ def _kill_and_resume(tmp_path: pathlib.Path, kills: int, n: int, devices: int) -
 
 def test_sigkill_at_random_points_then_resume(tmp_path):
     tiles, computed = _kill_and_resume(tmp_path, kills=2, n=22, devices=1)
-    # Each kill loses at most the tiles in flight: one step being written and the next one
-    # being computed, a tile each on one device.
-    assert tiles <= computed <= tiles + 2 * 2
+    # Each kill loses at most the tiles in flight, a tile per step on one device: the step being
+    # written, those waiting for the writer and the one being computed.
+    assert tiles <= computed <= tiles + 2 * IN_FLIGHT_STEPS
 
 
 @pytest.mark.slow
 def test_sigkill_many_times_on_two_devices(tmp_path):
     tiles, computed = _kill_and_resume(tmp_path, kills=8, n=38, devices=2)
     print(f"{tiles} tiles, {computed - tiles} computed again after 8 kills")
-    assert tiles <= computed <= tiles + 8 * 2 * 2
+    assert tiles <= computed <= tiles + 8 * 2 * IN_FLIGHT_STEPS
 
 
 _TWO_PROCESSES = textwrap.dedent(

@@ -24,8 +24,10 @@ import hashlib
 import json
 import os
 import pathlib
+import queue
 import re
 import shutil
+import threading
 import uuid
 import warnings
 import zlib
@@ -45,6 +47,7 @@ from ._tiles import Leaf, tile_pairs, tile_starts
 FORMAT = 1
 _RECORDS = "tiles_done"
 _DONE = np.uint64(2**32)
+_IN_FLIGHT = 2  # computed steps waiting to be written, at most
 
 Compute = Callable[[list[tuple[int, int]], bool], tuple[Any, ...]]
 
@@ -166,15 +169,12 @@ def compute_into_store(
             records[i, j] = _checksum(parts) + _DONE
         advance(len(chunk))
 
-    # Dispatch step k + 1 before writing step k, so that writing overlaps computing.
-    pending = None
-    for chunk, on_diagonal in steps:
-        tiles = compute([(starts1[i], starts2[j]) for i, j, _ in chunk], on_diagonal)
-        if pending is not None:
-            write(*pending)
-        pending = (tiles, chunk)
-    if pending is not None:
-        write(*pending)
+    # Writing (copy to host, encode, checksum, file writes) runs on a thread of its own while
+    # the devices compute the next steps; at most `_IN_FLIGHT` computed steps wait for it.
+    with _BackgroundWriter(write) as writer:
+        for chunk, on_diagonal in steps:
+            tiles = compute([(starts1[i], starts2[j]) for i, j, _ in chunk], on_diagonal)
+            writer.put(tiles, chunk)
 
     if count > 1:
         multihost_utils.sync_global_devices(f"eqntk store done {path}")
@@ -187,6 +187,51 @@ def compute_into_store(
         )
     readable = zarr.open_group(str(path), mode="r")
     return jax.tree_util.tree_unflatten(treedef, [readable[name] for name in names])
+
+
+class _BackgroundWriter:
+    """Runs `write(*item)` for each `put(*item)` on one thread, in order, so that the caller
+    keeps dispatching computations while earlier results are written.
+
+    `put` blocks while `_IN_FLIGHT` items wait (so memory holds a few tiles, not the result)
+    and raises the writer's error as soon as one happened; leaving the `with` block waits for
+    every write and raises it too. If the block itself raises, pending writes are dropped (their
+    tiles have no record, so a restart computes them again).
+    """
+
+    def __init__(self, write: Callable[..., None]):
+        self._write = write
+        self._queue: queue.Queue = queue.Queue(maxsize=_IN_FLIGHT)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="eqntk-store-writer", daemon=True)
+
+    def __enter__(self) -> "_BackgroundWriter":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._write(*item)
+                except BaseException as e:  # handed to the caller's thread
+                    self._error = e
+
+    def put(self, *item: Any) -> None:
+        self._raise()
+        self._queue.put(item)
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is not None:
+            self._error = self._error or value  # the thread skips what is left
+        self._queue.put(None)
+        self._thread.join()
+        if kind is None:
+            self._raise()
 
 
 class _Geometry:
