@@ -246,6 +246,22 @@ class AbstractGlobalPool(AbstractMaskedLayer):
         """
         return None
 
+    def __call__(
+        self,
+        x: Float[Array, "c ..."],
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, " c"]:
+        """Pool one channel-first example `x` over its spatial axes: the sum (masked positions
+        counting as zeros), or with `averages` the mean over the unmasked positions."""
+        axes = tuple(range(1, x.ndim))
+        if self.mask is None:
+            return jnp.mean(x, axis=axes) if self.averages else jnp.sum(x, axis=axes)
+        total = jnp.sum(mask_inputs(self, self.mask, x), axis=axes)
+        if not self.averages:
+            return total
+        return total / jnp.maximum(jnp.sum(~self.mask), 1).astype(x.dtype)
+
 
 class GlobalAvgPool(AbstractGlobalPool):
     """The mean over all spatial positions: `(C, *spatial) -> (C,)`.
@@ -276,19 +292,6 @@ class GlobalAvgPool(AbstractGlobalPool):
         """`True`: the mean over the unmasked positions."""
         return True
 
-    def __call__(
-        self,
-        x: Float[Array, "c ..."],
-        *,
-        key: PRNGKeyArray | None = None,
-    ) -> Float[Array, " c"]:
-        """Average one channel-first example `x` over its (unmasked) spatial positions."""
-        axes = tuple(range(1, x.ndim))
-        if self.mask is None:
-            return jnp.mean(x, axis=axes)
-        total = jnp.sum(mask_inputs(self, self.mask, x), axis=axes)
-        return total / jnp.maximum(jnp.sum(~self.mask), 1).astype(x.dtype)
-
 
 class GlobalSumPool(AbstractGlobalPool):
     """The sum over all spatial positions: `(C, *spatial) -> (C,)`.
@@ -314,16 +317,6 @@ class GlobalSumPool(AbstractGlobalPool):
     def averages(self) -> bool:
         """`False`: the sum, masked positions counting as zeros."""
         return False
-
-    def __call__(
-        self,
-        x: Float[Array, "c ..."],
-        *,
-        key: PRNGKeyArray | None = None,
-    ) -> Float[Array, " c"]:
-        """Sum one channel-first example `x` over its spatial axes (zeros where masked)."""
-        x = mask_inputs(self, self.mask, x)
-        return jnp.sum(x, axis=tuple(range(1, x.ndim)))
 
 
 # Kernel rules -------------------------------------------------------------------------------------
