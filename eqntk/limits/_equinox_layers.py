@@ -45,36 +45,23 @@ from ..nn import Abs, Elementwise, Erf, LeakyRelu, Relu
 from ._elementwise import require_gaussian
 from ._kernel import Kernel
 from ._registry import AbstractRule, Requirements, apply, register, rule_for
-from ._spatial import cross_variances, self_variances, variances
+from ._spatial import cross_variances, map_axes, self_variances, variances
 
 
 # ---------------------------------------------------------------------------------------------
 # Spatial linear maps on kernel arrays.
 
 
-def _on_axes(a: Array, fn: Callable[[Array], Array], axes: list[int]) -> Array:
-    """Apply `fn` (positions `(*S)` of one channel to `(*O)`) to the axes `axes` of `a`."""
-    others = [i for i in range(a.ndim) if i not in axes]
-    perm = others + axes
-    b = jnp.transpose(a, perm)
-    lead = b.shape[: len(others)]
-    b = b.reshape((-1,) + b.shape[len(others) :])
-    c = jax.vmap(fn)(b)
-    c = c.reshape(lead + c.shape[1:])
-    inverse = [perm.index(i) for i in range(a.ndim)]
-    return jnp.transpose(c, inverse)
-
-
 def _both_sides(a: Array, fn: Callable[[Array], Array], n_lead: int, n_spatial: int) -> Array:
     """`L K Lᵀ` in the full layout: the linear map `fn` on the positions of both examples."""
-    a = _on_axes(a, fn, [n_lead + 2 * d for d in range(n_spatial)])
-    return _on_axes(a, fn, [n_lead + 2 * d + 1 for d in range(n_spatial)])
+    a = map_axes(a, fn, [n_lead + 2 * d for d in range(n_spatial)])
+    return map_axes(a, fn, [n_lead + 2 * d + 1 for d in range(n_spatial)])
 
 
 def _one_side(a: Array, fn: Callable[[Array], Array], n_lead: int, n_spatial: int) -> Array:
     """The map `fn` on the positions of a diagonal-layout array (valid when `fn` reads one input
     position per output position, as one filter tap does)."""
-    return _on_axes(a, fn, list(range(n_lead, n_lead + n_spatial)))
+    return map_axes(a, fn, list(range(n_lead, n_lead + n_spatial)))
 
 
 def _map_kernel(k: Kernel, fn: Callable[[Array, int], Array], **changes) -> Kernel:
