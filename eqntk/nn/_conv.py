@@ -554,10 +554,10 @@ class ConvLocal(AbstractWindowedAffine):
 # Kernel rules of the convolutions: `Conv`, `ConvTranspose` and `ConvLocal`.
 #
 # Per spatial dimension a convolution maps the covariance of its input by a shift-and-add along
-# the diagonal of the pair of axes `(i, i')`: `K'[o, o'] = (1/f) Σ_k K̃[s o + d k, s o' + d k]`
-# with the padded input covariance `K̃` (zeros for `SAME`, wrapped around for `CIRCULAR`). The
-# diagonal layout is the same map on one axis. All dimensions are done in one pass (a sum of
-# strided slices of the padded array, see `window_sum`), and the affine map of `Dense` follows.
+# the diagonal of each pair of axes (the formula is in `Conv`'s docstring), with the input
+# covariance padded with zeros for `SAME` and wrapped around for `CIRCULAR`. All dimensions are
+# done in one pass (a sum of strided slices of the padded array, see `window_sum`), and the
+# affine map of `Dense` follows.
 # With masks, the masked entries of the input covariance are zero, and each batch's masks go to
 # the output positions (`layer.output_mask`: the window centres, or for `ConvTranspose` every
 # output that a masked input reaches).
@@ -635,9 +635,8 @@ def _diagonal_to_full(a: Array, n_spatial: int) -> Array:
 
 @register(ConvLocal)
 class ConvLocalRule(AbstractRule[ConvLocal]):
-    """Kernel rule of [`eqntk.nn.ConvLocal`][]: the diagonal of the `Conv` rule; different
-    positions are uncorrelated (independent weights and biases), so only the diagonal of the input
-    covariance is ever needed."""
+    """Kernel rule of [`eqntk.nn.ConvLocal`][] (its docstring says why the spatial diagonal of
+    the input covariance always suffices)."""
 
     def requirements(self, layer: ConvLocal, wanted: Requirements) -> Requirements:
         return dataclasses.replace(wanted, diagonal_spatial=True)

@@ -317,9 +317,8 @@ class GlobalSumPool(AbstractGlobalPool):
 # Kernel rules -------------------------------------------------------------------------------------
 # Kernel rules of pooling: `AvgPool`, `SumPool`, `GlobalAvgPool` and `GlobalSumPool`.
 #
-# Pooling mixes positions, so these rules need the full spatial covariance of their input. Along
-# each spatial dimension a window layer with pooling matrix `P` maps the pair of axes `(i, i')` to
-# `P K Pᵀ`: one window sum along `i` and one along `i'`, then the scale of each output entry.
+# Pooling mixes positions, so these rules need the full spatial covariance of their input (the
+# maps, e.g. `P K Pᵀ` per spatial dimension for the window layers, are in the layers' docstrings).
 #
 # Masks: the entries at masked positions are zero (`remask`), so window sums skip them; window
 # layers take each batch's masks to the output positions (the window centres, `output_mask`),
@@ -379,10 +378,8 @@ class PoolRule(AbstractRule[AvgPool | SumPool]):
 
 @register(AbstractGlobalPool)
 class GlobalPoolRule(AbstractRule[AbstractGlobalPool]):
-    """Kernel rule of [`eqntk.nn.GlobalAvgPool`][] and [`eqntk.nn.GlobalSumPool`][]: the sum of
-    the full spatial covariance over all pairs of positions, divided for the mean by the
-    numbers of unmasked positions of the two examples, $|U_1| |U_2|$ (the entries at masked
-    positions are zero)."""
+    """Kernel rule of [`eqntk.nn.GlobalAvgPool`][] and [`eqntk.nn.GlobalSumPool`][] (the maps
+    are in their docstrings); it needs the full spatial covariance."""
 
     def requirements(self, layer: AbstractGlobalPool, wanted: Requirements) -> Requirements:
         return dataclasses.replace(wanted, diagonal_spatial=False)
