@@ -514,34 +514,24 @@ def _normalised(
     return k.replace(nngp=nngp, ntk=ntk, cov1=k.cov1 / jnp.sqrt(c11 * c22), cov2=cov2)
 
 
-@register(eqx.nn.LayerNorm)
+@register(eqx.nn.LayerNorm, eqx.nn.RMSNorm)
 class LayerNormRule(AbstractRule):
-    """Kernel rule of `equinox.nn.LayerNorm` (its `shape` is the whole per-example shape, so it
-    normalises over the channels and all positions). The mean over infinitely many channels of
-    a centred Gaussian is zero and the variance is deterministic, so each covariance is divided
-    by the square roots of the two examples' variances averaged over positions, plus `eps`. The
-    elementwise weight and bias must have their initial values (1 and 0)."""
+    """Kernel rule of `equinox.nn.LayerNorm` and `equinox.nn.RMSNorm` (their `shape` is the
+    whole per-example shape, so they normalise over the channels and all positions).
+
+    `LayerNorm`: the mean over infinitely many channels of a centred Gaussian is zero and the
+    variance is deterministic, so each covariance is divided by the square roots of the two
+    examples' variances averaged over positions, plus `eps`. `RMSNorm` has the same limit
+    without centring, so its input need not be Gaussian (the mean square over infinitely many
+    channels is the kernel's variance). The elementwise weight and bias must have their
+    initial values (1 and 0)."""
 
     def requirements(self, layer, wanted):
         return wanted
 
-    def __call__(self, layer: eqx.nn.LayerNorm, k: Kernel, wanted) -> Kernel:
-        require_gaussian(k, layer)
-        _check_normalised_shape(layer, k)
-        k = _check_init_value(layer, "weight", layer.weight, 1.0, k)
-        k = _check_init_value(layer, "bias", layer.bias, 0.0, k)
-        return _normalised(layer, k, layer.eps, True, True, (layer.use_weight, layer.use_bias))
-
-
-@register(eqx.nn.RMSNorm)
-class RMSNormRule(AbstractRule):
-    """Kernel rule of `equinox.nn.RMSNorm`: as `LayerNorm` without centring, so its input need
-    not be Gaussian (the mean square over infinitely many channels is the kernel's variance)."""
-
-    def requirements(self, layer, wanted):
-        return wanted
-
-    def __call__(self, layer: eqx.nn.RMSNorm, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: eqx.nn.LayerNorm | eqx.nn.RMSNorm, k: Kernel, wanted) -> Kernel:
+        if isinstance(layer, eqx.nn.LayerNorm):
+            require_gaussian(k, layer)
         _check_normalised_shape(layer, k)
         k = _check_init_value(layer, "weight", layer.weight, 1.0, k)
         k = _check_init_value(layer, "bias", layer.bias, 0.0, k)
