@@ -20,7 +20,7 @@ import jax
 import jax.core
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 
 Axes: TypeAlias = int | Sequence[int]
@@ -254,6 +254,25 @@ def square_kernel(name: str, k: Any, layout: Layout) -> Float[Array, "p p"]:
     """A train-train kernel as a checked, finite and symmetric `(P, P)` matrix."""
     k = kernel_to_matrix(name, k, layout.points_shape, layout.points_shape)
     return check_symmetric(name, check_finite(name, k))
+
+
+def training_problem(
+    k_train_train: Any,
+    y_train: ArrayLike,
+    diag_reg: Any,
+    diag_reg_absolute_scale: bool,
+    trace_axes: Axes,
+) -> tuple[Float[Array, "p p"], Float[Array, "p c"], Layout]:
+    """The checked arguments of a kernel regression on a training set: the regularised
+    train-train kernel $k + \\lambda I$ as a `(P, P)` matrix (see `regularised`), the finite
+    targets as a `(P, C)` matrix of its dtype, and the targets' layout."""
+    y = jnp.asarray(y_train)
+    layout = layout_of(y, trace_axes)
+    y = check_finite("y_train", y)
+    k = square_kernel("k_train_train", k_train_train, layout)
+    reg = nonnegative("diag_reg", diag_reg, k.dtype)
+    a = regularised(k, reg, diag_reg_absolute_scale)
+    return a, layout.to_matrix(y).astype(k.dtype), layout
 
 
 def test_points(name: str, k_test_train: Any, layout: Layout) -> tuple[int, ...]:

@@ -6,7 +6,7 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._common import Axes, check_finite, layout_of, nonnegative, regularised, square_kernel
+from ._common import Axes, training_problem
 from ._solve import Factorisation
 
 
@@ -55,15 +55,10 @@ def marginal_log_likelihood(
     assert jnp.isfinite(noise_grad)
     ```
     """
-    y = jnp.asarray(y_train)
-    layout = layout_of(y, trace_axes)
-    y = check_finite("y_train", y)
-    k = square_kernel("k_train_train", k_train_train, layout)
-    reg = nonnegative("diag_reg", diag_reg, k.dtype)
-    factor = Factorisation(
-        "k_train_train", regularised(k, reg, diag_reg_absolute_scale), lx.Cholesky()
+    a, y, _ = training_problem(
+        k_train_train, y_train, diag_reg, diag_reg_absolute_scale, trace_axes
     )
-    y = layout.to_matrix(y).astype(k.dtype)
+    factor = Factorisation("k_train_train", a, lx.Cholesky())
     p, c = y.shape
     fit = jnp.sum(y * factor.solve_targets(y))
     return -0.5 * fit - 0.5 * c * factor.logdet() - 0.5 * p * c * np.log(2 * np.pi)

@@ -14,11 +14,9 @@ from ._common import (
     Layout,
     check_finite,
     kernel_to_matrix,
-    layout_of,
     nonnegative,
-    regularised,
-    square_kernel,
     test_points,
+    training_problem,
 )
 from ._eigen import Eigen
 from ._trajectory import Trajectory
@@ -181,11 +179,9 @@ def gradient_descent_mse(
     assert out.fx_train.shape == (3, 8, 2)
     ```
     """
-    y = jnp.asarray(y_train)
-    layout = layout_of(y, trace_axes)
-    y = check_finite("y_train", y)
-    k = square_kernel("k_train_train", k_train_train, layout)
-    reg = nonnegative("diag_reg", diag_reg, k.dtype)
-    eigen = Eigen("k_train_train", regularised(k, reg, diag_reg_absolute_scale))
-    lr = nonnegative("learning_rate", learning_rate, k.dtype)
-    return MSEPredictor(eigen, layout.to_matrix(y).astype(k.dtype), lr, layout)
+    a, y, layout = training_problem(
+        k_train_train, y_train, diag_reg, diag_reg_absolute_scale, trace_axes
+    )
+    eigen = Eigen("k_train_train", a)
+    lr = nonnegative("learning_rate", learning_rate, a.dtype)
+    return MSEPredictor(eigen, y, lr, layout)

@@ -9,32 +9,9 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .. import nn
 from .._callable import AbstractCallable, named_tuple
 from ..limits._limit import KernelFn
-from ..nn import (
-    ABRelu,
-    Abs,
-    Cos,
-    Dense,
-    Elementwise,
-    Erf,
-    Exp,
-    Gabor,
-    Gaussian,
-    Gelu,
-    Hermite,
-    Identity,
-    LeakyRelu,
-    Monomial,
-    Polynomial,
-    Rbf,
-    RectifiedMonomial,
-    Relu,
-    Sequential,
-    SigmoidLike,
-    Sign,
-    Sin,
-)
 from ._hermite import (
     derivative_coefficients,
     hermite_coefficients,
@@ -45,35 +22,35 @@ from ._hermite import (
 Method = Literal["sampled", "hermite"]
 # Elementwise activations: their `__call__` applied to an array of any shape is the function.
 _ACTIVATIONS = (
-    ABRelu,
-    Abs,
-    Cos,
-    Elementwise,
-    Erf,
-    Exp,
-    Gabor,
-    Gaussian,
-    Gelu,
-    Hermite,
-    LeakyRelu,
-    Monomial,
-    Polynomial,
-    Rbf,
-    RectifiedMonomial,
-    Relu,
-    SigmoidLike,
-    Sin,
-    Sign,
+    nn.ABRelu,
+    nn.Abs,
+    nn.Cos,
+    nn.Elementwise,
+    nn.Erf,
+    nn.Exp,
+    nn.Gabor,
+    nn.Gaussian,
+    nn.Gelu,
+    nn.Hermite,
+    nn.LeakyRelu,
+    nn.Monomial,
+    nn.Polynomial,
+    nn.Rbf,
+    nn.RectifiedMonomial,
+    nn.Relu,
+    nn.SigmoidLike,
+    nn.Sin,
+    nn.Sign,
 )
 # A derivative that is zero almost everywhere while the function jumps: its NTK term is not
 # the expectation of a product of derivatives, so no feature map is offered for it.
-_NO_NTK = (Sign,)
+_NO_NTK = (nn.Sign,)
 
 
 def _layers(model: Any) -> list[Any]:
-    if isinstance(model, Sequential):
+    if isinstance(model, nn.Sequential):
         return [leaf for layer in model.layers for leaf in _layers(layer)]
-    if isinstance(model, Identity):
+    if isinstance(model, nn.Identity):
         return []
     return [model]
 
@@ -296,7 +273,7 @@ def random_features(
         raise ValueError(f"`get` must be 'nngp' or ('nngp', 'ntk'), got {get!r}.")
     ntk = "ntk" in names
     layers = _layers(model)
-    if not layers or not isinstance(layers[0], Dense):
+    if not layers or not isinstance(layers[0], nn.Dense):
         first = type(layers[0]).__name__ if layers else "nothing"
         raise ValueError(
             f"`model` must start with an `eqntk.nn.Dense` layer (its input is then Gaussian), "
@@ -305,7 +282,7 @@ def random_features(
     in_features = layers[0].in_features
     width_f, width_g, gaussian, steps = in_features, 0, False, []
     for layer in layers:
-        if isinstance(layer, Dense):
+        if isinstance(layer, nn.Dense):
             if layer.parameterization != "ntk":
                 raise NotImplementedError(
                     "Random features support `Dense` layers in the NTK parameterization, got "
@@ -316,7 +293,7 @@ def random_features(
             width_g += width_f
             gaussian = True
         elif isinstance(layer, _ACTIVATIONS):
-            if isinstance(layer, Elementwise) and layer.fn is None:
+            if isinstance(layer, nn.Elementwise) and layer.fn is None:
                 raise NotImplementedError(
                     "Random features need the function of an `Elementwise` layer; this one was "
                     "made with `fn=None` (kernel only)."

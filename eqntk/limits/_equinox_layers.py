@@ -45,36 +45,23 @@ from ..nn import Abs, Elementwise, Erf, LeakyRelu, Relu
 from ._elementwise import require_gaussian
 from ._kernel import Kernel
 from ._registry import AbstractRule, Requirements, apply, register, rule_for
-from ._spatial import cross_variances, self_variances, variances
+from ._spatial import cross_variances, map_axes, self_variances, variances
 
 
 # ---------------------------------------------------------------------------------------------
 # Spatial linear maps on kernel arrays.
 
 
-def _on_axes(a: Array, fn: Callable[[Array], Array], axes: list[int]) -> Array:
-    """Apply `fn` (positions `(*S)` of one channel to `(*O)`) to the axes `axes` of `a`."""
-    others = [i for i in range(a.ndim) if i not in axes]
-    perm = others + axes
-    b = jnp.transpose(a, perm)
-    lead = b.shape[: len(others)]
-    b = b.reshape((-1,) + b.shape[len(others) :])
-    c = jax.vmap(fn)(b)
-    c = c.reshape(lead + c.shape[1:])
-    inverse = [perm.index(i) for i in range(a.ndim)]
-    return jnp.transpose(c, inverse)
-
-
 def _both_sides(a: Array, fn: Callable[[Array], Array], n_lead: int, n_spatial: int) -> Array:
     """`L K Lᵀ` in the full layout: the linear map `fn` on the positions of both examples."""
-    a = _on_axes(a, fn, [n_lead + 2 * d for d in range(n_spatial)])
-    return _on_axes(a, fn, [n_lead + 2 * d + 1 for d in range(n_spatial)])
+    a = map_axes(a, fn, [n_lead + 2 * d for d in range(n_spatial)])
+    return map_axes(a, fn, [n_lead + 2 * d + 1 for d in range(n_spatial)])
 
 
 def _one_side(a: Array, fn: Callable[[Array], Array], n_lead: int, n_spatial: int) -> Array:
     """The map `fn` on the positions of a diagonal-layout array (valid when `fn` reads one input
     position per output position, as one filter tap does)."""
-    return _on_axes(a, fn, list(range(n_lead, n_lead + n_spatial)))
+    return map_axes(a, fn, list(range(n_lead, n_lead + n_spatial)))
 
 
 def _map_kernel(k: Kernel, fn: Callable[[Array, int], Array], **changes) -> Kernel:
@@ -527,34 +514,24 @@ def _normalised(
     return k.replace(nngp=nngp, ntk=ntk, cov1=k.cov1 / jnp.sqrt(c11 * c22), cov2=cov2)
 
 
-@register(eqx.nn.LayerNorm)
+@register(eqx.nn.LayerNorm, eqx.nn.RMSNorm)
 class LayerNormRule(AbstractRule):
-    """Kernel rule of `equinox.nn.LayerNorm` (its `shape` is the whole per-example shape, so it
-    normalises over the channels and all positions). The mean over infinitely many channels of
-    a centred Gaussian is zero and the variance is deterministic, so each covariance is divided
-    by the square roots of the two examples' variances averaged over positions, plus `eps`. The
-    elementwise weight and bias must have their initial values (1 and 0)."""
+    """Kernel rule of `equinox.nn.LayerNorm` and `equinox.nn.RMSNorm` (their `shape` is the
+    whole per-example shape, so they normalise over the channels and all positions).
+
+    `LayerNorm`: the mean over infinitely many channels of a centred Gaussian is zero and the
+    variance is deterministic, so each covariance is divided by the square roots of the two
+    examples' variances averaged over positions, plus `eps`. `RMSNorm` has the same limit
+    without centring, so its input need not be Gaussian (the mean square over infinitely many
+    channels is the kernel's variance). The elementwise weight and bias must have their
+    initial values (1 and 0)."""
 
     def requirements(self, layer, wanted):
         return wanted
 
-    def __call__(self, layer: eqx.nn.LayerNorm, k: Kernel, wanted) -> Kernel:
-        require_gaussian(k, layer)
-        _check_normalised_shape(layer, k)
-        k = _check_init_value(layer, "weight", layer.weight, 1.0, k)
-        k = _check_init_value(layer, "bias", layer.bias, 0.0, k)
-        return _normalised(layer, k, layer.eps, True, True, (layer.use_weight, layer.use_bias))
-
-
-@register(eqx.nn.RMSNorm)
-class RMSNormRule(AbstractRule):
-    """Kernel rule of `equinox.nn.RMSNorm`: as `LayerNorm` without centring, so its input need
-    not be Gaussian (the mean square over infinitely many channels is the kernel's variance)."""
-
-    def requirements(self, layer, wanted):
-        return wanted
-
-    def __call__(self, layer: eqx.nn.RMSNorm, k: Kernel, wanted) -> Kernel:
+    def __call__(self, layer: eqx.nn.LayerNorm | eqx.nn.RMSNorm, k: Kernel, wanted) -> Kernel:
+        if isinstance(layer, eqx.nn.LayerNorm):
+            require_gaussian(k, layer)
         _check_normalised_shape(layer, k)
         k = _check_init_value(layer, "weight", layer.weight, 1.0, k)
         k = _check_init_value(layer, "bias", layer.bias, 0.0, k)

@@ -45,6 +45,7 @@ from . import _registry
 from ._kernel import Kernel
 from ._math import arccos_kernel_0, arccos_kernel_1, correlation, safe_sqrt
 from ._registry import AbstractRule, Requirements, apply
+from ._spatial import map_axes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,24 +294,6 @@ def _interleave(a, n_lead: int, n: int):
     return jnp.transpose(a, perm)
 
 
-def _on_axes(a, fn: Callable, axes: list[int]):
-    others = [i for i in range(a.ndim) if i not in axes]
-    perm = others + axes
-    b = jnp.transpose(a, perm)
-    lead = b.shape[: len(others)]
-    b = b.reshape((-1,) + b.shape[len(others) :])
-    c = jax.vmap(fn)(b)
-    c = c.reshape(lead + c.shape[1:])
-    n_out = c.ndim - len(others)
-    # The mapped axes come last; move them back where the first of them was.
-    first = min(axes) if axes else len(others)
-    order = list(range(len(others)))
-    new = list(range(len(others), len(others) + n_out))
-    before = [i for i in order if perm[i] < first]
-    after = [i for i in order if perm[i] >= first]
-    return jnp.transpose(c, before + new + after)
-
-
 def _diagonal_positions(a, n_lead: int, n: int):
     """Entries at the same position of both atoms: `(lead, *S, *S) -> (lead, *S)`."""
     for d in range(n):
@@ -389,13 +372,13 @@ class _Interpreter:
         if isinstance(a, _SpatialMap):
             mk, mt = self.lin_moment(a.u, _Lin.of(b), mode)
             axes = list(range(lead, lead + len(a.u.shape) - 1))
-            f = lambda m: _on_axes(m, a.fn, axes)
+            f = lambda m: map_axes(m, a.fn, axes)
             return f(mk), None if mt is None else f(mt)
         if isinstance(b, _SpatialMap):
             mk, mt = self.lin_moment(_Lin.of(a), b.u, mode)
             start = lead + len(a.shape) - 1
             axes = list(range(start, start + len(b.u.shape) - 1))
-            f = lambda m: _on_axes(m, b.fn, axes)
+            f = lambda m: map_axes(m, b.fn, axes)
             return f(mk), None if mt is None else f(mt)
         if isinstance(a, _Flatten) or isinstance(b, _Flatten):
             if isinstance(a, _Flatten) and isinstance(b, _Flatten) and a.u.shape == b.u.shape:

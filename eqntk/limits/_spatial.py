@@ -5,7 +5,9 @@ Diagonal layout: one axis per spatial dimension, `(.., S0, S1, ..)`.
 """
 
 import string
+from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
@@ -19,6 +21,30 @@ def diagonal_of_pairs(a: Array, n_lead: int, n_spatial: int) -> Array:
         a = jnp.diagonal(a, axis1=n_lead + d, axis2=n_lead + d + 1)
         a = jnp.moveaxis(a, -1, n_lead + d)
     return a
+
+
+def map_axes(a: Array, fn: Callable[[Array], Array], axes: list[int]) -> Array:
+    """Apply `fn`, a map of the positions `(*S) -> (*O)` on `axes`, to every slice of `a`
+    along them (the other axes are batched through `jax.vmap`).
+
+    The output axes take the places of the mapped ones: each its own place when `fn` keeps the
+    number of axes (`axes` may then be interleaved with others, as the full layout's pairs are),
+    otherwise one block where the first mapped axis was (`axes` must then be contiguous).
+    """
+    others = [i for i in range(a.ndim) if i not in axes]
+    perm = others + axes
+    b = jnp.transpose(a, perm)
+    lead = b.shape[: len(others)]
+    b = b.reshape((-1,) + b.shape[len(others) :])
+    c = jax.vmap(fn)(b)
+    c = c.reshape(lead + c.shape[1:])
+    n_out = c.ndim - len(others)
+    if n_out == len(axes):
+        return jnp.transpose(c, [perm.index(i) for i in range(a.ndim)])
+    first = min(axes) if axes else len(others)
+    before = [i for i, axis in enumerate(others) if axis < first]
+    after = [i for i, axis in enumerate(others) if axis >= first]
+    return jnp.transpose(c, before + list(range(len(others), c.ndim)) + after)
 
 
 def to_diagonal_spatial(k: Kernel) -> Kernel:

@@ -75,6 +75,8 @@ class Relu(AbstractNonlinearity):
     """The rectifier $\\phi(x) = \\max(x, 0)$; its kernel is the arc-cosine kernel (see
     [`eqntk.nn.ABRelu`][] with $a=0, b=1$).
 
+    `do_stabilize` (default `False`): see [`eqntk.nn.ABRelu`][]; for very deep networks.
+
     **Example:**
 
     ```python
@@ -85,14 +87,7 @@ class Relu(AbstractNonlinearity):
     ```
     """
 
-    do_stabilize: bool = eqx.field(static=True)
-
-    def __init__(self, do_stabilize: bool = False):
-        """**Arguments:**
-
-        - `do_stabilize`: see [`eqntk.nn.ABRelu`][]; for very deep networks.
-        """
-        self.do_stabilize = do_stabilize
+    do_stabilize: bool = eqx.field(default=False, static=True)
 
     def phi(self, x: Array) -> Array:
         return jax.nn.relu(x)
@@ -130,6 +125,8 @@ class LeakyRelu(AbstractNonlinearity):
 class Abs(AbstractNonlinearity):
     """The absolute value $\\phi(x) = |x|$ (see [`eqntk.nn.ABRelu`][] with $a=-1, b=1$).
 
+    `do_stabilize` (default `False`): see [`eqntk.nn.ABRelu`][]; for very deep networks.
+
     **Example:**
 
     ```python
@@ -140,14 +137,7 @@ class Abs(AbstractNonlinearity):
     ```
     """
 
-    do_stabilize: bool = eqx.field(static=True)
-
-    def __init__(self, do_stabilize: bool = False):
-        """**Arguments:**
-
-        - `do_stabilize`: see [`eqntk.nn.ABRelu`][]; for very deep networks.
-        """
-        self.do_stabilize = do_stabilize
+    do_stabilize: bool = eqx.field(default=False, static=True)
 
     def phi(self, x: Array) -> Array:
         return jnp.abs(x)

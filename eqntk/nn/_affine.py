@@ -3,7 +3,7 @@ the scaled forward output and the affine kernel map."""
 
 import abc
 import math
-from typing import Literal
+from typing import Literal, cast
 
 import equinox as eqx
 import jax.random as jr
@@ -16,8 +16,11 @@ from ._hyperparameters import frozen, hyperparameter
 Parameterization = Literal["ntk", "standard"]
 
 
-def check_parameterization(parameterization: str, s: tuple[int, int]) -> None:
-    """Validate the `parameterization` and width-scale `s` arguments of an affine layer."""
+def set_parameterization(
+    layer: "AbstractAffine", parameterization: str, s: tuple[int, int]
+) -> None:
+    """Check the `parameterization` and width-scale `s` arguments of an affine layer and set
+    them on `layer` (from its `__init__`)."""
     if parameterization not in ("ntk", "standard"):
         raise ValueError(
             f"`parameterization` must be 'ntk' or 'standard', got {parameterization!r}."
@@ -28,30 +31,31 @@ def check_parameterization(parameterization: str, s: tuple[int, int]) -> None:
         raise ValueError(
             f"`s` only applies to the standard parameterization; got s={s!r} with 'ntk'."
         )
+    layer.parameterization = cast(Parameterization, parameterization)
+    layer.s = (int(s[0]), int(s[1]))
 
 
 def init_affine(
+    layer: "AbstractAffine",
     key: PRNGKeyArray,
     W_std: ArrayLike,
     b_std: ArrayLike | None,
-    parameterization: str,
     weight_shape: tuple[int, ...],
     bias_shape: tuple[int, ...],
-    fan_in: int,
-) -> tuple[Array, Array | None, Array, Array | None]:
-    """`(W_std, b_std, weight, bias)` of a new affine layer: the hyperparameters as array
-    leaves, and standard-normal weights and biases, pre-scaled in the standard
-    parameterisation (`fan_in`: the nominal fan-in of one output unit)."""
+) -> None:
+    """Set `W_std`, `b_std`, `weight` and `bias` of a new affine layer whose parameterisation
+    and widths are set: the hyperparameters as array leaves, and standard-normal weights and
+    biases, pre-scaled in the standard parameterisation (by the nominal `layer.fan_in`)."""
     W_std = hyperparameter("W_std", W_std, nonnegative=True)
     b_std = None if b_std is None else hyperparameter("b_std", b_std, nonnegative=True)
     wkey, bkey = jr.split(key)
     dtype = W_std.dtype
     weight = jr.normal(wkey, weight_shape, dtype)
     bias = None if b_std is None else jr.normal(bkey, bias_shape, dtype)
-    if parameterization == "standard":
-        weight = weight * (W_std / math.sqrt(fan_in))
+    if layer.parameterization == "standard":
+        weight = weight * (W_std / math.sqrt(layer.fan_in))
         bias = None if bias is None or b_std is None else bias * b_std
-    return W_std, b_std, weight, bias
+    layer.W_std, layer.b_std, layer.weight, layer.bias = W_std, b_std, weight, bias
 
 
 class AbstractAffine(eqx.Module):

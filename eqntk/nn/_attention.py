@@ -401,11 +401,8 @@ class GlobalSelfAttentionRule(AbstractRule[GlobalSelfAttention]):
     4\\tilde{\\mathcal{K}}_{ii'})]$ (queries, keys and values through their inputs, then the
     four weight matrices). Other mechanisms have no closed form with `linear_scaling=False`.
 
-    The output is Gaussian in both cases (`is_gaussian=True`), also with square-root scaling:
-    the limit takes the number of heads to infinity with the widths (the NTK above is only
-    deterministic then), and given the random logits each head adds an independent term of
-    variance $O(1/H)$, so the central limit theorem over the heads makes the outputs jointly
-    Gaussian. With a fixed number of heads they would be a Gaussian scale mixture instead.
+    The output is Gaussian in both cases (`is_gaussian=True`; for `linear_scaling=False`
+    through the central limit theorem over the heads, as the layer's docstring says).
     """
 
     def requirements(self, layer: GlobalSelfAttention, wanted: Requirements) -> Requirements:

@@ -456,13 +456,9 @@ class FanInProdRule(AbstractFanInRule[FanInProd]):
 
 @register(FanInConcat)
 class FanInConcatRule(AbstractFanInRule[FanInConcat]):
-    """Kernel rule of [`eqntk.nn.FanInConcat`][].
-
-    Along the channel axis: the mean of the stream kernels weighted by the streams' finite
-    channel widths $n_i$, $\\mathcal{K} = \\sum_i n_i \\mathcal{K}_i / \\sum_i n_i$. Along a
-    spatial axis: the block-diagonal kernel of the concatenated positions (zero covariance
-    between positions from different, independent streams); this needs Gaussian streams.
-    """
+    """Kernel rule of [`eqntk.nn.FanInConcat`][]: the width-weighted mean of the stream kernels
+    along the channel axis, the block-diagonal kernel along a spatial axis (the layer's
+    docstring has the formulas)."""
 
     def __call__(self, layer: FanInConcat, ks: KernelTree, wanted: RequirementsTree) -> Kernel:
         streams = _streams(layer, ks)

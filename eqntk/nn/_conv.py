@@ -32,13 +32,13 @@ from ._affine import (
     Parameterization,
     affine_kernel,
     check_channels,
-    check_parameterization,
     init_affine,
+    set_parameterization,
 )
 from ._masked import AbstractMaskedLayer
 
 
-def _check_input(layer: "AbstractConvolution | ConvLocal", x: Array) -> None:
+def _check_input(layer: "AbstractWindowedAffine", x: Array) -> None:
     check_spatial_rank(layer, len(layer.filter_shape), x.shape, "x")
     expected = layer.s[0] * layer.in_channels
     if x.shape[0] != expected:
@@ -49,7 +49,7 @@ def _check_input(layer: "AbstractConvolution | ConvLocal", x: Array) -> None:
 
 
 def _set_window_fields(
-    layer: "AbstractConvolution | ConvLocal",
+    layer: "AbstractWindowedAffine",
     in_channels: int,
     out_channels: int,
     filter_shape: Sequence[int],
@@ -112,7 +112,31 @@ def _channel_bias(bias: Array | None, n_spatial: int) -> Array | None:
     return None if bias is None else bias.reshape((-1,) + (1,) * n_spatial)
 
 
-class AbstractConvolution(AbstractAffine, AbstractMaskedLayer):
+class AbstractWindowedAffine(AbstractAffine, AbstractMaskedLayer):
+    """An affine layer whose every output reads one window of input positions through a
+    filter: the convolutions ([`eqntk.nn.Conv`][], [`eqntk.nn.ConvTranspose`][]) and
+    [`eqntk.nn.ConvLocal`][]. Each final class holds the fields; the window geometry, the
+    fan-in and the widths are read from them the same way."""
+
+    in_channels: eqx.AbstractVar[int]
+    out_channels: eqx.AbstractVar[int]
+    filter_shape: eqx.AbstractVar[tuple[int, ...]]
+    strides: eqx.AbstractVar[tuple[int, ...]]
+    padding: eqx.AbstractVar[Padding]
+    dilation: eqx.AbstractVar[tuple[int, ...]]
+
+    @property
+    def fan_in(self) -> int:
+        """The fan-in $C_{in} \\prod_d f_d$ of one output unit (nominal widths)."""
+        return self.in_channels * math.prod(self.filter_shape)
+
+    @property
+    def widths(self) -> tuple[int, int]:
+        """The nominal widths `(in_channels, out_channels)`."""
+        return self.in_channels, self.out_channels
+
+
+class AbstractConvolution(AbstractWindowedAffine):
     """A convolution with weights shared over positions: [`eqntk.nn.Conv`][] and
     [`eqntk.nn.ConvTranspose`][], which differ only in their windows (`windows`) and masks.
 
@@ -168,31 +192,12 @@ class AbstractConvolution(AbstractAffine, AbstractMaskedLayer):
           for `"ntk"`).
         - `key`: a `jax.random` key for the initial weights.
         """
-        check_parameterization(parameterization, s)
-        self.parameterization, self.s = parameterization, (int(s[0]), int(s[1]))
+        set_parameterization(self, parameterization, s)
         _set_window_fields(
             self, in_channels, out_channels, filter_shape, strides, padding, dilation
         )
         n_out, n_in = self.s[1] * out_channels, self.s[0] * in_channels
-        self.W_std, self.b_std, self.weight, self.bias = init_affine(
-            key,
-            W_std,
-            b_std,
-            parameterization,
-            (n_out, n_in) + self.filter_shape,
-            (n_out,),
-            self.fan_in,
-        )
-
-    @property
-    def fan_in(self) -> int:
-        """The fan-in $C_{in} \\prod_d f_d$ of one output unit (nominal widths)."""
-        return self.in_channels * math.prod(self.filter_shape)
-
-    @property
-    def widths(self) -> tuple[int, int]:
-        """The nominal widths `(in_channels, out_channels)`."""
-        return self.in_channels, self.out_channels
+        init_affine(self, key, W_std, b_std, (n_out, n_in) + self.filter_shape, (n_out,))
 
     @property
     @abc.abstractmethod
@@ -409,7 +414,7 @@ class ConvTranspose(AbstractConvolution):
         return self.scale_output(y, _channel_bias(self.bias, len(self.filter_shape)))
 
 
-class ConvLocal(AbstractAffine, AbstractMaskedLayer):
+class ConvLocal(AbstractWindowedAffine):
     """A locally connected layer: a convolution with an independent filter at each position.
 
     Like [`eqntk.nn.Conv`][] (same padding, strides and dilation), but the weights and biases are
@@ -481,8 +486,7 @@ class ConvLocal(AbstractAffine, AbstractMaskedLayer):
         assert local(jnp.ones((3, 6, 6))).shape == (8, 4, 4)
         ```
         """
-        check_parameterization(parameterization, s)
-        self.parameterization, self.s = parameterization, (int(s[0]), int(s[1]))
+        set_parameterization(self, parameterization, s)
         _set_window_fields(
             self, in_channels, out_channels, filter_shape, strides, padding, dilation
         )
@@ -498,25 +502,8 @@ class ConvLocal(AbstractAffine, AbstractMaskedLayer):
         )
         out_spatial = tuple(w.out_len for w in windows)
         n_out, n_in = self.s[1] * out_channels, self.s[0] * in_channels
-        self.W_std, self.b_std, self.weight, self.bias = init_affine(
-            key,
-            W_std,
-            b_std,
-            parameterization,
-            (n_out, n_in * math.prod(self.filter_shape)) + out_spatial,
-            (n_out,) + out_spatial,
-            self.fan_in,
-        )
-
-    @property
-    def fan_in(self) -> int:
-        """The fan-in $C_{in} \\prod_d f_d$ (nominal widths)."""
-        return self.in_channels * math.prod(self.filter_shape)
-
-    @property
-    def widths(self) -> tuple[int, int]:
-        """The nominal widths `(in_channels, out_channels)`."""
-        return self.in_channels, self.out_channels
+        weight_shape = (n_out, n_in * math.prod(self.filter_shape)) + out_spatial
+        init_affine(self, key, W_std, b_std, weight_shape, (n_out,) + out_spatial)
 
     def output_mask(self, mask: Bool[Array, "..."]) -> Bool[Array, "..."]:
         """The mask of the layer's output, as for [`eqntk.nn.Conv.output_mask`][].
@@ -567,10 +554,10 @@ class ConvLocal(AbstractAffine, AbstractMaskedLayer):
 # Kernel rules of the convolutions: `Conv`, `ConvTranspose` and `ConvLocal`.
 #
 # Per spatial dimension a convolution maps the covariance of its input by a shift-and-add along
-# the diagonal of the pair of axes `(i, i')`: `K'[o, o'] = (1/f) Σ_k K̃[s o + d k, s o' + d k]`
-# with the padded input covariance `K̃` (zeros for `SAME`, wrapped around for `CIRCULAR`). The
-# diagonal layout is the same map on one axis. All dimensions are done in one pass (a sum of
-# strided slices of the padded array, see `window_sum`), and the affine map of `Dense` follows.
+# the diagonal of each pair of axes (the formula is in `Conv`'s docstring), with the input
+# covariance padded with zeros for `SAME` and wrapped around for `CIRCULAR`. All dimensions are
+# done in one pass (a sum of strided slices of the padded array, see `window_sum`), and the
+# affine map of `Dense` follows.
 # With masks, the masked entries of the input covariance are zero, and each batch's masks go to
 # the output positions (`layer.output_mask`: the window centres, or for `ConvTranspose` every
 # output that a masked input reaches).
@@ -593,9 +580,7 @@ def check_spatial_input(layer: object, n_spatial: int, k: Kernel) -> None:
     check_spatial_rank(layer, n_spatial, k.shape2, "x2")
 
 
-def _conv_kernel(
-    layer: AbstractConvolution | ConvLocal, k: Kernel, windows: tuple[Window, ...]
-) -> Kernel:
+def _conv_kernel(layer: AbstractWindowedAffine, k: Kernel, windows: tuple[Window, ...]) -> Kernel:
     """Shift-and-add every covariance over the windows, then apply the affine map; the masks
     go to the output positions (`layer.output_mask`)."""
     groups = window_groups(windows, k.diagonal_spatial)
@@ -610,7 +595,7 @@ def _conv_kernel(
     return affine_kernel(layer, pooled)
 
 
-def _check_affine_input(layer: AbstractConvolution | ConvLocal, k: Kernel) -> None:
+def _check_affine_input(layer: AbstractWindowedAffine, k: Kernel) -> None:
     check_spatial_input(layer, len(layer.filter_shape), k)
     check_channels(layer, k)
 
@@ -650,9 +635,8 @@ def _diagonal_to_full(a: Array, n_spatial: int) -> Array:
 
 @register(ConvLocal)
 class ConvLocalRule(AbstractRule[ConvLocal]):
-    """Kernel rule of [`eqntk.nn.ConvLocal`][]: the diagonal of the `Conv` rule; different
-    positions are uncorrelated (independent weights and biases), so only the diagonal of the input
-    covariance is ever needed."""
+    """Kernel rule of [`eqntk.nn.ConvLocal`][] (its docstring says why the spatial diagonal of
+    the input covariance always suffices)."""
 
     def requirements(self, layer: ConvLocal, wanted: Requirements) -> Requirements:
         return dataclasses.replace(wanted, diagonal_spatial=True)

@@ -1,7 +1,5 @@
 """`Dense`: the fully-connected layer, acting on the channel axis."""
 
-from typing import cast
-
 import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
@@ -13,8 +11,8 @@ from ._affine import (
     Parameterization,
     affine_kernel,
     check_channels,
-    check_parameterization,
     init_affine,
+    set_parameterization,
 )
 
 
@@ -88,18 +86,14 @@ class Dense(AbstractAffine):
         assert layer(jnp.ones((3, 5, 5))).shape == (8, 5, 5)   # acts on the channel axis
         ```
         """
-        check_parameterization(parameterization, s)
+        set_parameterization(self, parameterization, s)
         for name, size in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(size, int) or size < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {size!r}.")
         self.in_features = in_features
         self.out_features = out_features
-        self.parameterization = cast(Parameterization, parameterization)  # checked above
-        self.s = (int(s[0]), int(s[1]))
         n_in, n_out = self.s[0] * in_features, self.s[1] * out_features
-        self.W_std, self.b_std, self.weight, self.bias = init_affine(
-            key, W_std, b_std, parameterization, (n_out, n_in), (n_out,), in_features
-        )
+        init_affine(self, key, W_std, b_std, (n_out, n_in), (n_out,))
 
     @property
     def fan_in(self) -> int:

@@ -263,9 +263,8 @@ def _maps(layer: Aggregate, pattern, shape, n: int, name: str, dtype):
 
 @register(Aggregate)
 class AggregateRule(AbstractRule[Aggregate]):
-    """Kernel rule of [`eqntk.nn.Aggregate`][]:
-    $\\mathcal{K}'(x_1, x_2) = A_1^\\top \\mathcal{K}(x_1, x_2) A_2$ on the aggregated axes,
-    with each example's own adjacency. It needs the full spatial covariance."""
+    """Kernel rule of [`eqntk.nn.Aggregate`][] (the map is in its docstring), with each
+    example's own adjacency; it needs the full spatial covariance."""
 
     def requirements(self, layer: Aggregate, wanted: Requirements) -> Requirements:
         return Requirements(diagonal_spatial=False)

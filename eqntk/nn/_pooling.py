@@ -29,47 +29,78 @@ from ._conv import check_spatial_input
 from ._masked import AbstractMaskedLayer
 
 
-def pool_scales(layer: "AvgPool | SumPool", windows: tuple[Window, ...]) -> list[np.ndarray]:
+def pool_scales(layer: "AbstractWindowPool", windows: tuple[Window, ...]) -> list[np.ndarray]:
     """Per spatial axis, the factor of each output position: `1 / window` for the mean (or
     `1 / #real entries` with `normalize_edges`), `1` for the sum. Their outer product is the
     factor of each output entry."""
-    if isinstance(layer, SumPool):
+    if not isinstance(layer, AvgPool):
         return [np.ones(w.out_len) for w in windows]
     if layer.normalize_edges:
         return [1.0 / tap_counts(w) for w in windows]
     return [np.full(w.out_len, 1.0 / w.size) for w in windows]
 
 
-def _pool(layer: "AvgPool | SumPool", x: Array) -> Array:
-    check_spatial_rank(layer, len(layer.window_shape), x.shape, "x")
-    x = mask_inputs(layer, layer.mask, x)
-    ones = (1,) * len(layer.window_shape)
-    windows = conv_windows(
-        layer, x.shape[1:], layer.window_shape, layer.strides, ones, layer.padding, "window_shape"
+class AbstractWindowPool(AbstractMaskedLayer):
+    """A pooling over spatial windows, `(C, *spatial) -> (C, *spatial_out)`: the mean
+    ([`eqntk.nn.AvgPool`][]) or the sum ([`eqntk.nn.SumPool`][]) of each window, scaled by
+    `pool_scales`. Each final class holds the fields; the windows and the forward pass are read
+    from them the same way."""
+
+    window_shape: eqx.AbstractVar[tuple[int, ...]]
+    strides: eqx.AbstractVar[tuple[int, ...]]
+    padding: eqx.AbstractVar[Padding]
+
+    def windows(self, spatial_shape: tuple[int, ...]) -> tuple[Window, ...]:
+        """The window of each spatial dimension for inputs of `spatial_shape`."""
+        ones = (1,) * len(self.window_shape)
+        return conv_windows(
+            self, spatial_shape, self.window_shape, self.strides, ones, self.padding, "window_shape"
+        )
+
+    def __call__(
+        self,
+        x: Float[Array, "c ..."],
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, "c ..."]:
+        """Pool one channel-first example `x` over each window.
+
+        **Arguments:**
+
+        - `x`: one example `(C, *spatial)`.
+        - `key`: unused.
+
+        **Returns:**
+
+        The output `(C, *spatial_out)`.
+        """
+        check_spatial_rank(self, len(self.window_shape), x.shape, "x")
+        x = mask_inputs(self, self.mask, x)
+        windows = self.windows(x.shape[1:])
+        n = len(windows)
+        y = window_sum(x, [((1 + d,), w) for d, w in enumerate(windows)])
+        for d, scale in enumerate(pool_scales(self, windows)):
+            shape = (1,) * (1 + d) + (-1,) + (1,) * (n - 1 - d)
+            y = y * jnp.asarray(scale, y.dtype).reshape(shape)
+        return y
+
+
+def _set_window_fields(
+    layer: AbstractWindowPool,
+    window_shape: Sequence[int],
+    strides: Sequence[int] | None,
+    padding: Padding,
+) -> None:
+    """Check and set the window geometry of a pooling layer, with no mask (from its
+    `__init__`)."""
+    layer.window_shape, layer.strides, _ = check_window_args(
+        "window_shape", window_shape, strides, None, padding
     )
-    n = len(windows)
-    y = window_sum(x, [((1 + d,), w) for d, w in enumerate(windows)])
-    for d, scale in enumerate(pool_scales(layer, windows)):
-        y = y * jnp.asarray(scale, y.dtype).reshape((1,) * (1 + d) + (-1,) + (1,) * (n - 1 - d))
-    return y
+    layer.padding = padding
+    layer.mask = None
 
 
-def _pool_output_mask(layer: "AvgPool | SumPool", mask: Array) -> Array:
-    """The mask at each window's centre (see `centre_mask`)."""
-    n = len(layer.window_shape)
-    windows = conv_windows(
-        layer,
-        mask.shape[-n:],
-        layer.window_shape,
-        layer.strides,
-        (1,) * n,
-        layer.padding,
-        "window_shape",
-    )
-    return centre_mask(mask, windows)
-
-
-class AvgPool(AbstractMaskedLayer):
+class AvgPool(AbstractWindowPool):
     """Average pooling over spatial windows, for any number of spatial dimensions.
 
     With `SAME` padding the padded zeros count towards the mean unless `normalize_edges`, which
@@ -114,12 +145,8 @@ class AvgPool(AbstractMaskedLayer):
         assert pool(jnp.ones((3, 8, 8))).shape == (3, 4, 4)
         ```
         """
-        self.window_shape, self.strides, _ = check_window_args(
-            "window_shape", window_shape, strides, None, padding
-        )
-        self.padding = padding
+        _set_window_fields(self, window_shape, strides, padding)
         self.normalize_edges = bool(normalize_edges)
-        self.mask = None
 
     def output_mask(self, mask: Bool[Array, "..."]) -> Bool[Array, "..."]:
         """The mask of the layer's output, as for [`eqntk.nn.Conv.output_mask`][]: the mask at
@@ -139,29 +166,10 @@ class AvgPool(AbstractMaskedLayer):
         assert pool.output_mask(jnp.arange(5) >= 2).tolist() == [False, True]
         ```
         """
-        return _pool_output_mask(self, mask)
-
-    def __call__(
-        self,
-        x: Float[Array, "c ..."],
-        *,
-        key: PRNGKeyArray | None = None,
-    ) -> Float[Array, "c ..."]:
-        """Average-pool one channel-first example `x`.
-
-        **Arguments:**
-
-        - `x`: one example `(C, *spatial)`.
-        - `key`: unused.
-
-        **Returns:**
-
-        The output `(C, *spatial_out)`.
-        """
-        return _pool(self, x)
+        return centre_mask(mask, self.windows(mask.shape[-len(self.window_shape) :]))
 
 
-class SumPool(AbstractMaskedLayer):
+class SumPool(AbstractWindowPool):
     """Sum pooling over spatial windows, for any number of spatial dimensions.
 
     Kernel rule: as [`eqntk.nn.AvgPool`][] without the scale; it needs the full spatial
@@ -194,11 +202,7 @@ class SumPool(AbstractMaskedLayer):
         assert (nn.SumPool((2,))(jnp.ones((1, 3))) == 2).all()
         ```
         """
-        self.window_shape, self.strides, _ = check_window_args(
-            "window_shape", window_shape, strides, None, padding
-        )
-        self.padding = padding
-        self.mask = None
+        _set_window_fields(self, window_shape, strides, padding)
 
     def output_mask(self, mask: Bool[Array, "..."]) -> Bool[Array, "..."]:
         """The mask of the layer's output, as for [`eqntk.nn.AvgPool.output_mask`][].
@@ -211,16 +215,7 @@ class SumPool(AbstractMaskedLayer):
 
         The mask over the output positions.
         """
-        return _pool_output_mask(self, mask)
-
-    def __call__(
-        self,
-        x: Float[Array, "c ..."],
-        *,
-        key: PRNGKeyArray | None = None,
-    ) -> Float[Array, "c ..."]:
-        """Sum-pool one channel-first example `x` of shape `(C, *spatial)`."""
-        return _pool(self, x)
+        return centre_mask(mask, self.windows(mask.shape[-len(self.window_shape) :]))
 
 
 class AbstractGlobalPool(AbstractMaskedLayer):
@@ -245,6 +240,22 @@ class AbstractGlobalPool(AbstractMaskedLayer):
         `None`.
         """
         return None
+
+    def __call__(
+        self,
+        x: Float[Array, "c ..."],
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, " c"]:
+        """Pool one channel-first example `x` over its spatial axes: the sum (masked positions
+        counting as zeros), or with `averages` the mean over the unmasked positions."""
+        axes = tuple(range(1, x.ndim))
+        if self.mask is None:
+            return jnp.mean(x, axis=axes) if self.averages else jnp.sum(x, axis=axes)
+        total = jnp.sum(mask_inputs(self, self.mask, x), axis=axes)
+        if not self.averages:
+            return total
+        return total / jnp.maximum(jnp.sum(~self.mask), 1).astype(x.dtype)
 
 
 class GlobalAvgPool(AbstractGlobalPool):
@@ -276,19 +287,6 @@ class GlobalAvgPool(AbstractGlobalPool):
         """`True`: the mean over the unmasked positions."""
         return True
 
-    def __call__(
-        self,
-        x: Float[Array, "c ..."],
-        *,
-        key: PRNGKeyArray | None = None,
-    ) -> Float[Array, " c"]:
-        """Average one channel-first example `x` over its (unmasked) spatial positions."""
-        axes = tuple(range(1, x.ndim))
-        if self.mask is None:
-            return jnp.mean(x, axis=axes)
-        total = jnp.sum(mask_inputs(self, self.mask, x), axis=axes)
-        return total / jnp.maximum(jnp.sum(~self.mask), 1).astype(x.dtype)
-
 
 class GlobalSumPool(AbstractGlobalPool):
     """The sum over all spatial positions: `(C, *spatial) -> (C,)`.
@@ -315,23 +313,12 @@ class GlobalSumPool(AbstractGlobalPool):
         """`False`: the sum, masked positions counting as zeros."""
         return False
 
-    def __call__(
-        self,
-        x: Float[Array, "c ..."],
-        *,
-        key: PRNGKeyArray | None = None,
-    ) -> Float[Array, " c"]:
-        """Sum one channel-first example `x` over its spatial axes (zeros where masked)."""
-        x = mask_inputs(self, self.mask, x)
-        return jnp.sum(x, axis=tuple(range(1, x.ndim)))
-
 
 # Kernel rules -------------------------------------------------------------------------------------
 # Kernel rules of pooling: `AvgPool`, `SumPool`, `GlobalAvgPool` and `GlobalSumPool`.
 #
-# Pooling mixes positions, so these rules need the full spatial covariance of their input. Along
-# each spatial dimension a window layer with pooling matrix `P` maps the pair of axes `(i, i')` to
-# `P K Pᵀ`: one window sum along `i` and one along `i'`, then the scale of each output entry.
+# Pooling mixes positions, so these rules need the full spatial covariance of their input (the
+# maps, e.g. `P K Pᵀ` per spatial dimension for the window layers, are in the layers' docstrings).
 #
 # Masks: the entries at masked positions are zero (`remask`), so window sums skip them; window
 # layers take each batch's masks to the output positions (the window centres, `output_mask`),
@@ -371,15 +358,7 @@ class PoolRule(AbstractRule[AvgPool | SumPool]):
         n = len(layer.window_shape)
         check_spatial_input(layer, n, k)
         _require_full(layer, k)
-        windows = conv_windows(
-            layer,
-            k.shape1[1:],
-            layer.window_shape,
-            layer.strides,
-            (1,) * n,
-            layer.padding,
-            "window_shape",
-        )
+        windows = layer.windows(k.shape1[1:])
         scales = pool_scales(layer, windows)
         if all(np.all(s == s[0]) for s in scales):
             # A uniform scale: one scalar instead of an array broadcast over the kernel.
@@ -399,10 +378,8 @@ class PoolRule(AbstractRule[AvgPool | SumPool]):
 
 @register(AbstractGlobalPool)
 class GlobalPoolRule(AbstractRule[AbstractGlobalPool]):
-    """Kernel rule of [`eqntk.nn.GlobalAvgPool`][] and [`eqntk.nn.GlobalSumPool`][]: the sum of
-    the full spatial covariance over all pairs of positions, divided for the mean by the
-    numbers of unmasked positions of the two examples, $|U_1| |U_2|$ (the entries at masked
-    positions are zero)."""
+    """Kernel rule of [`eqntk.nn.GlobalAvgPool`][] and [`eqntk.nn.GlobalSumPool`][] (the maps
+    are in their docstrings); it needs the full spatial covariance."""
 
     def requirements(self, layer: AbstractGlobalPool, wanted: Requirements) -> Requirements:
         return dataclasses.replace(wanted, diagonal_spatial=False)
