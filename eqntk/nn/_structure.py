@@ -15,10 +15,10 @@ from ..limits._registry import (
     KernelTree,
     Requirements,
     RequirementsTree,
-    apply,
     register,
     requirements,
 )
+from ._folding import apply_in_order
 
 
 class Sequential(eqx.Module):
@@ -124,7 +124,9 @@ class Flatten(eqx.Module):
 @register(Sequential, eqx.nn.Sequential)
 class SequentialRule(AbstractStreamsRule[Sequential | eqx.nn.Sequential]):
     """Kernel rule of [`eqntk.nn.Sequential`][] (and `equinox.nn.Sequential`): the composition
-    of the layers' rules."""
+    of the layers' rules. A run of at least four identically built blocks (a deep stack of
+    `Dense, Relu`, say) is traced and compiled once, in a `jax.lax.scan`, so that compiling
+    the kernel (and its gradient) does not grow with the depth."""
 
     def requirements(
         self, layer: Sequential | eqx.nn.Sequential, wanted: RequirementsTree
@@ -140,9 +142,7 @@ class SequentialRule(AbstractStreamsRule[Sequential | eqx.nn.Sequential]):
         boundaries = [wanted]
         for child in reversed(layer.layers[1:]):
             boundaries.append(requirements(child, boundaries[-1]))
-        for child, child_wanted in zip(layer.layers, reversed(boundaries)):
-            k = apply(child, k, child_wanted)
-        return k
+        return apply_in_order(layer.layers, k, boundaries[::-1])
 
 
 @register(Identity, eqx.nn.Identity)
