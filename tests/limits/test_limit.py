@@ -189,12 +189,8 @@ def test_edges_give_finite_values_and_gradients(getkey, dtype, activation):
 
 
 # float32 depth is also covered by test_activations' 30-layer float32 vs float64 comparison.
-# XLA:CPU's compile of the gradient grows faster than the depth (6 s at depth 10, 140 s at 50):
-# the gradient at depth 50 runs with `-m slow`.
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
-@pytest.mark.parametrize(
-    "depth, gradient", [(50, False), (8, True), pytest.param(50, True, marks=pytest.mark.slow)]
-)
+@pytest.mark.parametrize("depth, gradient", [(50, False), (50, True)])
 def test_deep_networks_stay_finite(getkey, dtype, depth, gradient):
     model = _mlp(getkey(), depth=depth, W_std=2**0.5, b_std=0.05)
     model = jax.tree_util.tree_map(

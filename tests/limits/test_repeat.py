@@ -107,3 +107,74 @@ def test_repeat_under_grad_with_respect_to_hyperparameters(getkey):
     w_std_grad = grads.layers[0].W_std
     assert w_std_grad.shape == (4,) and jnp.all(jnp.isfinite(w_std_grad))
     assert jnp.all(w_std_grad != 0)
+
+
+# A `Sequential` folds runs of identically built blocks into one scan.
+
+
+def _unfoldable(layers):
+    """The same layers, each nested in a different number of `Sequential`s: no two blocks are
+    built alike, so the rules run unrolled."""
+    nested = []
+    for i, layer in enumerate(layers):
+        for _ in range(i):
+            layer = nn.Sequential([layer])
+        nested.append(layer)
+    return nn.Sequential(nested)
+
+
+def _deep_mlp(key, depth, activation):
+    keys = jr.split(key, depth + 1)
+    layers = [nn.Dense(3, 6, W_std=1.3, b_std=0.1, key=keys[0])]
+    for k in keys[1:]:
+        layers += [activation, nn.Dense(6, 6, W_std=1.4, b_std=0.05, key=k)]
+    return layers
+
+
+@pytest.mark.parametrize("activation", [nn.Relu(), nn.Erf(1.2, 0.8)], ids=["relu", "erf"])
+def test_sequential_folds_repeated_blocks_into_the_unrolled_result(getkey, activation):
+    layers = _deep_mlp(getkey(), 8, activation)
+    folded, unrolled = eqntk.limit(nn.Sequential(layers)), eqntk.limit(_unfoldable(layers))
+    x1, x2 = jr.normal(getkey(), (4, 3)), jr.normal(getkey(), (2, 3))
+    for args in ((x1, x2), (x1, None)):
+        k, k_unrolled = folded(*args), unrolled(*args)
+        for name in ("nngp", "ntk", "cov1"):
+            # The same operations; XLA may round the loop body's differently (a few ulps).
+            np.testing.assert_allclose(getattr(k, name), getattr(k_unrolled, name), rtol=1e-12)
+    grads = [jax.grad(lambda x, f=f: jnp.sum(f(x, None, "ntk")))(x1) for f in (folded, unrolled)]
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-10)
+
+
+def _equations(jaxpr) -> int:
+    """The equations of a jaxpr, those of its inner jaxprs (a scan's body) included."""
+    count = 0
+    for eqn in jaxpr.eqns:
+        count += 1
+        for param in eqn.params.values():
+            inner = getattr(param, "jaxpr", param)
+            if isinstance(inner, jax.extend.core.Jaxpr):
+                count += _equations(inner)
+    return count
+
+
+def test_sequential_kernel_program_is_flat_in_depth(getkey):
+    x = jr.normal(getkey(), (3, 3))
+
+    def size(depth, build):
+        params, static = eqx.partition(build(_deep_mlp(jr.key(0), depth, nn.Relu())), eqx.is_array)
+        fn = lambda p, x: eqntk.limit(eqx.combine(p, static))(x, get="ntk")  # noqa: E731
+        return _equations(jax.make_jaxpr(fn)(params, x).jaxpr)
+
+    folded = (size(64, nn.Sequential) - size(16, nn.Sequential)) / 48
+    unrolled = (size(16, _unfoldable) - size(4, _unfoldable)) / 12
+    # Per extra block, folded: only stacking its parameters (a few equations per array).
+    assert folded < 0.1 * unrolled, (folded, unrolled)
+
+
+def test_sequential_unrolls_blocks_that_change_the_metadata(getkey):
+    # Each `_Toggle` flips the kernel's Gaussianity, so no scan can carry it: the run stays
+    # unrolled (a scan would raise), and seven flips end flipped.
+    x = jr.normal(getkey(), (2, 4))
+    dense = nn.Dense(4, 4, key=getkey())
+    k = eqntk.limit(nn.Sequential([dense] + [_Toggle()] * 7))(x, get=None)
+    assert k.is_gaussian is not eqntk.limit(dense)(x, get=None).is_gaussian
