@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from .. import nn
+from ._dot import DotGeneralLayer
 from ._layers import (
     ConvLayer,
     DenseLayer,
@@ -356,6 +357,51 @@ def Flatten(batch_axis: int = 0, batch_axis_out: int = 0):
         return (n,)
 
     return _with_axes(lambda shape: FlattenLast(), size, batch_axis, -1)
+
+
+def DotGeneral(
+    *,
+    lhs=None,
+    rhs=None,
+    dimension_numbers=(((), ()), ((), ())),
+    precision=None,
+    batch_axis: int = 0,
+    channel_axis: int = -1,
+):
+    """`jax.lax.dot_general` with a constant, untrained factor (neural-tangents'
+    `stax.DotGeneral`).
+
+    `apply_fn` computes `dot_general(inputs, rhs, dimension_numbers, precision)` (or
+    `dot_general(lhs, inputs, ...)`): a scale, or a fixed linear map that contracts spatial axes
+    with the constant, or pairs them with its axes as `dot_general` batch dimensions. The
+    kernel is that map on both sides of every covariance. With neither `lhs` nor `rhs` the layer
+    is the identity.
+
+    **Arguments:** as neural-tangents: `lhs` or `rhs` (an array or a number), `dimension_numbers`
+    `((lhs_contracting, rhs_contracting), (lhs_batch, rhs_batch))`, `precision`,
+    `batch_axis`, `channel_axis`. The dimension numbers may name spatial axes of the inputs
+    only, and the output must keep the input's `batch_axis` and `channel_axis` (as the layers
+    after it require); other layouts raise an error.
+
+    **Returns:**
+
+    `(init_fn, apply_fn, kernel_fn)`; `init_fn` gives no parameters.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    import jax.random as jr
+    from eqntk.compat import stax
+
+    # The first row minus the second, of NHWC images: (N, 2, W, C) -> (N, W, C).
+    diff = stax.DotGeneral(rhs=jnp.array([1.0, -1.0]), dimension_numbers=(((1,), (0,)), ((), ())))
+    _, apply_fn, kernel_fn = stax.serial(stax.Conv(4, (1, 2)), stax.Relu(), diff)
+    x = jr.normal(jr.key(0), (3, 2, 5, 2))
+    assert kernel_fn(x, get="nngp").shape == (3, 3, 4, 4)
+    ```
+    """
+    return triple(DotGeneralLayer(lhs, rhs, dimension_numbers, precision, batch_axis, channel_axis))
 
 
 def Identity():

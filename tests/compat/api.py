@@ -299,6 +299,83 @@ def stax_index():
     return out
 
 
+def stax_dot_general():
+    """`DotGeneral` with a constant `rhs` (a scale; a contraction of a spatial axis) or `lhs`
+    (a contraction; a matrix over rows), and with spatial `dot_general` batch dimensions."""
+    x1, x2 = _x((2, 3, 4, 2), 18), _x((1, 3, 4, 2), 19)
+    out = {}
+    out.update(
+        _layer_outputs(
+            "rhs_scale",
+            stax.serial(stax.Conv(3, (2, 2)), stax.Relu(), stax.DotGeneral(rhs=2.0)),
+            x1,
+            x2,
+            diagonal_spatial=True,
+        )
+    )
+    rows = ((1,), (0,)), ((), ())  # contract the rows (H) of NHWC inputs with a vector
+    out.update(
+        _layer_outputs(
+            "rhs_contract",
+            stax.serial(
+                stax.Conv(3, (1, 2), b_std=0.1),
+                stax.DotGeneral(rhs=jnp.array([1.0, -0.5, 2.0]), dimension_numbers=rows),
+                stax.Relu(),
+                stax.Dense(2),
+            ),
+            x1,
+            x2,
+        )
+    )
+    out.update(
+        _layer_outputs(
+            "lhs_contract",
+            _dense_head(
+                stax.Conv(3, (1, 2)),
+                stax.Erf(),
+                stax.DotGeneral(
+                    lhs=jnp.array([0.3, -1.0, 0.7]), dimension_numbers=(((0,), (1,)), ((), ()))
+                ),
+            ),
+            x1,
+            x2,
+        )
+    )
+    # Rows first (`HNWC`, `batch_axis=1`): a matrix mixing the rows, and a weighted sum over
+    # the columns per row (rows paired as `dot_general` batch dimensions).
+    y1, y2 = np.moveaxis(x1, 0, 1), np.moveaxis(x2, 0, 1)
+    mix = jnp.array([[1.0, 0.5, 0.0], [0.0, -1.0, 2.0]])
+    out.update(
+        _layer_outputs(
+            "lhs_matrix",
+            stax.serial(
+                stax.Dense(3, 1.2, 0.1, batch_axis=1),
+                stax.Relu(),
+                stax.DotGeneral(lhs=mix, dimension_numbers=(((1,), (0,)), ((), ())), batch_axis=1),
+            ),
+            y1,
+            y2,
+        )
+    )
+    weights = jnp.asarray(_x((3, 4), 20))
+    out.update(
+        _layer_outputs(
+            "rhs_batch",
+            stax.serial(
+                stax.Dense(3, 1.2, 0.1, batch_axis=1),
+                stax.Gelu(),
+                stax.DotGeneral(
+                    rhs=weights, dimension_numbers=(((2,), (1,)), ((0,), (0,))), batch_axis=1
+                ),
+                stax.Dense(1, batch_axis=1),
+            ),
+            y1,
+            y2,
+        )
+    )
+    return out
+
+
 def jax_tree_scale(tree, c):
     import jax
 
@@ -312,4 +389,5 @@ PROGRAMS = {
     "empirical_api": empirical_api,
     "graph_and_masks": graph_and_masks,
     "stax_index": stax_index,
+    "stax_dot_general": stax_dot_general,
 }

@@ -20,6 +20,7 @@ from .helpers import check_against_reference
         "empirical_api",
         "graph_and_masks",
         "stax_index",
+        "stax_dot_general",
     ],
 )
 def test_api(name):

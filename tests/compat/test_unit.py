@@ -104,3 +104,29 @@ def test_batch_slices_patterns_with_their_examples():
     # Each entry depends on one example of each batch only: the tiles are exact.
     assert jnp.allclose(tiled.ntk, whole.ntk, rtol=1e-12)
     assert jnp.allclose(tiled.cov2, whole.cov2, rtol=1e-12) and tiled.shape1 == whole.shape1
+
+
+def test_dot_general_kernel_is_the_map_on_both_sides():
+    _, _, base_kernel = base = stax.serial(stax.Dense(2, 1.3, 0.2), stax.Relu())
+    v = jnp.array([1.0, -2.0, 0.5])
+    rows = ((1,), (0,)), ((), ())
+    _, _, kernel_fn = stax.serial(base, stax.DotGeneral(rhs=v, dimension_numbers=rows))
+    x = jr.normal(jr.key(0), (2, 3, 1, 2))  # NHWC
+    k = base_kernel(x, get="nngp")  # (N, N, H, H, W, W)
+    want = jnp.einsum("abhiwv,h,i->abwv", k, v, v)
+    # The same sums in another order: agreement to rounding.
+    assert jnp.allclose(kernel_fn(x, get="nngp"), want, rtol=1e-12)
+    # Finite outputs: `stax_dot_general` (tests/compat/test_api.py) compares them with
+    # neural-tangents'.
+
+
+def test_dot_general_rejects_what_it_cannot_map():
+    x = jnp.ones((2, 3, 4, 2))
+    channels = stax.DotGeneral(rhs=jnp.ones(2), dimension_numbers=(((3,), (0,)), ((), ())))
+    with pytest.raises(ValueError, match="channel axis"):
+        channels[2](x)
+    moved = stax.DotGeneral(lhs=jnp.ones((5, 3)), dimension_numbers=(((1,), (1,)), ((), ())))
+    with pytest.raises(NotImplementedError, match="batch_axis"):
+        moved[2](x)
+    with pytest.raises(ValueError, match="At most one"):
+        stax.DotGeneral(lhs=1.0, rhs=2.0)
