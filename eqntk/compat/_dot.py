@@ -8,7 +8,6 @@ spatial axes, $\\mathcal{K}' = A\\, \\mathcal{K}\\, A^\\top$.
 """
 
 import string
-from collections.abc import Sequence
 from typing import Any
 
 import equinox as eqx
@@ -18,19 +17,165 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .. import nn
 from ..limits import AbstractRule, Kernel as EqKernel, Requirements, register
-from ._kernel import from_cf, nt_shape, to_cf
-from ._layers import Layer
+from ._kernel import Kernel, from_cf, from_eqntk, nt_shape, to_cf, to_eqntk
+from ._layers import Layer, _traced_shape
 
 
 Dims = tuple[tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[int, ...], tuple[int, ...]]]
 
 
-def _axis_after_dot(axis: int, contracting: Sequence[int], batch: Sequence[int], lead: int) -> int:
-    """Where an axis of the activations lands in `dot_general`'s output (`lead`: the number of
-    the constant's free axes placed before the activations' free axes)."""
-    if axis in batch:
-        return list(batch).index(axis)
-    return axis - sum(1 for i in contracting if i < axis) + sum(1 for i in batch if i > axis) + lead
+def _split(dims: Dims, is_lhs: bool):
+    """The contracting and batch axes of the activations, then those of the constant."""
+    (cl, cr), (bl, br) = dims
+    return ((cr, br), (cl, bl)) if is_lhs else ((cl, bl), (cr, br))
+
+
+def output_axes(dims: Dims, is_lhs: bool, n_in: int, n_other: int) -> list[tuple[str, int]]:
+    """`dot_general`'s output axes in order: `("x", axis of the activations)` or `("o", axis
+    of the constant)`: the batch dimensions, then the free axes of `lhs`, then of `rhs`."""
+    (x_c, x_b), (o_c, o_b) = _split(dims, is_lhs)
+    x_free = [("x", i) for i in range(n_in) if i not in x_c + x_b]
+    o_free = [("o", j) for j in range(n_other) if j not in o_c + o_b]
+    batch = [("x", i) for i in x_b]
+    return batch + (o_free + x_free if is_lhs else x_free + o_free)
+
+
+def normalize(dimension_numbers, is_lhs: bool, n_in: int, n_other: int) -> Dims:
+    """Dimension numbers as non-negative axes, checked against the ranks of the operands."""
+    (cl, cr), (bl, br) = _dims(dimension_numbers)
+    n_l, n_r = (n_other, n_in) if is_lhs else (n_in, n_other)
+    for name, axes, n in (
+        ("lhs_contracting", cl, n_l),
+        ("rhs_contracting", cr, n_r),
+        ("lhs_batch", bl, n_l),
+        ("rhs_batch", br, n_r),
+    ):
+        if any(not -n <= d < n for d in axes):
+            raise ValueError(
+                f"`dimension_numbers` name axes {axes} as {name}, but that operand has {n} axes."
+            )
+    return (
+        (tuple(d % n_l for d in cl), tuple(d % n_r for d in cr)),
+        (tuple(d % n_l for d in bl), tuple(d % n_r for d in br)),
+    )
+
+
+def kernel_dot_general(k: Kernel, other1, other2, is_lhs: bool, dimension_numbers) -> Kernel:
+    """The compat `Kernel` of `dot_general` of the activations with `other1` (on the side of
+    `x1`) and `other2` (of `x2`); `k` is not reversed. See `Kernel.dot_general`."""
+    if other1 is None or other2 is None:
+        raise NotImplementedError(
+            "`Kernel.dot_general` needs a constant on both sides (`other1` and `other2`); got "
+            f"{'`other1`' if other1 is None else '`other2`'} None."
+        )
+    same_constant = other1 is other2
+    other1, other2 = jnp.asarray(other1), jnp.asarray(other2)
+    if other1.ndim != other2.ndim:
+        raise NotImplementedError(
+            f"`other1` and `other2` must have the same rank, got shapes {other1.shape} and "
+            f"{other2.shape}."
+        )
+    n_in, n_other = len(k.shape1), other1.ndim
+    dims = normalize(dimension_numbers, is_lhs, n_in, n_other)
+    (x_c, x_b), (o_c, o_b) = _split(dims, is_lhs)
+    ba, ca = k.batch_axis % n_in, k.channel_axis % n_in
+    if ca in x_c + x_b:
+        raise ValueError(
+            f"`dimension_numbers` {dimension_numbers} name the channel axis {ca} of the "
+            f"activations (shape {k.shape1}); the channels are infinitely many in the limit "
+            "and cannot be contracted or paired."
+        )
+    if ba in x_c:
+        raise NotImplementedError(
+            f"`dimension_numbers` {dimension_numbers} contract the batch axis {ba} of the "
+            f"activations (shape {k.shape1}); a `Kernel` keeps its batch axes."
+        )
+    spatial = [i for i in range(n_in) if i not in (ba, ca)]
+    if k.diagonal_spatial and any(i in spatial for i in x_c):
+        raise ValueError(
+            f"`dimension_numbers` {dimension_numbers} contract spatial axes, which needs the "
+            "full spatial covariance; the kernel has `diagonal_spatial=True`."
+        )
+    for act_shape, other, name in ((k.shape1, other1, "1"), (k.shape2, other2, "2")):
+        for i, j in zip(x_c + x_b, o_c + o_b):
+            if other.shape[j] != act_shape[i]:
+                raise ValueError(
+                    f"`dimension_numbers` pair axis {i} of the activations (size {act_shape[i]} in "
+                    f"`shape{name}` {act_shape}) with axis {j} of `other{name}` (shape "
+                    f"{other.shape}); the sizes must agree."
+                )
+    axes = output_axes(dims, is_lhs, n_in, n_other)
+    diagonal = k.diagonal_spatial
+    pool = iter(string.ascii_letters)
+    left = {i: next(pool) for i in spatial}
+    right = left if diagonal else {i: next(pool) for i in spatial}
+    paired = dict(zip(o_c + o_b, x_c + x_b))
+    free_left = {j: next(pool) for j in range(n_other) if j not in paired}
+    free_right = free_left if diagonal else {j: next(pool) for j in free_left}
+    b1, b2 = next(pool), next(pool)
+
+    def layout(first, second):
+        return "".join(a + b for a, b in zip(first, second)) if not diagonal else "".join(first)
+
+    def array(a, o_left, o_right, n_batch):
+        if a is None or jnp.ndim(a) == 0:
+            return a
+        bl, br = (b1, b2) if n_batch == 2 else (b1, b1)
+        lead = bl + br if n_batch == 2 else bl
+
+        def letters(side, free, b):
+            return "".join(
+                b if paired.get(j) == ba else side[paired[j]] if j in paired else free[j]
+                for j in range(n_other)
+            )
+
+        in_spec = lead + layout([left[i] for i in spatial], [right[i] for i in spatial])
+        out_first, out_second = [], []
+        for kind, i in axes:
+            if kind == "o":
+                out_first.append(free_left[i])
+                out_second.append(free_right[i])
+            elif i != ba and i != ca:
+                out_first.append(left[i])
+                out_second.append(right[i])
+        out_spec = lead + layout(out_first, out_second)
+        spec = f"{in_spec},{letters(left, free_left, bl)},{letters(right, free_right, br)}"
+        o1, o2 = o_left.astype(a.dtype), o_right.astype(a.dtype)
+        return jnp.einsum(f"{spec}->{out_spec}", a, o1, o2, precision="highest")
+
+    n_cov = 1 if k.diagonal_batch else 2
+
+    def shape(s, other):
+        return tuple(s[i] if kind == "x" else other.shape[i] for kind, i in axes)
+
+    def mask(m, s, other):
+        if m is None:
+            return None
+        target = list(s)
+        target[ca] = 1
+        unmasked = (~jnp.broadcast_to(m, target)).astype(other.dtype)
+        reach_args = (jnp.abs(other), unmasked) if is_lhs else (unmasked, jnp.abs(other))
+        return jax.lax.dot_general(*reach_args, dims) == 0
+
+    out_ba, out_ca = axes.index(("x", ba)), axes.index(("x", ca))
+    # Different constants on the two sides of a kernel of `x2=None`: `x2` no longer maps like
+    # `x1`, so its covariance and mask are computed from those of `x1`.
+    split = k.x1_is_x2 and not same_constant
+    cov2, mask2 = (k.cov1, k.mask1) if split else (k.cov2, k.mask2)
+    return k.replace(
+        nngp=array(k.nngp, other1, other2, 2),
+        ntk=array(k.ntk, other1, other2, 2),
+        cov1=array(k.cov1, other1, other1, n_cov),
+        cov2=None if cov2 is None else array(cov2, other2, other2, n_cov),
+        x1_is_x2=k.x1_is_x2 and not split,
+        is_reversed=False,
+        shape1=shape(k.shape1, other1),
+        shape2=shape(k.shape2, other2),
+        batch_axis=out_ba,
+        channel_axis=out_ca,
+        mask1=mask(k.mask1, k.shape1, other1),
+        mask2=mask(mask2, k.shape2, other2),
+    )
 
 
 class DotGeneralMap(eqx.Module):
@@ -49,31 +194,11 @@ class DotGeneralMap(eqx.Module):
     batch_axis: int = eqx.field(static=True)
     channel_axis: int = eqx.field(static=True)
 
-    @property
-    def input_dims(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """The contracting and `dot_general` batch axes of the activations."""
-        (cl, cr), (bl, br) = self.dimension_numbers
-        return (cr, br) if self.is_lhs else (cl, bl)
-
-    @property
-    def other_dims(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """The contracting and `dot_general` batch axes of `other`."""
-        (cl, cr), (bl, br) = self.dimension_numbers
-        return (cl, bl) if self.is_lhs else (cr, br)
-
-    def output_axes(self, n_in: int) -> list[tuple[str, int]]:
-        """The output's axes in order: `("x", axis of the activations)` or `("o", axis of
-        other)`."""
-        (x_c, x_b), (o_c, o_b) = self.input_dims, self.other_dims
-        x_free = [("x", i) for i in range(n_in) if i not in x_c + x_b]
-        o_free = [("o", j) for j in range(self.other.ndim) if j not in o_c + o_b]
-        batch = [("x", i) for i in x_b]
-        return batch + (o_free + x_free if self.is_lhs else x_free + o_free)
-
-    def out_layout(self, n_in: int) -> tuple[int, int]:
-        """The batch and channel axes of the output, for activations of rank `n_in`."""
-        axes = self.output_axes(n_in)
-        return axes.index(("x", self.batch_axis)), axes.index(("x", self.channel_axis))
+    def out_layout(self, n_in: int) -> tuple[int, int, int]:
+        """The rank, batch axis and channel axis of the output for activations of rank
+        `n_in`."""
+        axes = output_axes(self.dimension_numbers, self.is_lhs, n_in, self.other.ndim)
+        return len(axes), axes.index(("x", self.batch_axis)), axes.index(("x", self.channel_axis))
 
     def __call__(
         self, x: Float[Array, "c *spatial"], *, key: PRNGKeyArray | None = None
@@ -83,119 +208,26 @@ class DotGeneralMap(eqx.Module):
         other = jax.lax.stop_gradient(self.other).astype(x.dtype)
         args = (other, xb) if self.is_lhs else (xb, other)
         y = jax.lax.dot_general(*args, self.dimension_numbers, self.precision)
-        b, c = self.out_layout(xb.ndim)
+        _, b, c = self.out_layout(xb.ndim)
         return to_cf(y, b, c)[0]
-
-
-def _spatial_index(layer: DotGeneralMap, n_in: int) -> dict[int, int]:
-    """The spatial number (0 = first spatial axis) of each spatial axis of the activations."""
-    spatial = [i for i in range(n_in) if i not in (layer.batch_axis, layer.channel_axis)]
-    return {a: d for d, a in enumerate(spatial)}
-
-
-def _check_sizes(layer: DotGeneralMap, shape: tuple[int, ...], name: str) -> None:
-    n_in = len(shape) + 1
-    index = _spatial_index(layer, n_in)
-    (x_c, x_b), (o_c, o_b) = layer.input_dims, layer.other_dims
-    for i, j in zip(x_c + x_b, o_c + o_b):
-        size = shape[1 + index[i]]
-        if layer.other.shape[j] != size:
-            raise ValueError(
-                f"`DotGeneral` pairs axis {i} of its input from `{name}` (size {size}) with axis "
-                f"{j} of the constant of shape {layer.other.shape}; the sizes must agree."
-            )
-
-
-def _letters(layer: DotGeneralMap, n_spatial: int, diagonal: bool):
-    """einsum letters of both sides of a covariance: the input's spatial axes, `other`'s axes
-    on each side, and the output's spatial axes."""
-    pool = iter(string.ascii_letters)
-    left = [next(pool) for _ in range(n_spatial)]
-    right = left if diagonal else [next(pool) for _ in range(n_spatial)]
-    n_in = n_spatial + 2
-    index = _spatial_index(layer, n_in)
-    (x_c, x_b), (o_c, o_b) = layer.input_dims, layer.other_dims
-    paired = {j: index[i] for i, j in zip(x_c + x_b, o_c + o_b)}
-    o_left, o_right = [], []
-    for j in range(layer.other.ndim):
-        if j in paired:
-            o_left.append(left[paired[j]])
-            o_right.append(right[paired[j]])
-        else:
-            o_left.append(next(pool))
-            o_right.append(o_left[-1] if diagonal else next(pool))
-    out_left, out_right = [], []
-    for kind, a in layer.output_axes(n_in):
-        if kind == "x" and a in index:
-            out_left.append(left[index[a]])
-            out_right.append(right[index[a]])
-        elif kind == "o":
-            out_left.append(o_left[a])
-            out_right.append(o_right[a])
-    return (left, right), (o_left, o_right), (out_left, out_right), pool
-
-
-def _out_shape(layer: DotGeneralMap, shape: tuple[int, ...]) -> tuple[int, ...]:
-    n_in = len(shape) + 1
-    index = _spatial_index(layer, n_in)
-    sizes = []
-    for kind, a in layer.output_axes(n_in):
-        if kind == "x" and a in index:
-            sizes.append(shape[1 + index[a]])
-        elif kind == "o":
-            sizes.append(layer.other.shape[a])
-    return (shape[0],) + tuple(sizes)
 
 
 @register(DotGeneralMap)
 class DotGeneralMapRule(AbstractRule[DotGeneralMap]):
     """Kernel rule of `DotGeneralMap`: the constant on both sides of every covariance,
-    contracted positions summed over."""
+    contracted positions summed over (`Kernel.dot_general`)."""
 
     def requirements(self, layer: DotGeneralMap, wanted: Requirements) -> Requirements:
-        if layer.input_dims[0]:
+        if _split(layer.dimension_numbers, layer.is_lhs)[0][0]:
             # Contracting positions mixes them: the full spatial covariance is needed.
             return Requirements(diagonal_spatial=False)
         return wanted
 
     def __call__(self, layer: DotGeneralMap, k: EqKernel, wanted: Requirements) -> EqKernel:
-        _check_sizes(layer, k.shape1, "x1")
-        _check_sizes(layer, k.shape2, "x2")
-        diagonal = k.diagonal_spatial
-        (left, right), (o_left, o_right), (out_left, out_right), pool = _letters(
-            layer, k.spatial_ndim, diagonal
-        )
-        other = jax.lax.stop_gradient(layer.other).astype(k.nngp.dtype)
-
-        def layout(first, second):
-            return "".join(first) if diagonal else "".join(a + b for a, b in zip(first, second))
-
-        n1, n2 = next(pool), next(pool)
-        o1, o2 = "".join(o_left), "".join(o_right)
-
-        def cross(a):
-            spec = f"{n1}{n2}{layout(left, right)},{o1},{o2}->{n1}{n2}{layout(out_left, out_right)}"
-            return jnp.einsum(spec, a, other, other, precision="highest")
-
-        def marginal(a):
-            spec = f"{n1}{layout(left, right)},{o1},{o2}->{n1}{layout(out_left, out_right)}"
-            return jnp.einsum(spec, a, other, other, precision="highest")
-
-        def mask(m):
-            if m is None:
-                return None
-            spec = f"{n1}{''.join(left)},{o1}->{n1}{''.join(out_left)}"
-            reach = jnp.einsum(spec, (~m).astype(other.dtype), jnp.abs(other))
-            return reach == 0
-
-        return k.map_covariances(
-            cross,
-            cov_fn=marginal,
-            shape1=_out_shape(layer, k.shape1),
-            shape2=_out_shape(layer, k.shape2),
-            mask1=mask(k.mask1),
-            mask2=mask(k.mask2),
-        )
+        nk = from_eqntk(k, layer.batch_axis, layer.channel_axis)
+        other = jax.lax.stop_gradient(layer.other)
+        out = kernel_dot_general(nk, other, other, layer.is_lhs, layer.dimension_numbers)
+        return to_eqntk(out).replace(pattern1=k.pattern1, pattern2=k.pattern2)
 
 
 def _dims(dimension_numbers) -> Dims:
@@ -233,31 +265,14 @@ class DotGeneralLayer(Layer):
     def out_shape(self, shape):
         if self.other is None:
             return tuple(shape)
-        return _out_shape(self._map(tuple(shape)), tuple(shape))
+        return _traced_shape(self, tuple(shape))
 
     def _map(self, shape: tuple[int, ...]) -> DotGeneralMap:
         assert self.other is not None
-        n_in, n_other = len(shape) + 1, self.other.ndim
+        n_in = len(shape) + 1
         ba, ca = self.batch_axis % n_in, self.channel_axis % n_in
-        (cl, cr), (bl, br) = self.dimension_numbers
-        n_l, n_r = (n_other, n_in) if self.is_lhs else (n_in, n_other)
-        for name, dims, n in (
-            ("lhs_contracting", cl, n_l),
-            ("rhs_contracting", cr, n_r),
-            ("lhs_batch", bl, n_l),
-            ("rhs_batch", br, n_r),
-        ):
-            if any(not -n <= d < n for d in dims):
-                raise ValueError(
-                    f"`dimension_numbers` names axes {dims} as {name}, but that operand has "
-                    f"{n} axes."
-                )
-        dims = (
-            (tuple(d % n_l for d in cl), tuple(d % n_r for d in cr)),
-            (tuple(d % n_l for d in bl), tuple(d % n_r for d in br)),
-        )
-        m = DotGeneralMap(self.other, self.is_lhs, dims, self.precision, ba, ca)
-        x_c, x_b = m.input_dims
+        dims = normalize(self.dimension_numbers, self.is_lhs, n_in, self.other.ndim)
+        x_c, x_b = _split(dims, self.is_lhs)[0]
         if ca in x_c + x_b:
             raise ValueError(
                 f"`dimension_numbers` {self.dimension_numbers} name the channel axis "
@@ -270,8 +285,8 @@ class DotGeneralLayer(Layer):
                 f"{self.batch_axis} of the input: a constant that differs between examples "
                 "(or a contraction over the batch) is not supported."
             )
-        b_out, c_out = m.out_layout(n_in)
-        n_out = len(m.output_axes(n_in))
+        m = DotGeneralMap(self.other, self.is_lhs, dims, self.precision, ba, ca)
+        n_out, b_out, c_out = m.out_layout(n_in)
         if (b_out, c_out) != (self.batch_axis % n_out, self.channel_axis % n_out):
             raise NotImplementedError(
                 f"`DotGeneral` with `dimension_numbers` {self.dimension_numbers} and a constant "
