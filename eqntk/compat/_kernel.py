@@ -603,8 +603,8 @@ def from_eqntk(k: EqKernel, batch_axis: int = 0, channel_axis: int = -1) -> Kern
         diagonal_spatial=k.diagonal_spatial,
         shape1=nt_shape(k.shape1, n1, batch_axis, channel_axis),
         shape2=nt_shape(k.shape2, n2, batch_axis, channel_axis),
-        batch_axis=batch_axis,
-        channel_axis=channel_axis,
+        batch_axis=batch_axis % (len(k.shape1) + 1),
+        channel_axis=channel_axis % (len(k.shape1) + 1),
         mask1=_nt_mask(k.mask1, batch_axis, channel_axis),
         mask2=_nt_mask(k.mask2, batch_axis, channel_axis),
     )

@@ -376,6 +376,46 @@ def stax_dot_general():
     return out
 
 
+def kernel_methods():
+    """`Kernel`'s methods on a kernel of NHWC images: slicing, reversing, transposing,
+    masking, `dot_general`, arithmetic, indexing, and continuing from a reversed kernel."""
+    x1, x2 = _x((3, 3, 4, 2), 21), _x((2, 3, 4, 2), 22)
+    _, _, kernel_fn = stax.serial(
+        stax.Conv(3, (2, 2), padding="SAME", b_std=0.1), stax.Relu(), stax.Conv(3, (1, 2))
+    )
+    k = kernel_fn(x1, x2)
+    out = {"nngp": k.nngp}
+
+    def fields(name, kernel, names=("nngp", "ntk", "cov1", "cov2"), shapes=True):
+        for f in names:
+            out[f"{name}/{f}"] = getattr(kernel, f)
+        layout = (kernel.batch_axis, kernel.channel_axis)
+        if shapes:  # neural-tangents' `dot_general` leaves `shape1`/`shape2` as they were
+            layout += tuple(kernel.shape1) + tuple(kernel.shape2)
+        out[f"{name}/layout"] = np.array(layout)
+
+    fields("slice", k.slice(slice(0, 2), slice(1, 2)))
+    fields("reverse", k.reverse())
+    fields("transpose", k.transpose((1, 0)), ("nngp", "cov2"))
+    m1 = np.zeros((3, 3, 3, 1), bool)
+    m1[0, 2], m1[1, :, 1] = True, True
+    m2 = np.zeros((2, 1, 3, 1), bool)
+    m2[1, 0, 0] = True
+    fields("mask", k.mask(jnp.asarray(m1), jnp.asarray(m2)))
+    rows = jnp.asarray(_x((3, 3), 23))  # a weighting of the rows per example of `x1`
+    rows2 = jnp.asarray(_x((2, 3), 24))
+    per_example = (((1,), (1,)), ((0,), (0,)))
+    fields("dot_batch", k.dot_general(rows, rows2, False, per_example), shapes=False)
+    mix = jnp.asarray(_x((2, 3), 25))
+    fields("dot_lhs", k.dot_general(mix, mix, True, (((1,), (1,)), ((), ()))), shapes=False)
+    fields("mul", 2.0 * (k * 1.5) / 4.0)
+    fields("add", -(k + 0.5))
+    fields("getitem", k[:, 1:, 0])
+    _, _, head = stax.serial(stax.Relu(), stax.Flatten(), stax.Dense(1))
+    out["reversed_head"] = head(k.reverse()).ntk
+    return out
+
+
 def jax_tree_scale(tree, c):
     import jax
 
@@ -390,4 +430,5 @@ PROGRAMS = {
     "graph_and_masks": graph_and_masks,
     "stax_index": stax_index,
     "stax_dot_general": stax_dot_general,
+    "kernel_methods": kernel_methods,
 }

@@ -21,6 +21,7 @@ from .helpers import check_against_reference
         "graph_and_masks",
         "stax_index",
         "stax_dot_general",
+        "kernel_methods",
     ],
 )
 def test_api(name):
