@@ -18,12 +18,17 @@ class Kernel(eqx.Module):
     batch axes first, then the spatial axes, interleaved (`(N1, N2, H, H, W, W)`) or diagonal
     (`(N1, N2, H, W)`). The metadata follows neural-tangents: `shape1`/`shape2` are the shapes
     of the activations of the whole batch, in the layout given by `batch_axis` and
-    `channel_axis`.
+    `channel_axis` (stored non-negative).
 
     **Fields:** `nngp`, `ntk` (or `None`), `cov1`, `cov2` (`None` when `x1_is_x2`),
-    `x1_is_x2`, `is_gaussian`, `is_reversed` (always `False`), `is_input`, `diagonal_batch`,
-    `diagonal_spatial`, `shape1`, `shape2`, `batch_axis`, `channel_axis`, `mask1`, `mask2`
-    (boolean, `True` where masked, broadcastable to `shape1`/`shape2`).
+    `x1_is_x2`, `is_gaussian`, `is_reversed` (`True` after `reverse()`: the spatial axes of the
+    covariances in reverse order), `is_input`, `diagonal_batch`, `diagonal_spatial`, `shape1`,
+    `shape2`, `batch_axis`, `channel_axis`, `mask1`, `mask2` (boolean, `True` where masked,
+    broadcastable to `shape1`/`shape2`).
+
+    **Methods:** neural-tangents' `replace`, `slice`, `reverse`, `transpose`, `mask`,
+    `dot_general`, `k * c`, `c * k`, `k / c`, `k + b`, `k - b`, `-k`, `k[idx]`, `asdict`,
+    `astuple`.
 
     **Example:**
 

@@ -1,5 +1,6 @@
 """neural-tangents' `stax` layers and combinators, each an `(init_fn, apply_fn, kernel_fn)`."""
 
+import dataclasses
 import enum
 import functools
 from collections.abc import Callable, Sequence
@@ -8,6 +9,7 @@ from typing import Any, Literal
 from .. import nn
 from ._dot import DotGeneralLayer
 from ._layers import (
+    REQUIREMENTS,
     ConvLayer,
     DenseLayer,
     FlattenLast,
@@ -726,22 +728,66 @@ def layer(layer_fn):
     @functools.wraps(layer_fn)
     def wrapped(*args, **kwargs):
         fns = layer_fn(*args, **kwargs)
-        kernel_fn = fns[2]
-        return triple(UserLayer(fns[0], fns[1], _ignore_kwargs(kernel_fn)))
+        return triple(UserLayer(fns[0], fns[1], fns[2]))
 
     return wrapped
 
 
-def _ignore_kwargs(kernel_fn):
-    return lambda k: kernel_fn(k)
-
-
 def requires(**static_reqs):
-    """Declare what a user `kernel_fn` needs (neural-tangents' `stax.requires`). The user
-    `kernel_fn` always receives the full spatial covariance and the batch diagonal of
-    `cov1`/`cov2`, so this decorator returns the function unchanged."""
-    del static_reqs
-    return lambda fn: fn
+    """Declare what a user `kernel_fn` needs of its input kernel (neural-tangents'
+    `stax.requires`).
+
+    **Arguments:**
+
+    - `diagonal_spatial`: `Diagonal(input=Bool.YES)` (the default `Diagonal()`) or `True`:
+      the function works on kernels that hold only the spatial diagonal, and receives one
+      when the layers above it need no more (e.g. a CNN that ends in `Flatten`). Anything else
+      (`Bool.MAYBE`, `Bool.NO`, `False`), or no declaration: it receives the full spatial
+      covariance.
+    - `diagonal_batch`: `True` (or unset): `cov1`/`cov2` hold one entry per example. `False`
+      (the covariance of every pair of examples) is not available: building the layer
+      raises `NotImplementedError`.
+    - `batch_axis`, `channel_axis`: the layout of the activations that the layer's functions
+      see (`Kernel.shape1`, `Kernel.batch_axis`, `apply_fn`'s inputs); default `0` and `-1`.
+
+    Other keywords are accepted and ignored, as in neural-tangents.
+
+    **Returns:**
+
+    A decorator for the user's `kernel_fn`.
+
+    **Example:**
+
+    ```python
+    import jax.random as jr
+    from eqntk.compat import stax
+
+    seen = []
+
+    @stax.layer
+    def Scale(c):
+        @stax.requires(diagonal_spatial=stax.Diagonal())  # one position at a time
+        def kernel_fn(k, **kwargs):
+            seen.append(k.diagonal_spatial)
+            return c * k  # neural-tangents' `Kernel.__mul__`: covariances times c**2
+
+        return (lambda rng, shape: (shape, ())), (lambda params, x, **kw: c * x), kernel_fn
+
+    _, _, kernel_fn = stax.serial(stax.Conv(4, (2,)), Scale(2.0), stax.Flatten(), stax.Dense(1))
+    kernel_fn(jr.normal(jr.key(0), (2, 5, 3)), get="nngp")
+    assert seen == [True]  # the spatial diagonal suffices: no full covariance computed
+    ```
+    """
+
+    def decorate(kernel_fn):
+        @functools.wraps(kernel_fn)
+        def with_requirements(*args, **kwargs):
+            return kernel_fn(*args, **kwargs)
+
+        setattr(with_requirements, REQUIREMENTS, dict(static_reqs))
+        return with_requirements
+
+    return decorate
 
 
 def supports_masking(remask_kernel: bool):
@@ -754,16 +800,19 @@ def supports_masking(remask_kernel: bool):
 _ = MaskedArray
 
 
-class Diagonal:
-    """neural-tangents' requirement marker for `requires(diagonal_spatial=Diagonal())`."""
-
-    def __init__(self, input=None, output=None):
-        self.input, self.output = input, output
-
-
 class Bool(enum.IntEnum):
     """neural-tangents' tri-state booleans for `Diagonal`."""
 
     NO = 0
     MAYBE = 1
     YES = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Diagonal:
+    """neural-tangents' requirement marker for `requires(diagonal_spatial=Diagonal(...))`:
+    `input` says whether the layer works on kernels that hold only the diagonal
+    (`Bool.YES`, the default), `output` is accepted and not used."""
+
+    input: Bool = Bool.YES
+    output: Bool = Bool.NO

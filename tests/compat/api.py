@@ -416,6 +416,54 @@ def kernel_methods():
     return out
 
 
+@stax.layer
+def _scale(c):
+    """A user layer that works one position at a time: it declares the spatial diagonal."""
+
+    @stax.requires(diagonal_spatial=stax.Diagonal())
+    def kernel_fn(k, **kwargs):
+        return c * k
+
+    return (lambda rng, shape: (shape, ())), (lambda params, x, **kwargs: c * x), kernel_fn
+
+
+@stax.layer
+def _flip():
+    """A user layer that reverses the positions (NWC): it needs the full covariance."""
+
+    @stax.requires(diagonal_spatial=stax.Diagonal(input=stax.Bool.NO))
+    def kernel_fn(k, **kwargs):
+        return k[:, ::-1]
+
+    return (lambda rng, shape: (shape, ())), (lambda params, x, **kwargs: x[:, ::-1]), kernel_fn
+
+
+def user_layers():
+    """User layers (`stax.layer` with `stax.requires`) inside networks of sequences."""
+    x1, x2 = _x((3, 5, 2), 26), _x((2, 5, 2), 27)
+    out = _layer_outputs(
+        "diagonal",
+        stax.serial(stax.Conv(3, (2,)), _scale(1.5), stax.Relu(), stax.Flatten(), stax.Dense(1)),
+        x1,
+        x2,
+    )
+    out.update(
+        _layer_outputs(
+            "full",
+            stax.serial(
+                stax.Conv(3, (2,), b_std=0.1),
+                _flip(),
+                stax.Relu(),
+                stax.Conv(2, (3,)),
+                stax.GlobalAvgPool(),
+            ),
+            x1,
+            x2,
+        )
+    )
+    return out
+
+
 def jax_tree_scale(tree, c):
     import jax
 
@@ -431,4 +479,5 @@ PROGRAMS = {
     "stax_index": stax_index,
     "stax_dot_general": stax_dot_general,
     "kernel_methods": kernel_methods,
+    "user_layers": user_layers,
 }

@@ -22,6 +22,7 @@ from .helpers import check_against_reference
         "stax_index",
         "stax_dot_general",
         "kernel_methods",
+        "user_layers",
     ],
 )
 def test_api(name):
