@@ -341,7 +341,20 @@ def stax_dot_general():
             x2,
         )
     )
-    # Rows first (`HNWC`, `batch_axis=1`): a matrix mixing the rows, and a weighted sum over
+    # Padding (all-zero positions) is mapped along: a column is masked when every row of it
+    # that the constant weighs is.
+    xm = x1.copy()
+    xm[0, :, 3] = 0.0
+    xm[1, 1:, 2] = 0.0
+    _, _, kernel_m = stax.serial(
+        stax.Conv(3, (1, 2), padding="SAME"),
+        stax.DotGeneral(rhs=jnp.array([0.0, 1.0, 2.0]), dimension_numbers=rows),
+        stax.Relu(),
+        stax.GlobalAvgPool(),
+        stax.Dense(1),
+    )
+    out["masked/nngp"] = kernel_m(xm, None, "nngp", mask_constant=0.0)
+        # Rows first (`HNWC`, `batch_axis=1`): a matrix mixing the rows, and a weighted sum over
     # the columns per row (rows paired as `dot_general` batch dimensions).
     y1, y2 = np.moveaxis(x1, 0, 1), np.moveaxis(x2, 0, 1)
     mix = jnp.array([[1.0, 0.5, 0.0], [0.0, -1.0, 2.0]])
