@@ -18,7 +18,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from .. import nn
 from ..limits import AbstractRule, Kernel as EqKernel, Requirements, register
 from ._kernel import Kernel, from_cf, from_eqntk, nt_shape, to_cf, to_eqntk
-from ._layers import Layer, _traced_shape
+from ._layers import Layer, traced_shape
 
 
 Dims = tuple[tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[int, ...], tuple[int, ...]]]
@@ -265,7 +265,7 @@ class DotGeneralLayer(Layer):
     def out_shape(self, shape):
         if self.other is None:
             return tuple(shape)
-        return _traced_shape(self, tuple(shape))
+        return traced_shape(self, tuple(shape))
 
     def _map(self, shape: tuple[int, ...]) -> DotGeneralMap:
         assert self.other is not None

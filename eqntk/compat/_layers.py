@@ -524,13 +524,13 @@ class Simple(Layer):
     def out_shape(self, shape):
         if self.shape_fn is not None:
             return self.shape_fn(shape)
-        return _traced_shape(self, shape)
+        return traced_shape(self, shape)
 
     def build(self, shape):
         return self.make(shape)
 
 
-def _traced_shape(layer, shape):
+def traced_shape(layer, shape):
     dtype = jnp.asarray(0.0).dtype
     if _is_multi(shape):
         x = tuple(jax.ShapeDtypeStruct(tuple(s), dtype) for s in shape)
@@ -644,7 +644,7 @@ class ConvLayer(Layer):
         return self.out_chan * (self.s[1] if self.parameterization == "standard" else 1)
 
     def out_shape(self, shape):
-        return _traced_shape(self, shape)
+        return traced_shape(self, shape)
 
     def init(self, key, shape):
         k1, k2 = jr.split(key)
