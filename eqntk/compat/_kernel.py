@@ -494,12 +494,11 @@ class Kernel(eqx.Module):
 
 
 def _same_index(a, b) -> bool:
+    """Whether two batch indices certainly select the same examples (equal slices, or one
+    object); `False` only costs a separate `cov2`."""
     if isinstance(a, slice) and isinstance(b, slice):
         return a == b
-    try:
-        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
-    except Exception:
-        return False
+    return a is b
 
 
 def _canonical_index(idx, ndim: int) -> tuple:
@@ -523,11 +522,11 @@ def _mask_prod(m1, m2, n_batch: int, diagonal_spatial: bool):
     both `(N, *spatial)`, laid out like a covariance with `n_batch` batch axes."""
     if m1 is None and m2 is None:
         return None
-    m1 = jnp.zeros_like(m2) if m1 is None else m1
-    m2 = jnp.zeros_like(m1) if m2 is None else m2
-    n_spatial = m1.ndim - 1
 
     def side(m, left):
+        if m is None:
+            return jnp.zeros((), bool)
+        n_spatial = m.ndim - 1
         shape = list(m.shape[:1])
         if n_batch == 2:
             shape = [m.shape[0], 1] if left else [1, m.shape[0]]

@@ -354,7 +354,7 @@ def stax_dot_general():
         stax.Dense(1),
     )
     out["masked/nngp"] = kernel_m(xm, None, "nngp", mask_constant=0.0)
-        # Rows first (`HNWC`, `batch_axis=1`): a matrix mixing the rows, and a weighted sum over
+    # Rows first (`HNWC`, `batch_axis=1`): a matrix mixing the rows, and a weighted sum over
     # the columns per row (rows paired as `dot_general` batch dimensions).
     y1, y2 = np.moveaxis(x1, 0, 1), np.moveaxis(x2, 0, 1)
     mix = jnp.array([[1.0, 0.5, 0.0], [0.0, -1.0, 2.0]])

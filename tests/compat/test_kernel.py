@@ -107,3 +107,13 @@ def test_getitem_indexes_the_activations():
         k[..., :2]
     with pytest.raises(NotImplementedError, match="batch axis"):
         k[0]
+
+
+def test_mask_of_one_batch_only():
+    k = _kernel()
+    m2 = np.zeros((2, 2, 3, 1), bool)
+    m2[0, 0, 1] = True
+    masked = k.mask(None, jnp.asarray(m2))
+    hit = np.broadcast_to(m2[None, :, None, :, None, :, 0], k.nngp.shape)
+    assert np.array_equal(masked.nngp, np.where(hit, 0.0, k.nngp))
+    assert np.array_equal(masked.cov1, k.cov1) and masked.cov2 is not None
