@@ -524,13 +524,13 @@ class Simple(Layer):
     def out_shape(self, shape):
         if self.shape_fn is not None:
             return self.shape_fn(shape)
-        return _traced_shape(self, shape)
+        return traced_shape(self, shape)
 
     def build(self, shape):
         return self.make(shape)
 
 
-def _traced_shape(layer, shape):
+def traced_shape(layer, shape):
     dtype = jnp.asarray(0.0).dtype
     if _is_multi(shape):
         x = tuple(jax.ShapeDtypeStruct(tuple(s), dtype) for s in shape)
@@ -644,7 +644,7 @@ class ConvLayer(Layer):
         return self.out_chan * (self.s[1] if self.parameterization == "standard" else 1)
 
     def out_shape(self, shape):
-        return _traced_shape(self, shape)
+        return traced_shape(self, shape)
 
     def init(self, key, shape):
         k1, k2 = jr.split(key)
@@ -738,13 +738,15 @@ class FlattenLastRule(AbstractRule[FlattenLast]):
 
 class UserModule(eqx.Module):
     """A layer given by neural-tangents functions: `apply_fn` on batched arrays and
-    `kernel_fn` on compat `Kernel`s."""
+    `kernel_fn` on compat `Kernel`s. `diagonal_input`: whether `kernel_fn` works on a kernel
+    with only the spatial diagonal (declared with `stax.requires`)."""
 
     params: Any
     apply_fn: Callable = eqx.field(static=True)
     kernel_fn: Callable = eqx.field(static=True)
     batch_axis: int = eqx.field(static=True)
     channel_axis: int = eqx.field(static=True)
+    diagonal_input: bool = eqx.field(static=True, default=False)
 
     def __call__(self, x, *, key=None):
         def batched(a):
@@ -765,10 +767,15 @@ class UserModuleRule(AbstractStreamsRule[UserModule]):
     """Kernel rule of `UserModule`: the user's `kernel_fn` on neural-tangents' `Kernel`."""
 
     def requirements(self, layer: UserModule, wanted: RequirementsTree) -> RequirementsTree:
-        if isinstance(wanted, tuple):
+        if layer.diagonal_input:
             return wanted
-        # The user's kernel function may need the full spatial covariance.
-        return Requirements(diagonal_spatial=False)
+        # Unless declared otherwise, the user's kernel function may need the full spatial
+        # covariance of every input stream.
+        return jax.tree_util.tree_map(
+            lambda _: Requirements(diagonal_spatial=False),
+            wanted,
+            is_leaf=lambda r: isinstance(r, Requirements),
+        )
 
     def __call__(self, layer: UserModule, k: KernelTree, wanted: RequirementsTree) -> KernelTree:
         def conv(ek):
@@ -781,10 +788,53 @@ class UserModuleRule(AbstractStreamsRule[UserModule]):
         return to_eqntk(out)
 
 
+REQUIREMENTS = "_eqntk_compat_requirements"
+
+
+def user_requirements(kernel_fn: Callable) -> tuple[bool, int, int]:
+    """What a user `kernel_fn` declared with `stax.requires`: whether it works on the spatial
+    diagonal, and the batch and channel axes of the activations it sees."""
+    reqs = dict(getattr(kernel_fn, REQUIREMENTS, {}))
+    name = getattr(kernel_fn, "__name__", repr(kernel_fn))
+    batch = reqs.get("diagonal_batch")
+    if batch is False or (_diagonal_input(batch, "diagonal_batch") == 0):
+        raise NotImplementedError(
+            f"`{name}` requires `diagonal_batch={batch!r}` (the covariance of every pair of "
+            "examples of a batch in `cov1`/`cov2`); eqntk's kernels hold one entry per example "
+            "(`diagonal_batch=True`) only."
+        )
+    spatial = reqs.get("diagonal_spatial")
+    if isinstance(spatial, bool):
+        diagonal = spatial
+    else:
+        # `Bool.YES` only: `MAYBE` (diagonal iff the off-diagonal entries vanish) and `NO`
+        # need the full covariance, as does a function that declared nothing.
+        diagonal = _diagonal_input(spatial, "diagonal_spatial") == 2
+    axes = []
+    for key, default in (("batch_axis", 0), ("channel_axis", -1)):
+        value = reqs.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"`{name}` requires `{key}={value!r}`; it must be an int.")
+        axes.append(value)
+    return diagonal, axes[0], axes[1]
+
+
+def _diagonal_input(value: Any, key: str) -> int | None:
+    """The `input` of a `Diagonal` requirement as `Bool` (0 no, 1 maybe, 2 yes); `None` when
+    nothing was declared."""
+    if value is None or isinstance(value, bool):
+        return None
+    given = getattr(value, "input", None)
+    if given is None:
+        raise TypeError(f"`requires({key}=...)` takes a bool or a `stax.Diagonal`, got {value!r}.")
+    return int(given)
+
+
 class UserLayer(Layer):
-    def __init__(self, init_fn, apply_fn, kernel_fn, batch_axis=0, channel_axis=-1):
+    def __init__(self, init_fn, apply_fn, kernel_fn):
         self.init_fn, self.apply_fn, self.kernel_fn = init_fn, apply_fn, kernel_fn
-        self.batch_axis, self.channel_axis = batch_axis, channel_axis
+        self.diagonal_input, self.batch_axis, self.channel_axis = user_requirements(kernel_fn)
+        self._explicit_axes = (self.batch_axis, self.channel_axis) != (0, -1)
 
     def _nt(self, shape):
         return _nt_shapes(shape, 1, self)
@@ -799,7 +849,14 @@ class UserLayer(Layer):
         return self.init_fn(key, self._nt(shape))[1]
 
     def build(self, shape):
-        return UserModule(None, self.apply_fn, self.kernel_fn, self.batch_axis, self.channel_axis)
+        return UserModule(
+            None,
+            self.apply_fn,
+            self.kernel_fn,
+            self.batch_axis,
+            self.channel_axis,
+            self.diagonal_input,
+        )
 
     def with_params(self, module, params, shape):
         return eqx.tree_at(lambda m: m.params, module, params, is_leaf=lambda x: x is None)

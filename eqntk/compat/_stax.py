@@ -1,12 +1,15 @@
 """neural-tangents' `stax` layers and combinators, each an `(init_fn, apply_fn, kernel_fn)`."""
 
+import dataclasses
 import enum
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from .. import nn
+from ._dot import DotGeneralLayer
 from ._layers import (
+    REQUIREMENTS,
     ConvLayer,
     DenseLayer,
     FlattenLast,
@@ -358,6 +361,51 @@ def Flatten(batch_axis: int = 0, batch_axis_out: int = 0):
     return _with_axes(lambda shape: FlattenLast(), size, batch_axis, -1)
 
 
+def DotGeneral(
+    *,
+    lhs=None,
+    rhs=None,
+    dimension_numbers=(((), ()), ((), ())),
+    precision=None,
+    batch_axis: int = 0,
+    channel_axis: int = -1,
+):
+    """`jax.lax.dot_general` with a constant, untrained factor (neural-tangents'
+    `stax.DotGeneral`).
+
+    `apply_fn` computes `dot_general(inputs, rhs, dimension_numbers, precision)` (or
+    `dot_general(lhs, inputs, ...)`): a scale, or a fixed linear map that contracts spatial axes
+    with the constant, or pairs them with its axes as `dot_general` batch dimensions. The
+    kernel is that map on both sides of every covariance. With neither `lhs` nor `rhs` the layer
+    is the identity.
+
+    **Arguments:** as neural-tangents: `lhs` or `rhs` (an array or a number), `dimension_numbers`
+    `((lhs_contracting, rhs_contracting), (lhs_batch, rhs_batch))`, `precision`,
+    `batch_axis`, `channel_axis`. The dimension numbers may name spatial axes of the inputs
+    only, and the output must keep the input's `batch_axis` and `channel_axis` (as the layers
+    after it require); other layouts raise an error.
+
+    **Returns:**
+
+    `(init_fn, apply_fn, kernel_fn)`; `init_fn` gives no parameters.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    import jax.random as jr
+    from eqntk.compat import stax
+
+    # The first row minus the second, of NHWC images: (N, 2, W, C) -> (N, W, C).
+    diff = stax.DotGeneral(rhs=jnp.array([1.0, -1.0]), dimension_numbers=(((1,), (0,)), ((), ())))
+    _, apply_fn, kernel_fn = stax.serial(stax.Conv(4, (1, 2)), stax.Relu(), diff)
+    x = jr.normal(jr.key(0), (3, 2, 5, 2))
+    assert kernel_fn(x, get="nngp").shape == (3, 3, 4, 4)
+    ```
+    """
+    return triple(DotGeneralLayer(lhs, rhs, dimension_numbers, precision, batch_axis, channel_axis))
+
+
 def Identity():
     """The identity layer (neural-tangents' `stax.Identity`)."""
     return triple(Simple(lambda shape: nn.Identity(), lambda shape: shape))
@@ -680,22 +728,66 @@ def layer(layer_fn):
     @functools.wraps(layer_fn)
     def wrapped(*args, **kwargs):
         fns = layer_fn(*args, **kwargs)
-        kernel_fn = fns[2]
-        return triple(UserLayer(fns[0], fns[1], _ignore_kwargs(kernel_fn)))
+        return triple(UserLayer(fns[0], fns[1], fns[2]))
 
     return wrapped
 
 
-def _ignore_kwargs(kernel_fn):
-    return lambda k: kernel_fn(k)
-
-
 def requires(**static_reqs):
-    """Declare what a user `kernel_fn` needs (neural-tangents' `stax.requires`). The user
-    `kernel_fn` always receives the full spatial covariance and the batch diagonal of
-    `cov1`/`cov2`, so this decorator returns the function unchanged."""
-    del static_reqs
-    return lambda fn: fn
+    """Declare what a user `kernel_fn` needs of its input kernel (neural-tangents'
+    `stax.requires`).
+
+    **Arguments:**
+
+    - `diagonal_spatial`: `Diagonal(input=Bool.YES)` (the default `Diagonal()`) or `True`:
+      the function works on kernels that hold only the spatial diagonal, and receives one
+      when the layers above it need no more (e.g. a CNN that ends in `Flatten`). Anything else
+      (`Bool.MAYBE`, `Bool.NO`, `False`), or no declaration: it receives the full spatial
+      covariance.
+    - `diagonal_batch`: `True` (or unset): `cov1`/`cov2` hold one entry per example. `False`
+      (the covariance of every pair of examples) is not available: building the layer
+      raises `NotImplementedError`.
+    - `batch_axis`, `channel_axis`: the layout of the activations that the layer's functions
+      see (`Kernel.shape1`, `Kernel.batch_axis`, `apply_fn`'s inputs); default `0` and `-1`.
+
+    Other keywords are accepted and ignored, as in neural-tangents.
+
+    **Returns:**
+
+    A decorator for the user's `kernel_fn`.
+
+    **Example:**
+
+    ```python
+    import jax.random as jr
+    from eqntk.compat import stax
+
+    seen = []
+
+    @stax.layer
+    def Scale(c):
+        @stax.requires(diagonal_spatial=stax.Diagonal())  # one position at a time
+        def kernel_fn(k, **kwargs):
+            seen.append(k.diagonal_spatial)
+            return c * k  # neural-tangents' `Kernel.__mul__`: covariances times c**2
+
+        return (lambda rng, shape: (shape, ())), (lambda params, x, **kw: c * x), kernel_fn
+
+    _, _, kernel_fn = stax.serial(stax.Conv(4, (2,)), Scale(2.0), stax.Flatten(), stax.Dense(1))
+    kernel_fn(jr.normal(jr.key(0), (2, 5, 3)), get="nngp")
+    assert seen == [True]  # the spatial diagonal suffices: no full covariance computed
+    ```
+    """
+
+    def decorate(kernel_fn):
+        @functools.wraps(kernel_fn)
+        def with_requirements(*args, **kwargs):
+            return kernel_fn(*args, **kwargs)
+
+        setattr(with_requirements, REQUIREMENTS, dict(static_reqs))
+        return with_requirements
+
+    return decorate
 
 
 def supports_masking(remask_kernel: bool):
@@ -708,16 +800,19 @@ def supports_masking(remask_kernel: bool):
 _ = MaskedArray
 
 
-class Diagonal:
-    """neural-tangents' requirement marker for `requires(diagonal_spatial=Diagonal())`."""
-
-    def __init__(self, input=None, output=None):
-        self.input, self.output = input, output
-
-
 class Bool(enum.IntEnum):
     """neural-tangents' tri-state booleans for `Diagonal`."""
 
     NO = 0
     MAYBE = 1
     YES = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Diagonal:
+    """neural-tangents' requirement marker for `requires(diagonal_spatial=Diagonal(...))`:
+    `input` says whether the layer works on kernels that hold only the diagonal
+    (`Bool.YES`, the default), `output` is accepted and not used."""
+
+    input: Bool = Bool.YES
+    output: Bool = Bool.NO

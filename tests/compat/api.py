@@ -299,6 +299,184 @@ def stax_index():
     return out
 
 
+def stax_dot_general():
+    """`DotGeneral` with a constant `rhs` (a scale; a contraction of a spatial axis) or `lhs`
+    (a contraction; a matrix over rows), and with spatial `dot_general` batch dimensions."""
+    x1, x2 = _x((2, 3, 4, 2), 18), _x((1, 3, 4, 2), 19)
+    out = {}
+    out.update(
+        _layer_outputs(
+            "rhs_scale",
+            stax.serial(stax.Conv(3, (2, 2)), stax.Relu(), stax.DotGeneral(rhs=2.0)),
+            x1,
+            x2,
+            diagonal_spatial=True,
+        )
+    )
+    rows = ((1,), (0,)), ((), ())  # contract the rows (H) of NHWC inputs with a vector
+    out.update(
+        _layer_outputs(
+            "rhs_contract",
+            stax.serial(
+                stax.Conv(3, (1, 2), b_std=0.1),
+                stax.DotGeneral(rhs=jnp.array([1.0, -0.5, 2.0]), dimension_numbers=rows),
+                stax.Relu(),
+                stax.Dense(2),
+            ),
+            x1,
+            x2,
+        )
+    )
+    out.update(
+        _layer_outputs(
+            "lhs_contract",
+            _dense_head(
+                stax.Conv(3, (1, 2)),
+                stax.Erf(),
+                stax.DotGeneral(
+                    lhs=jnp.array([0.3, -1.0, 0.7]), dimension_numbers=(((0,), (1,)), ((), ()))
+                ),
+            ),
+            x1,
+            x2,
+        )
+    )
+    # Padding (all-zero positions) is mapped along: a column is masked when every row of it
+    # that the constant weighs is.
+    xm = x1.copy()
+    xm[0, :, 3] = 0.0
+    xm[1, 1:, 2] = 0.0
+    _, _, kernel_m = stax.serial(
+        stax.Conv(3, (1, 2), padding="SAME"),
+        stax.DotGeneral(rhs=jnp.array([0.0, 1.0, 2.0]), dimension_numbers=rows),
+        stax.Relu(),
+        stax.GlobalAvgPool(),
+        stax.Dense(1),
+    )
+    out["masked/nngp"] = kernel_m(xm, None, "nngp", mask_constant=0.0)
+    # Rows first (`HNWC`, `batch_axis=1`): a matrix mixing the rows, and a weighted sum over
+    # the columns per row (rows paired as `dot_general` batch dimensions).
+    y1, y2 = np.moveaxis(x1, 0, 1), np.moveaxis(x2, 0, 1)
+    mix = jnp.array([[1.0, 0.5, 0.0], [0.0, -1.0, 2.0]])
+    out.update(
+        _layer_outputs(
+            "lhs_matrix",
+            stax.serial(
+                stax.Dense(3, 1.2, 0.1, batch_axis=1),
+                stax.Relu(),
+                stax.DotGeneral(lhs=mix, dimension_numbers=(((1,), (0,)), ((), ())), batch_axis=1),
+            ),
+            y1,
+            y2,
+        )
+    )
+    weights = jnp.asarray(_x((3, 4), 20))
+    out.update(
+        _layer_outputs(
+            "rhs_batch",
+            stax.serial(
+                stax.Dense(3, 1.2, 0.1, batch_axis=1),
+                stax.Gelu(),
+                stax.DotGeneral(
+                    rhs=weights, dimension_numbers=(((2,), (1,)), ((0,), (0,))), batch_axis=1
+                ),
+                stax.Dense(1, batch_axis=1),
+            ),
+            y1,
+            y2,
+        )
+    )
+    return out
+
+
+def kernel_methods():
+    """`Kernel`'s methods on a kernel of NHWC images: slicing, reversing, transposing,
+    masking, `dot_general`, arithmetic, indexing, and continuing from a reversed kernel."""
+    x1, x2 = _x((3, 3, 4, 2), 21), _x((2, 3, 4, 2), 22)
+    _, _, kernel_fn = stax.serial(
+        stax.Conv(3, (2, 2), padding="SAME", b_std=0.1), stax.Relu(), stax.Conv(3, (1, 2))
+    )
+    k = kernel_fn(x1, x2)
+    out = {"nngp": k.nngp}
+
+    def fields(name, kernel, names=("nngp", "ntk", "cov1", "cov2"), shapes=True):
+        for f in names:
+            out[f"{name}/{f}"] = getattr(kernel, f)
+        layout = (kernel.batch_axis, kernel.channel_axis)
+        if shapes:  # neural-tangents' `dot_general` leaves `shape1`/`shape2` as they were
+            layout += tuple(kernel.shape1) + tuple(kernel.shape2)
+        out[f"{name}/layout"] = np.array(layout)
+
+    fields("slice", k.slice(slice(0, 2), slice(1, 2)))
+    fields("reverse", k.reverse())
+    fields("transpose", k.transpose((1, 0)), ("nngp", "cov2"))
+    m1 = np.zeros((3, 3, 3, 1), bool)
+    m1[0, 2], m1[1, :, 1] = True, True
+    m2 = np.zeros((2, 1, 3, 1), bool)
+    m2[1, 0, 0] = True
+    fields("mask", k.mask(jnp.asarray(m1), jnp.asarray(m2)))
+    rows = jnp.asarray(_x((3, 3), 23))  # a weighting of the rows per example of `x1`
+    rows2 = jnp.asarray(_x((2, 3), 24))
+    per_example = (((1,), (1,)), ((0,), (0,)))
+    fields("dot_batch", k.dot_general(rows, rows2, False, per_example), shapes=False)
+    mix = jnp.asarray(_x((2, 3), 25))
+    fields("dot_lhs", k.dot_general(mix, mix, True, (((1,), (1,)), ((), ()))), shapes=False)
+    fields("mul", 2.0 * (k * 1.5) / 4.0)
+    fields("add", -(k + 0.5))
+    fields("getitem", k[:, 1:, 0])
+    _, _, head = stax.serial(stax.Relu(), stax.Flatten(), stax.Dense(1))
+    out["reversed_head"] = head(k.reverse()).ntk
+    return out
+
+
+@stax.layer
+def _scale(c):
+    """A user layer that works one position at a time: it declares the spatial diagonal."""
+
+    @stax.requires(diagonal_spatial=stax.Diagonal())
+    def kernel_fn(k, **kwargs):
+        return c * k
+
+    return (lambda rng, shape: (shape, ())), (lambda params, x, **kwargs: c * x), kernel_fn
+
+
+@stax.layer
+def _flip():
+    """A user layer that reverses the positions (NWC): it needs the full covariance."""
+
+    @stax.requires(diagonal_spatial=stax.Diagonal(input=stax.Bool.NO))
+    def kernel_fn(k, **kwargs):
+        return k[:, ::-1]
+
+    return (lambda rng, shape: (shape, ())), (lambda params, x, **kwargs: x[:, ::-1]), kernel_fn
+
+
+def user_layers():
+    """User layers (`stax.layer` with `stax.requires`) inside networks of sequences."""
+    x1, x2 = _x((3, 5, 2), 26), _x((2, 5, 2), 27)
+    out = _layer_outputs(
+        "diagonal",
+        stax.serial(stax.Conv(3, (2,)), _scale(1.5), stax.Relu(), stax.Flatten(), stax.Dense(1)),
+        x1,
+        x2,
+    )
+    out.update(
+        _layer_outputs(
+            "full",
+            stax.serial(
+                stax.Conv(3, (2,), b_std=0.1),
+                _flip(),
+                stax.Relu(),
+                stax.Conv(2, (3,)),
+                stax.GlobalAvgPool(),
+            ),
+            x1,
+            x2,
+        )
+    )
+    return out
+
+
 def jax_tree_scale(tree, c):
     import jax
 
@@ -312,4 +490,7 @@ PROGRAMS = {
     "empirical_api": empirical_api,
     "graph_and_masks": graph_and_masks,
     "stax_index": stax_index,
+    "stax_dot_general": stax_dot_general,
+    "kernel_methods": kernel_methods,
+    "user_layers": user_layers,
 }

@@ -20,6 +20,9 @@ from .helpers import check_against_reference
         "empirical_api",
         "graph_and_masks",
         "stax_index",
+        "stax_dot_general",
+        "kernel_methods",
+        "user_layers",
     ],
 )
 def test_api(name):

@@ -104,3 +104,70 @@ def test_batch_slices_patterns_with_their_examples():
     # Each entry depends on one example of each batch only: the tiles are exact.
     assert jnp.allclose(tiled.ntk, whole.ntk, rtol=1e-12)
     assert jnp.allclose(tiled.cov2, whole.cov2, rtol=1e-12) and tiled.shape1 == whole.shape1
+
+
+def test_dot_general_kernel_is_the_map_on_both_sides():
+    _, _, base_kernel = base = stax.serial(stax.Dense(2, 1.3, 0.2), stax.Relu())
+    v = jnp.array([1.0, -2.0, 0.5])
+    rows = ((1,), (0,)), ((), ())
+    _, _, kernel_fn = stax.serial(base, stax.DotGeneral(rhs=v, dimension_numbers=rows))
+    x = jr.normal(jr.key(0), (2, 3, 1, 2))  # NHWC
+    k = base_kernel(x, get="nngp")  # (N, N, H, H, W, W)
+    want = jnp.einsum("abhiwv,h,i->abwv", k, v, v)
+    # The same sums in another order: agreement to rounding.
+    assert jnp.allclose(kernel_fn(x, get="nngp"), want, rtol=1e-12)
+    # Finite outputs: `stax_dot_general` (tests/compat/test_api.py) compares them with
+    # neural-tangents'.
+
+
+def test_dot_general_rejects_what_it_cannot_map():
+    x = jnp.ones((2, 3, 4, 2))
+    channels = stax.DotGeneral(rhs=jnp.ones(2), dimension_numbers=(((3,), (0,)), ((), ())))
+    with pytest.raises(ValueError, match="channel axis"):
+        channels[2](x)
+    moved = stax.DotGeneral(lhs=jnp.ones((5, 3)), dimension_numbers=(((1,), (1,)), ((), ())))
+    with pytest.raises(NotImplementedError, match="batch_axis"):
+        moved[2](x)
+    with pytest.raises(ValueError, match="At most one"):
+        stax.DotGeneral(lhs=1.0, rhs=2.0)
+
+
+def _probe(seen, **reqs):
+    """A user layer that records the kernels its `kernel_fn` receives."""
+
+    @stax.layer
+    def Probe():
+        def kernel_fn(k, **kwargs):
+            seen.append((k.diagonal_spatial, k.batch_axis, k.channel_axis, k.shape1))
+            return k
+
+        kernel_fn = stax.requires(**reqs)(kernel_fn) if reqs else kernel_fn
+        return (lambda rng, shape: (shape, ())), (lambda params, x, **kw: x), kernel_fn
+
+    return Probe()
+
+
+def test_requires_diagonal_spatial_is_honoured():
+    x = jr.normal(jr.key(0), (2, 4, 1))  # NWC
+    kernels = {}
+    # Declared: the spatial diagonal suffices. `Bool.NO`, like no declaration: full covariance.
+    cases = {"declared": stax.Diagonal(), "full": stax.Diagonal(stax.Bool.NO)}
+    for name, diagonal in cases.items():
+        seen = []
+        _, _, kernel_fn = stax.serial(
+            stax.Conv(2, (2,)), _probe(seen, diagonal_spatial=diagonal), stax.Flatten()
+        )
+        kernels[name] = kernel_fn(x, get="nngp")
+        assert seen[0][0] == (name == "declared")  # the spatial diagonal only when declared
+    # The same kernel either way (the diagonal layout skips the off-diagonal entries only).
+    assert jnp.allclose(kernels["declared"], kernels["full"], rtol=1e-12)
+
+
+def test_requires_layout_and_unavailable_batch_covariance():
+    seen = []
+    probe = _probe(seen, batch_axis=1, channel_axis=0)
+    _, _, kernel_fn = stax.serial(stax.Dense(3, batch_axis=1, channel_axis=0), probe)
+    assert kernel_fn(jnp.ones((2, 5)), get="nngp").shape == (5, 5)  # (C, N) inputs
+    assert seen[0][1:] == (1, 0, (3, 5))
+    with pytest.raises(NotImplementedError, match="diagonal_batch"):
+        _probe([], diagonal_batch=False)

@@ -15,6 +15,7 @@ from .._stax import (
     Cos as Cos,
     Dense as Dense,
     Diagonal as Diagonal,
+    DotGeneral as DotGeneral,
     Dropout as Dropout,
     Elementwise as Elementwise,
     ElementwiseNumerical as ElementwiseNumerical,
