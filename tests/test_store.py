@@ -299,7 +299,9 @@ def _kill_and_resume(tmp_path: pathlib.Path, kills: int, n: int, devices: int) -
     env = {
         "EQNTK_TILE_LOG": str(tmp_path / "tiles.log"),
         "EQNTK_TILE_SLEEP": "0.03",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        # The tests' compile settings too (conftest), so that the runs round like this one.
+        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} "
+        f"--xla_force_host_platform_device_count={devices}",
     }
     path = tmp_path / "killed.zarr"
     tiles = (-(-n // 4)) * (-(-n // 4) + 1) // 2
