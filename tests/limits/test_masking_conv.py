@@ -245,7 +245,7 @@ def test_with_inputs_maps_masks_through_sequential(getkey):
 
 def test_monte_carlo(getkey):
     """Wide finite CNNs with masks bound by `with_inputs` agree with the limit."""
-    _assert_monte_carlo(getkey, width=64, d_out=32, n_samples=16)
+    _assert_monte_carlo(getkey, width=32, d_out=32, n_samples=16)
 
 
 @pytest.mark.slow
