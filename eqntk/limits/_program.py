@@ -26,6 +26,8 @@ Gaussâ€“Hermite quadrature otherwise). The NTK of two atoms is `E[f'(g) k'(h)] Î
 """
 
 import math
+import os
+import pathlib
 from collections.abc import Callable
 from typing import Any
 
@@ -254,9 +256,20 @@ def _where(eqns) -> str:
         except Exception:
             continue
         for frame in frames:
-            if "/equinox/" not in frame.file_name and "/eqntk/" not in frame.file_name:
+            if not frame.file_name.startswith(_LIBRARIES):
                 return f"{frame.file_name}:{frame.start_line} ({frame.function_name})"
     return "an unknown line"
+
+
+# The packages whose frames are not the user's: by their directories, not by a name in the path
+# (a user's project may well live in a folder called `eqntk`).
+_LIBRARIES = tuple(
+    {
+        str(path) + os.sep
+        for folder in (pathlib.Path(eqx.__file__).parent, pathlib.Path(__file__).parents[1])
+        for path in (folder.absolute(), folder.resolve())
+    }
+)
 
 
 def _unsupported(eqn, why: str, interp: Any) -> _Unsupported:

@@ -1,5 +1,6 @@
 """`limit` of Equinox modules without a rule: their `__call__` interpreted on kernels."""
 
+import importlib.util
 import math
 from collections.abc import Callable
 
@@ -408,6 +409,27 @@ def test_unsupported_primitive_names_it_and_the_line(getkey):
         NotImplementedError, match=r"(?s)`sort` at .*test_program.py:\d+.*register\(Sorted\)"
     ):
         eqntk.limit(Sorted(eqx.nn.Linear(4, 3, key=getkey())))(jnp.ones((2, 4)))
+
+
+def test_user_code_in_a_folder_named_eqntk_is_still_the_users(getkey, tmp_path):
+    # A user's project cloned as `eqntk/` (or any path containing the name): its lines are the
+    # user's, not the library's, and the error names them.
+    folder = tmp_path / "eqntk" / "project"
+    folder.mkdir(parents=True)
+    (folder / "sorted_model.py").write_text(
+        "import equinox as eqx\n"
+        "import jax.numpy as jnp\n\n\n"
+        "class Sorted(eqx.Module):\n"
+        "    lin: eqx.nn.Linear\n\n"
+        "    def __call__(self, x, *, key=None):\n"
+        "        return jnp.sort(self.lin(x))\n"
+    )
+    spec = importlib.util.spec_from_file_location("sorted_model", folder / "sorted_model.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(NotImplementedError, match=r"`sort` at .*sorted_model.py:9 "):
+        eqntk.limit(module.Sorted(eqx.nn.Linear(4, 3, key=getkey())))(jnp.ones((2, 4)))
 
 
 def test_shared_weights_are_an_error(getkey):
