@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 from jax import lax
-from jax._src import source_info_util
+from jax._src import config as jax_config, source_info_util
 from jax.core import ShapedArray, Tracer
 from jax.extend import core as jex_core
 
@@ -619,7 +619,11 @@ class _Interpreter:
                     self,
                 )
         kin = self.kernel_of(x)
-        out_k = apply(layer, kin, Requirements(diagonal_spatial=False))
+        # The layer's rule is staged as usual, not evaluated at compile time like the program's
+        # constants: there an `eqx.error_if` on a traced parameter (e.g. LayerNorm's weight
+        # check) raised whatever the parameter's value.
+        with jax_config.eager_constant_folding(False):
+            out_k = apply(layer, kin, Requirements(diagonal_spatial=False))
         if isinstance(out_k, tuple):
             raise _unsupported(eqn, "a layer returned several streams.", self)
         if out_k.diagonal_spatial and out_k.spatial_ndim:

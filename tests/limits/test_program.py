@@ -432,6 +432,25 @@ def test_user_code_in_a_folder_named_eqntk_is_still_the_users(getkey, tmp_path):
         eqntk.limit(module.Sorted(eqx.nn.Linear(4, 3, key=getkey())))(jnp.ones((2, 4)))
 
 
+def test_layernorm_inside_a_traced_module_checks_its_actual_weight(getkey):
+    # The check of LayerNorm's initial weight ran at compile time inside the interpreter and
+    # raised whatever the weight was; it must pass at 1 and fail at 2.
+    class Normed(eqx.Module):
+        conv: eqx.nn.Conv1d
+        norm: eqx.nn.LayerNorm
+
+        def __call__(self, x, *, key=None):
+            return jnp.mean(self.norm(self.conv(x)), axis=1)
+
+    model = Normed(eqx.nn.Conv1d(3, 4, 1, key=getkey()), eqx.nn.LayerNorm((4, 2)))
+    x = jr.normal(getkey(), (2, 3, 2))
+    k = eqntk.limit(model)(x)
+    assert bool(jnp.all(jnp.isfinite(k.nngp)))
+    trained = eqx.tree_at(lambda m: m.norm.weight, model, 2 * model.norm.weight)
+    with pytest.raises(Exception, match="`weight` must have its initial value"):
+        eqntk.limit(trained)(x)
+
+
 def test_shared_weights_are_an_error(getkey):
     class Siamese(eqx.Module):
         lin: eqx.nn.Linear
