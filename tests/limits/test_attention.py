@@ -78,11 +78,14 @@ def test_monte_carlo_wide(getkey):
     x1, x2 = jr.normal(getkey(), (2, 2, 4)), jr.normal(getkey(), (3, 2, 4))
     config = CONFIGS["softmax"]
     exact = eqntk.limit(_net(getkey(), config, width=256))(x1, x2)
-    nngp, ntk = mc_kernels(lambda k: _net(k, config, width=256), getkey(), x1, x2, 128)
+    # The NNGP only: explicit Jacobians of 128 networks this wide would need hundreds of GB
+    # (the NTK is checked against narrower networks by `test_monte_carlo`).
+    nngp, _ = mc_kernels(
+        lambda k: _net(k, config, width=256), getkey(), x1, x2, 128, with_ntk=False
+    )
     # Width 256, 128 networks: standard error ~ 1/sqrt(128 * 256) ~ 0.006; 0.03 is generous
     # for the O(1/width) bias of the finite logits.
     assert relative_error(nngp, exact.nngp) < 0.03
-    assert relative_error(ntk, exact.ntk) < 0.03
 
 
 # Square-root scaling (`linear_scaling=False`) with identity attention: the closed form of
