@@ -99,7 +99,11 @@ def _apply_blocks(
         return k
 
     j = 0
-    while j < len(blocks) and not (j < 2 and len(blocks) - j >= 2 and _keeps(run, blocks[j], k)):
+    while j < len(blocks):
+        # Two blocks at most may run unrolled before the loop; a run whose blocks never keep
+        # the metadata stays unrolled to the end.
+        if j < 2 and len(blocks) - j >= 2 and _keeps(run, blocks[j], k):
+            break
         k = run(blocks[j], k)
         j += 1
     if j == len(blocks):
