@@ -10,6 +10,7 @@ tiles are 2 MiB each at the default 512 (float32).
 Run from the repository root (a standalone script, not a case of `python -m benchmarks`):
 
     python -m benchmarks.store_overhead [--n 4096] [--batch-size 512] [--repeats 2]
+    python -m benchmarks.store_overhead --memory-n 20000   # peak memory of a large job
 
 It prints, per network: the in-memory and stored times, the overhead, the tile size, the
 store's size on disk, and the floor: the time to write the result's bytes as plain files (one
@@ -73,6 +74,42 @@ def _raw_write(result, batch_size: int, workdir: pathlib.Path) -> float:
     return seconds
 
 
+def _peak_memory(n: int, batch_size: int) -> None:
+    """Writes the FCN's NNGP and NTK of `n` examples to a store and prints the peak resident
+    memory of the whole process (from the kernel's high-water mark, `VmHWM`), the resident
+    memory before the job, and the size of the result."""
+    import resource
+
+    import jax.random as jr
+    import numpy as np
+
+    import eqntk
+
+    model, shape = _networks(jr.key(0))["fcn"]
+    x = np.random.default_rng(0).standard_normal((n, *shape), dtype=np.float32)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="eqntk-store-"))
+    try:
+        start = time.perf_counter()
+        stored_fn = eqntk.batch(eqntk.limit(model), batch_size, store=workdir / "k.zarr")
+        stored_fn(x, None, ("nngp", "ntk"))
+        seconds = time.perf_counter() - start
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    row = {
+        "network": "fcn",
+        "n": n,
+        "batch_size": batch_size,
+        "seconds": round(seconds, 1),
+        "result_mib": round(2 * n * n * 4 / 2**20),
+        "tile_mib": round(2 * batch_size**2 * 4 / 2**20, 1),
+        "rss_before_job_mib": round(before),
+        "peak_rss_mib": round(peak),
+    }
+    print(json.dumps(row))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=4096, help="examples (N x N kernel)")
@@ -80,7 +117,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each path")
     parser.add_argument("--cnn-n", type=int, default=1024, help="examples for the CNN job")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument(
+        "--memory-n",
+        type=int,
+        help="instead: write the FCN kernel of this many examples to a store and report the "
+        "process's peak resident memory against the result's size",
+    )
     args = parser.parse_args()
+    if args.memory_n:
+        _peak_memory(args.memory_n, args.batch_size)
+        return
 
     import jax
     import jax.random as jr

@@ -118,8 +118,9 @@ def compute_into_store(
         ) from e
     _check_same_job(group, job, path)
     arrays = [group[name] for name in names]
-    files = [_ChunkFiles(array, path) for array in arrays]
     records = group[_RECORDS]
+    files = [_ChunkFiles(array, path) for array in arrays]
+    record_files = _ChunkFiles(records, path)
 
     index1 = {s: i for i, s in enumerate(starts1)}
     index2 = {s: j for j, s in enumerate(starts2)}
@@ -167,7 +168,8 @@ def compute_into_store(
         for d, (i, j, _) in enumerate(chunk):
             parts = geometry.write(files, i, j, [t[d] for t in host])
             # The record goes last: a tile without one is computed again on restart.
-            records[i, j] = _checksum(parts) + _DONE
+            record = np.full((1, 1), _checksum(parts) + _DONE, np.uint64)
+            record_files.write((slice(i, i + 1), slice(j, j + 1)), record)
         advance(len(chunk))
 
     # Writing (copy to host, encode, checksum, file writes) runs on a thread of its own while
