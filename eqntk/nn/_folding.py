@@ -1,5 +1,6 @@
 """Deep `Sequential` stacks in the limit: a run of identically built blocks is traced and
-compiled once, in a `jax.lax.scan`, as [`eqntk.nn.Repeat`][] does for the stacks it builds.
+compiled once, in a `jax.lax.scan`. [`eqntk.nn.Repeat`][]'s rule runs its stacks the same way
+(`apply_stacked`).
 
 XLA compiles a program of unrolled layers in a time that grows with the depth, and its
 gradient in a time that grows faster (XLA:CPU copies the elementwise chain of cotangents into
@@ -7,7 +8,7 @@ each layer's reductions): a 50-layer ReLU network's kernel took 5 s to compile a
 gradient 140 s. Folded, both stay near the cost of one block.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import equinox as eqx
@@ -19,6 +20,7 @@ from ..limits._registry import KernelTree, RequirementsTree, apply
 
 MIN_BLOCKS = 4  # shorter runs are unrolled: the scan would save little
 MAX_PERIOD = 4  # blocks of up to this many layers (e.g. Dense, Relu) are recognised
+MAX_UNROLLED = 2  # blocks run before the scan while the kernel's metadata settles
 
 
 def apply_in_order(
@@ -90,37 +92,62 @@ def _same(a: list[Any], b: list[Any]) -> bool:
 def _apply_blocks(
     blocks: list[tuple[Any, ...]], k: KernelTree, wanted: tuple[RequirementsTree, ...]
 ) -> KernelTree:
-    """The blocks in order: unrolled until one keeps the kernel's metadata (at most two: the
-    first block may change it, e.g. make the kernel non-Gaussian), the rest in a scan."""
+    """The blocks in order, through `apply_stacked` (their static fields agree)."""
 
     def run(block: tuple[Any, ...], k: KernelTree) -> KernelTree:
         for layer, w in zip(block, wanted):
             k = apply(layer, k, w)
         return k
 
-    j = 0
-    while j < len(blocks):
-        # Two blocks at most may run unrolled before the loop; a run whose blocks never keep
-        # the metadata stays unrolled to the end.
-        if j < 2 and len(blocks) - j >= 2 and _keeps(run, blocks[j], k):
-            break
-        k = run(blocks[j], k)
-        j += 1
-    if j == len(blocks):
-        return k
-    static = eqx.filter(blocks[j], eqx.is_array, inverse=True)
+    static = eqx.filter(blocks[0], eqx.is_array, inverse=True)
     stacked = jax.tree_util.tree_map(
-        lambda *leaves: jnp.stack(leaves), *[eqx.filter(b, eqx.is_array) for b in blocks[j:]]
+        lambda *leaves: jnp.stack(leaves), *[eqx.filter(b, eqx.is_array) for b in blocks]
     )
+    return apply_stacked(run, static, stacked, len(blocks), k)
 
-    def step(k: KernelTree, block_params: Any) -> tuple[KernelTree, None]:
-        return run(eqx.combine(block_params, static), k), None
 
-    k, _ = jax.lax.scan(step, k, stacked)
+def apply_stacked(
+    run: Callable[[Any, KernelTree], KernelTree],
+    static: Any,
+    stacked: Any,
+    n: int,
+    k: KernelTree,
+    *,
+    unfoldable: Callable[[KernelTree, KernelTree], Exception] | None = None,
+) -> KernelTree:
+    """Apply `n` blocks in order with `run(block, k)`: block `j` is `eqx.combine(params,
+    static)`, `params` the `j`-th slice of every array in `stacked`.
+
+    The first blocks run unrolled until one maps the kernel to one of the same metadata (at
+    most `MAX_UNROLLED`: the first blocks may change it, e.g. make the kernel non-Gaussian), the
+    rest in one `jax.lax.scan`. When they never keep it, the blocks run unrolled to the end, or,
+    if `unfoldable` is given, `unfoldable(kernel before, kernel after the next block)` is
+    raised.
+    """
+
+    def block(j: int) -> Any:
+        return eqx.combine(jax.tree_util.tree_map(lambda leaf: leaf[j], stacked), static)
+
+    j = 0
+    while j < n - 1 and j <= MAX_UNROLLED:  # two blocks or more left: a scan may run them
+        if _keeps(run, block(j), k):
+            rest = jax.tree_util.tree_map(lambda leaf: leaf[j:], stacked)
+
+            def step(k: KernelTree, block_params: Any) -> tuple[KernelTree, None]:
+                return run(eqx.combine(block_params, static), k), None
+
+            k, _ = jax.lax.scan(step, k, rest)
+            return k
+        if j == MAX_UNROLLED and unfoldable is not None:
+            raise unfoldable(k, eqx.filter_eval_shape(run, block(j), k))
+        k = run(block(j), k)
+        j += 1
+    for j in range(j, n):  # the last block, or blocks that never keep the metadata
+        k = run(block(j), k)
     return k
 
 
-def _keeps(run: Any, block: tuple[Any, ...], k: KernelTree) -> bool:
+def _keeps(run: Any, block: Any, k: KernelTree) -> bool:
     """Whether `block` maps `k` to a kernel of the same structure, shapes and dtypes (what a
     scan carry must keep)."""
     out = eqx.filter_eval_shape(run, block, k)

@@ -16,6 +16,7 @@ from ..limits._registry import (
     register,
     requirements,
 )
+from ._folding import apply_stacked
 
 
 class Repeat(eqx.Module):
@@ -136,11 +137,6 @@ def repeat(make_layer: Callable[[PRNGKeyArray], Any], n: int, *, key: PRNGKeyArr
 # Kernel rule of `Repeat`: the layers' rules in a `jax.lax.scan`, traced and compiled once.
 
 
-def _metadata(k) -> object:
-    """What a scan carry must keep from step to step: the tree structure and static fields."""
-    return jax.tree_util.tree_structure(k)
-
-
 def _describe(k) -> str:
     if isinstance(k, tuple):
         return "(" + ", ".join(_describe(ki) for ki in k) + ")"
@@ -154,10 +150,10 @@ def _describe(k) -> str:
 class RepeatRule(AbstractStreamsRule[Repeat]):
     """Kernel rule of [`eqntk.nn.Repeat`][]: the layer's rule applied `n` times, in a scan.
 
-    The first layer is applied on its own, because it may change the kernel's metadata (e.g.
-    `Sequential([Dense, Relu])` after an input that is not Gaussian); the other `n - 1` layers
+    The first layers (two at most) are applied on their own while they change the kernel's
+    metadata (e.g. `Sequential([Dense, Relu])` after an input that is not Gaussian); the others
     run in a `jax.lax.scan`, which needs every step to map a kernel to one with the same
-    metadata (shapes, spatial layout, Gaussianity).
+    metadata (shapes, dtypes, spatial layout, Gaussianity): an error says so otherwise.
     """
 
     def requirements(self, layer: Repeat, wanted: RequirementsTree) -> RequirementsTree:
@@ -165,27 +161,25 @@ class RepeatRule(AbstractStreamsRule[Repeat]):
 
     def __call__(self, layer: Repeat, k: KernelTree, wanted: RequirementsTree) -> KernelTree:
         carried = _carried(layer, wanted)
+        params, static = eqx.partition(layer.layers, eqx.is_array)
         # Every step delivers the layout the next step needs; `apply` conforms the result of
         # the last step to `wanted`.
-        k = apply(layer.layer(0), k, carried)
-        if layer.n == 1:
-            return k
-        params, static = eqx.partition(layer.layers, eqx.is_array)
-        rest = jax.tree_util.tree_map(lambda leaf: leaf[1:], params)
+        return apply_stacked(
+            lambda child, k: apply(child, k, carried),
+            static,
+            params,
+            layer.n,
+            k,
+            unfoldable=_unfoldable,
+        )
 
-        def step(k, layer_params):
-            out = apply(eqx.combine(layer_params, static), k, carried)
-            if _metadata(out) != _metadata(k):
-                raise ValueError(
-                    f"`Repeat` runs its layers in a `jax.lax.scan`, which needs each layer to "
-                    f"map a kernel to one with the same metadata; the layer maps "
-                    f"{_describe(k)} to {_describe(out)}. Use `Sequential` for layers that "
-                    f"change shapes or layouts."
-                )
-            return out, None
 
-        k, _ = jax.lax.scan(step, k, rest, length=layer.n - 1)
-        return k
+def _unfoldable(before: KernelTree, after: KernelTree) -> ValueError:
+    return ValueError(
+        f"`Repeat` runs its layers in a `jax.lax.scan`, which needs each layer to map a kernel "
+        f"to one with the same metadata; the layer maps {_describe(before)} to "
+        f"{_describe(after)}. Use `Sequential` for layers that change shapes or layouts."
+    )
 
 
 def _carried(layer: Repeat, wanted: RequirementsTree) -> RequirementsTree:

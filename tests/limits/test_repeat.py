@@ -84,12 +84,12 @@ class _ToggleRule(AbstractRule):
 
 def test_repeat_needs_a_fixed_metadata_body(getkey):
     x = jr.normal(getkey(), (2, 4))
-    model = nn.repeat(lambda key: _Toggle(), 3, key=getkey())
+    model = nn.repeat(lambda key: _Toggle(), 5, key=getkey())
     assert model(x[0]).shape == (4,)
     with pytest.raises(
         ValueError,
         match=r"`Repeat` runs its layers in a `jax.lax.scan`.*"
-        r"is_gaussian=True.*is_gaussian=False",
+        r"is_gaussian=False.*is_gaussian=True",
     ):
         eqntk.limit(model)(x)
     with pytest.raises(ValueError, match="`Repeat` needs a positive integer `n`"):
