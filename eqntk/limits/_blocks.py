@@ -8,20 +8,22 @@ batch of image pairs are hundreds of MiB.
 """
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.extend.core as jax_core
 import jax.numpy as jnp
 from jaxtyping import Array
 
 from ._kernel import Kernel
-from ._registry import KernelTree, apply, observing
+from ._registry import KernelTree, apply
 
 
 DEFAULT_BLOCK_BYTES = 8 * 2**20
-"""The default bound on the bytes of one block's largest intermediate kernel (NNGP and NTK of
-one layer, for all pairs of the block). The peak working memory is a few times this: a layer's
-rule holds about five such kernels at once."""
+"""The default bound on the bytes of one block's largest intermediate array (a layer's NNGP or
+NTK, or a rule's temporary, for all pairs of the block). The peak working memory is a few
+times this: a layer's rule holds about five such arrays at once."""
 
 # The fields of a `Kernel` with one entry per input of `x1`, and their `x2` counterparts.
 _ROWS = ("nngp", "ntk", "cov1", "mask1", "pattern1")
@@ -47,9 +49,9 @@ def _rows(k: Kernel, index: slice | Array) -> Kernel:
 
 
 def _largest_pair_bytes(model: Any, k: Kernel, wanted: Any) -> int:
-    """The bytes per pair of inputs of the largest kernel any layer of `model` makes, found by
-    tracing the network on one pair without computing anything."""
-    seen = [pair_bytes(k)]
+    """The bytes of the largest array that the kernel program of `model` makes for one pair of
+    inputs: a layer's kernel (its NNGP or NTK) or a rule's temporary (e.g. shifted copies of a
+    covariance). Found from the program traced on one pair, without computing anything."""
     first = lambda a: None if a is None else a[:1]
     one = _rows(k, slice(0, 1))
     one = one.replace(
@@ -59,9 +61,40 @@ def _largest_pair_bytes(model: Any, k: Kernel, wanted: Any) -> int:
         mask2=first(one.mask2),
         pattern2=first(one.pattern2),
     )
-    with observing(lambda out: seen.append(pair_bytes(out))):
-        jax.eval_shape(lambda kernel: apply(model, kernel, wanted), one)
-    return max(seen)
+    program = jax.make_jaxpr(lambda kernel: apply(model, kernel, wanted))(one)
+    return _largest_value_bytes(program.jaxpr)
+
+
+def _largest_value_bytes(jaxpr: Any, varying: Sequence[bool] | None = None) -> int:
+    """The bytes of the largest value of `jaxpr` that depends on its inputs (all of them, or
+    those flagged in `varying`), also in the programs it calls (loop bodies, branches, nested
+    jits). Values computed from constants alone (e.g. a network's weights, stacked for a scan)
+    are the same for every pair of inputs and are not counted."""
+    flags = [True] * len(jaxpr.invars) if varying is None else list(varying)
+    depends = {var for var, flag in zip(jaxpr.invars, flags) if flag}
+    largest = max((_bytes(var) for var in depends), default=0)
+    for eqn in jaxpr.eqns:
+        inputs = [not isinstance(var, jax_core.Literal) and var in depends for var in eqn.invars]
+        if not any(inputs):
+            continue
+        depends.update(eqn.outvars)
+        largest = max([largest, *(_bytes(var) for var in eqn.outvars)])
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else (param,):
+                inner = getattr(sub, "jaxpr", sub)  # a closed program, or an open one
+                if not (hasattr(inner, "eqns") and hasattr(inner, "invars")):
+                    continue
+                # A called program's inputs are the last of the call's operands (a branch
+                # index or loop constants may come first); otherwise, assume all depend.
+                n = len(inner.invars)
+                flags_in = inputs[len(inputs) - n :] if n <= len(inputs) else [True] * n
+                largest = max(largest, _largest_value_bytes(inner, flags_in))
+    return largest
+
+
+def _bytes(var: Any) -> int:
+    shape, dtype = getattr(var.aval, "shape", None), getattr(var.aval, "dtype", None)
+    return 0 if shape is None or dtype is None else math.prod(shape) * dtype.itemsize
 
 
 def apply_in_blocks(model: Any, k: Kernel, wanted: Any, block_bytes: int | None) -> KernelTree:

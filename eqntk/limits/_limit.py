@@ -30,7 +30,7 @@ class KernelFn(AbstractCallable):
     **Fields:**
 
     - `model`: the finite network whose limit this is.
-    - `block_bytes`: the bound on one block's largest intermediate kernel, or `None` (see
+    - `block_bytes`: the bound on one block's largest intermediate array, or `None` (see
       [`eqntk.limit`][]).
     """
 
@@ -204,11 +204,12 @@ def limit(model: Any, *, block_bytes: int | None = DEFAULT_BLOCK_BYTES) -> Kerne
     not matter, except in the standard parameterisation and for channel-wise concatenation,
     where they weight the contributions of the layers.
 
-    Working memory is bounded: when some layer's kernel (NNGP and NTK) for all pairs of
-    inputs would exceed `block_bytes`, the kernel function computes the rows of `x1` in blocks
-    (a `lax.map`; every kernel entry depends on one input of each batch only), so the peak is
-    a few times `block_bytes` plus the result, whatever the size of `x1` (a block holds at least
-    one row, so a single row against a very large `x2` can exceed it). The result is the same
+    Working memory is bounded: when some array of the computation (a layer's NNGP or NTK, or a
+    rule's temporary) for all pairs of inputs would exceed `block_bytes`, the kernel function
+    computes the rows of `x1` in blocks (a `lax.map`; every kernel entry depends on one input
+    of each batch only), so the peak is a few times `block_bytes` plus the result, whatever the
+    size of `x1` (a block holds at least one row, so a single row against a very large `x2` can
+    exceed it). The result is the same
     up to rounding (a kernel of `x1` with itself stays exactly symmetric). For kernels larger
     than memory, or spread over devices, see [`eqntk.batch`][].
 
@@ -216,7 +217,7 @@ def limit(model: Any, *, block_bytes: int | None = DEFAULT_BLOCK_BYTES) -> Kerne
 
     - `model`: the finite network, built from [`eqntk.nn`][] layers or any layers with a
       registered rule.
-    - `block_bytes`: the most bytes that one block's largest intermediate kernel may take
+    - `block_bytes`: the most bytes that one block's largest intermediate array may take
       (default 8 MiB), or `None` to always compute all pairs at once.
 
     **Returns:**

@@ -1,10 +1,9 @@
 """The rule registry: which kernel rule `limit` applies to which layer class."""
 
 import abc
-import contextlib
 import functools
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import equinox as eqx
@@ -429,10 +428,7 @@ def apply(layer: Any, k: KernelTree, wanted: RequirementsTree) -> KernelTree:
     # Masked positions stay zero whatever the rule did (e.g. a bias added there), so rules only
     # have to say how masks move when they move positions.
     out = jax.tree_util.tree_map(remask, out, is_leaf=lambda z: isinstance(z, Kernel))
-    out = conform(out, wanted)
-    for callback in _observers:
-        callback(out)
-    return out
+    return conform(out, wanted)
 
 
 def _kernels(k: Any) -> list[Any]:
@@ -486,20 +482,6 @@ def _check_output(rule: AnyRule, layer: Any, k: KernelTree, out: Any) -> None:
                 )
         if problems:
             raise ValueError(f"{where} returned a wrong kernel: " + "; ".join(problems) + ".")
-
-
-_observers: list[Callable[[KernelTree], None]] = []
-
-
-@contextlib.contextmanager
-def observing(callback: Callable[[KernelTree], None]) -> Iterator[None]:
-    """Call `callback` with every kernel that `apply` returns while the context is open (e.g.
-    to find the largest kernel a network makes, under `jax.eval_shape`)."""
-    _observers.append(callback)
-    try:
-        yield
-    finally:
-        _observers.pop()
 
 
 def conform(k: KernelTree, wanted: RequirementsTree) -> KernelTree:

@@ -137,6 +137,25 @@ def test_blocks_bound_the_temporaries(getkey):
     assert blocked < whole / 3
 
 
+def test_block_size_probe_sees_arrays_inside_loops_and_branches():
+    """Blocks are sized by the largest array of one pair's program, also where it is made in
+    a loop body, a branch or a nested jit (e.g. a `Repeat`'s scan)."""
+    from eqntk.limits._blocks import _largest_value_bytes
+
+    def inner(c):
+        big = jnp.outer(c, c)  # (n, n): exists only inside
+        return c + jax.lax.cond(c[0] > 0, lambda b: b.sum(0), lambda b: b.sum(1), big)
+
+    weights = np.ones((3, 80, 80))  # constants: the same for every pair, not counted
+
+    def program(x):
+        step = lambda c, w: (jax.jit(inner)(c) + w.sum(), None)
+        return jax.lax.scan(step, x, jnp.asarray(weights) * 2)[0]
+
+    jaxpr = jax.make_jaxpr(program)(jnp.ones(50, jnp.float64)).jaxpr
+    assert _largest_value_bytes(jaxpr) == 50 * 50 * 8
+
+
 def test_default_leaves_small_kernels_whole(getkey):
     model = _cnn(getkey())
     x1, x2 = jr.normal(getkey(), (3, 2, 4, 4)), jr.normal(getkey(), (2, 2, 4, 4))
