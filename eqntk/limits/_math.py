@@ -5,6 +5,29 @@ $\\rho = \\mathcal{K}_{12} / \\sqrt{\\mathcal{K}_{11}\\mathcal{K}_{22}}$, which 
 diagonal of `K(x, x)` and for colinear inputs. There $\\arccos$ and $\\sqrt{1-\\rho^2}$ have
 infinite derivatives, although the kernels themselves are smooth enough; the functions here
 carry their derivatives in closed forms that stay finite.
+
+## Choices made for XLA:CPU
+
+Kernel programs are elementwise chains over kernel-shaped arrays, and on CPU their speed
+depends on what XLA stores and what it recomputes. Where a formula is written in one of two
+equivalent ways for that reason, the choice is made here or in `eqntk/_geometry.py`, and rules
+call the shared function; each function's docstring gives the measurement behind it:
+
+- **Stored divisions.** XLA:CPU stores the result of an expensive operation (a division) that
+  has several consumers, but copies a cheap one (products, the arc-cosine polynomial) into
+  every fusion that reads it. `times_norm` ends a homogeneous nonlinearity's map with a
+  division so that each layer's NNGP is stored once; `homogeneous_correlation(store=True)`
+  divides where the covariance is a window sum (spatial kernels), and multiplies after a
+  `Dense` layer; `_inverse_sqrt` tests its stored result, never its cheap input.
+- **Arc-cosine.** XLA's `arccos` is several times slower than a copy on CPU; float32 kernels
+  use a polynomial accurate to float32 (`_arccos`).
+- **Tap slicing.** A window sum reads each tap as a contiguous slice of the flattened padded
+  array, so that XLA never fuses a layer's producer into every tap
+  (`eqntk/_geometry.py`, `_unit_stride_taps`).
+
+Outside the kernel maths: finite convolutions run channel-last (`nn/_conv.py`,
+`_conv_one_example`: channel-first convolutions inside loops are about 20x slower on CPU), and
+the ODE's right-hand side is a row-major product (`dynamics/_ode.py`).
 """
 
 import functools as ft

@@ -278,7 +278,8 @@ def abrelu_entries(k: Kernel, a: Array | float, b: Array | float) -> EntryMap:
     a, b = k.cast(a), k.cast(b)
     half_gap = (a - b) ** 2 / 2
     ab = a * b
-    # With spatial axes, the covariances usually come from a window sum (see `store`).
+    # With spatial axes, the covariances usually come from a window sum: stored as a division
+    # (see "Choices made for XLA:CPU" in `eqntk/limits/_math.py`).
     store = k.spatial_ndim > 0
 
     def fn(q11, q12, q22, ntk):
