@@ -12,6 +12,7 @@ import jax.random as jr
 
 from .. import empirical
 from .._callable import named_tuple
+from ..empirical import Applied
 
 
 class NtkImplementation(enum.IntEnum):
@@ -30,25 +31,6 @@ _IMPLEMENTATIONS = {
     2: "ntk_vector_products",
     3: "structured_derivatives",
 }
-
-
-class Applied(eqx.Module):
-    """`apply_fn(params, ...)` as an Equinox module whose parameters are `params`.
-
-    With `per_example`, it is called on one example `x` as `apply_fn(params, x[None])[0]`
-    (the batch axis inserted at `batch_axis`), the convention of [`eqntk.empirical_kernel`][].
-    """
-
-    params: Any
-    apply_fn: Callable = eqx.field(static=True)
-    batch_axis: int = eqx.field(static=True, default=0)
-
-    def __call__(self, x, *, key=None):
-        def add(a):
-            return jnp.expand_dims(a, self.batch_axis)
-
-        out = self.apply_fn(self.params, jax.tree_util.tree_map(add, x))
-        return jax.tree_util.tree_map(lambda a: jnp.squeeze(a, self.batch_axis), out)
 
 
 def _with_kwargs(f, kwargs):
@@ -99,7 +81,7 @@ def _kernels(
 ):
     axis = _vmap_axis(vmap_axes)
     x1, x2 = _arrays(x1), _arrays(x2)
-    model = Applied(params, _with_kwargs(f, kwargs), axis)
+    model = Applied(params, _with_kwargs(f, kwargs), batch_axis=axis)
     example = jax.tree_util.tree_map(lambda a: jnp.take(a, 0, axis=axis), x1)
     out = jax.eval_shape(model, example)
     ndim = jax.tree_util.tree_leaves(out)[0].ndim + 1

@@ -232,3 +232,23 @@ def test_bad_inputs(getkey):
         eqntk.empirical_kernel(model, x, get="cov1")
     with pytest.raises(ValueError, match="`vmap_axes`=2 is not an axis of `x1`"):
         eqntk.empirical_kernel(model, x, vmap_axes=2)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_applied_function_of_a_parameter_tree(getkey, batched):
+    """`Applied(params, apply_fn)`: the NTK of a Flax/Haiku-style function is the Jacobian
+    product over the parameter tree, whichever convention `apply_fn` follows."""
+    params = {"w1": jr.normal(getkey(), (3, 16)), "w2": jr.normal(getkey(), (16, 2)) / 4}
+
+    def one(params, x):  # one example (3,) -> (2,)
+        return jnp.tanh(x @ params["w1"]) @ params["w2"]
+
+    apply_fn = jax.vmap(one, in_axes=(None, 0)) if batched else one
+    model = eqntk.empirical.Applied(params, apply_fn, batched=batched)
+    x = jr.normal(getkey(), (4, 3))
+    jac = jax.vmap(jax.jacrev(one), in_axes=(None, 0))(params, x)  # leaves (N, 2, *param)
+    flat = jnp.concatenate([j.reshape(4, 2, -1) for j in jax.tree_util.tree_leaves(jac)], -1)
+    want = jnp.einsum("icp,jcp->ij", flat, flat) / 2  # traced over the 2 outputs
+    got = eqntk.empirical_kernel(model, x, get="ntk")
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert jnp.allclose(eqntk.linearize(model)(x[0]), one(params, x[0]))
