@@ -276,14 +276,18 @@ def gradient_descent(
 
     def predict_fn(t=None, fx_train_or_state_0=0.0, fx_test_0=None, k_test_train=None):
         state_in = isinstance(fx_train_or_state_0, ODEState)
+        velocities = {}
         if state_in:
             state = fx_train_or_state_0
-            if state.qx_train is not None and jnp.any(jnp.asarray(state.qx_train) != 0):
-                raise NotImplementedError(
-                    "Resuming `gradient_descent` with momentum from a nonzero velocity "
-                    "(`ODEState.qx_train`) is not supported."
-                )
             fx_train_0, fx_test_0 = state.fx_train, state.fx_test
+            if momentum is None and (state.qx_train is not None or state.qx_test is not None):
+                raise ValueError(
+                    "Got momentum state variables (`qx_train`, `qx_test`) while `momentum` is "
+                    "None."
+                )
+            velocities = {"qx_train_0": state.qx_train}
+            if fx_test_0 is not None:
+                velocities["qx_test_0"] = state.qx_test
         else:
             fx_train_0 = fx_train_or_state_0
         if fx_test_0 is not None and k_test_train is None:
@@ -293,6 +297,7 @@ def gradient_descent(
             0.0 if fx_train_0 is None else fx_train_0,
             fx_test_0,
             k_test_train if fx_test_0 is not None else None,
+            **velocities,
         )
         if state_in:
             return ODEState(out.fx_train, out.fx_test, out.qx_train, out.qx_test)

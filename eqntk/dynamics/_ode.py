@@ -235,6 +235,8 @@ class ODEPredictor(AbstractCallable):
         fx_test_0: Float[ArrayLike, "..."] | None = None,
         k_test_train: Float[ArrayLike, "..."] | None = None,
         *,
+        qx_train_0: Float[ArrayLike, "..."] | None = None,
+        qx_test_0: Float[ArrayLike, "..."] | None = None,
         saveat: dfx.SaveAt | None = None,
     ) -> Trajectory | ODESolution:
         """The outputs at time(s) `t`, from one ODE solve that saves at every requested time;
@@ -251,7 +253,9 @@ class ODEPredictor(AbstractCallable):
           `y_train`).
         - `fx_test_0`: the outputs on the test set at $t = 0$, or `None` for no test set.
         - `k_test_train`: the test-train kernel `(M, N)`, needed with `fx_test_0`.
-
+        - `qx_train_0`, `qx_test_0`: with momentum, the velocities of the outputs at $t = 0$
+          (as a `Trajectory`'s `qx_train`, `qx_test` give them: derivatives in the solver's
+          time $\\sqrt\\eta\\, t$), to resume a solve; `None` for 0.
         - `saveat`: `None` to save at the times `t`; or a `diffrax.SaveAt` with its times in
           the units of `t` (not scaled by the learning rate): `SaveAt(ts=...)` with times in
           $[0, t]$, `SaveAt(t0=True, t1=True)`, `SaveAt(steps=True)` (every solver step; at most
@@ -311,6 +315,16 @@ class ODEPredictor(AbstractCallable):
             # Saved solver times are divided by the scale to give training times.
             scale = eqx.error_if(scale, scale <= 0, "`saveat` needs a positive `learning_rate`.")
             solver_saveat = _solver_saveat(saveat, times[0], scale)
+        if self.momentum is None and (qx_train_0 is not None or qx_test_0 is not None):
+            raise ValueError(
+                "`qx_train_0` and `qx_test_0` are velocities of gradient descent with "
+                "momentum; this ODE has no `momentum`."
+            )
+        if qx_test_0 is not None and fx_test_0 is None:
+            raise ValueError("`qx_test_0` (test velocities) needs `fx_test_0` too.")
+        v0 = jnp.zeros_like(f0)
+        if qx_train_0 is not None:
+            v0 = self.layout.to_matrix(self.layout.check("qx_train_0", qx_train_0)).astype(dtype)
         rows, offset, integral = self.k, f0, False
         test = k_td = g0 = None
         if fx_test_0 is not None:
@@ -324,11 +338,18 @@ class ODEPredictor(AbstractCallable):
                 "k_test_train", k_test_train, points, self.layout.points_shape
             ).astype(dtype)
             g0 = test.to_matrix(test.check("fx_test_0", fx_test_0)).astype(dtype)
-            integral = k_td.shape[0] > self.k.shape[0]
+            # The integral form starts from zero velocity of the test outputs; given ones are
+            # carried as they are.
+            integral = k_td.shape[0] > self.k.shape[0] and qx_test_0 is None
             if integral:
                 offset = jnp.concatenate([f0, jnp.zeros_like(f0)])
+                v0 = jnp.concatenate([v0, jnp.zeros_like(v0)])
             else:
                 rows, offset = jnp.concatenate([self.k, k_td]), jnp.concatenate([f0, g0])
+                w0 = jnp.zeros_like(g0)
+                if qx_test_0 is not None:
+                    w0 = test.to_matrix(test.check("qx_test_0", qx_test_0)).astype(dtype)
+                v0 = jnp.concatenate([v0, w0])
         field = _Field(
             loss=self.loss,
             y_train=self.y_train,
@@ -339,7 +360,7 @@ class ODEPredictor(AbstractCallable):
             if self.momentum is None
             else (self.momentum - 1) / jnp.sqrt(self.learning_rate),
         )
-        state = offset.T if self.momentum is None else (offset.T, jnp.zeros_like(offset.T))
+        state = offset.T if self.momentum is None else (offset.T, v0.T)
         bad_start = field.nonfinite(state)
         start_message = (
             "`loss` or its gradient is not finite (NaN or inf) at the initial outputs "

@@ -91,6 +91,24 @@ def test_gradient_descent_infinite_time_is_the_mse_limit():
     assert jnp.allclose(fx_test, mse_test, atol=1e-6)
 
 
+def test_gradient_descent_with_momentum_resumes_from_an_ode_state():
+    k = jnp.eye(3) + 0.1
+    k_td = jnp.full((2, 3), 0.2)
+    y = jr.normal(jr.key(0), (3, 1))
+    loss = lambda fx, y_hat: 0.5 * jnp.sum((fx - y_hat) ** 2)
+    predict_fn = nt.predict.gradient_descent(loss, k, y, learning_rate=0.5, momentum=0.9)
+    start = nt.predict.ODEState(jnp.zeros((3, 1)), jnp.zeros((2, 1)))
+    state = predict_fn(1.0, start, k_test_train=k_td)
+    assert float(jnp.abs(state.qx_train).max()) > 1e-2  # a velocity to resume from
+    later, whole = (
+        predict_fn(1.0, state, k_test_train=k_td),
+        predict_fn(2.0, start, k_test_train=k_td),
+    )
+    for field in ("fx_train", "fx_test", "qx_train", "qx_test"):
+        # Two adaptive solves against one: agreement to the solver's tolerance.
+        assert jnp.allclose(getattr(later, field), getattr(whole, field), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.slow  # two compilations (~3 s unloaded)
 def test_batch_slices_patterns_with_their_examples():
     _, _, kernel_fn = stax.serial(

@@ -111,3 +111,27 @@ def test_bad_saveat(getkey):
         ode(1.0, saveat=dfx.SaveAt(dense=True)).evaluate(jnp.array([0.5, 1.5]))
     with pytest.raises(eqx.EquinoxRuntimeError, match="needs a positive `learning_rate`"):
         dynamics.gradient_descent(MSE, tdd, y, 0.0)(1.0, saveat=dfx.SaveAt(t1=True))
+
+
+# 3 test points (carried as outputs) and 9 (carried as an integral until velocities are given).
+@pytest.mark.parametrize("m", [3, 9])
+def test_momentum_resumes_from_outputs_and_velocities(getkey, m):
+    """Solving to t = 1, then from that state (outputs and velocities) for 1.5 more, gives
+    the solve to t = 2.5: the state is complete."""
+    parts, y, f = problem(getkey(), n=4, m=m)
+    tdd, ttd, _ = parts["ntk"]
+    f0, g0 = f[:4], f[4:]
+    ode = dynamics.gradient_descent(CE, tdd, y, 0.7, 0.9)
+    whole = ode(2.5, f0, g0, ttd)
+    half = ode(1.0, f0, g0, ttd)
+    assert float(jnp.abs(half.qx_train).max()) > 1e-2  # a real velocity to resume from
+    resumed = ode(
+        1.5, half.fx_train, half.fx_test, ttd, qx_train_0=half.qx_train, qx_test_0=half.qx_test
+    )
+    for field in ("fx_train", "fx_test", "qx_train", "qx_test"):
+        # Two adaptive solves against one: agreement to the solver's tolerance.
+        np.testing.assert_allclose(
+            getattr(resumed, field), getattr(whole, field), rtol=1e-5, atol=1e-6
+        )
+    with pytest.raises(ValueError, match="no `momentum`"):
+        dynamics.gradient_descent(CE, tdd, y, 0.7)(1.0, f0, qx_train_0=f0)
