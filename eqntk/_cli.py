@@ -248,6 +248,20 @@ def _check_demo(demo: _Parser, args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+# The options of `eqntk demo` that set up the networks and their training, passed on to
+# `run_demo` and recorded in `results.json`.
+_DEMO_SETTINGS = (
+    "depth",
+    "width",
+    "channels",
+    "ensemble",
+    "steps",
+    "batch_size",
+    "learning_rate",
+    "seed",
+)
+
+
 def _demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
 
@@ -259,26 +273,10 @@ def _demo(args: argparse.Namespace) -> int:
     from . import __version__
     from ._demo import run_demo
 
+    settings = {name: getattr(args, name) for name in _DEMO_SETTINGS}
     results = run_demo(
-        archs=args.arch,
-        n_train=args.n_train,
-        n_test=args.n_test,
-        depth=args.depth,
-        width=args.width,
-        channels=args.channels,
-        ensemble=args.ensemble,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        seed=args.seed,
-        out=args.out,
-        log=log,
+        archs=args.arch, n_train=args.n_train, n_test=args.n_test, out=args.out, log=log, **settings
     )
-    settings = {
-        name: getattr(args, name)
-        for name in ("depth", "width", "channels", "ensemble", "steps", "batch_size")
-    }
-    settings |= {"learning_rate": args.learning_rate, "seed": args.seed}
     results = {"eqntk": __version__, **results, "settings": settings}
     results["seconds"]["total"] = round(time.perf_counter() - start, 1)
     print(_table(results, args.ensemble), flush=True)

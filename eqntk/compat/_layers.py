@@ -546,18 +546,59 @@ def traced_shape(layer, shape):
 # Affine layers.
 
 
-class DenseLayer(Layer):
-    def __init__(self, out_dim, W_std, b_std, batch_axis, channel_axis, parameterization, s):
-        self.out_dim, self.W_std, self.b_std = out_dim, W_std, b_std
+class AffineLayer(Layer):
+    """A layer with weights and biases (`DenseLayer`, `ConvLayer`): the parameterisation with
+    its width scales `s`, the scale of parameters drawn in the standard parameterisation, and
+    the arguments of the eqntk module."""
+
+    def __init__(self, out_channels, W_std, b_std, parameterization, s):
+        self.out_channels, self.W_std, self.b_std = out_channels, W_std, b_std
         self.parameterization = parameterization.lower()
         if self.parameterization not in ("ntk", "standard"):
             raise ValueError(f"Parameterization not supported: {parameterization!r}.")
         self.s = tuple(s)
-        self.batch_axis, self.channel_axis = batch_axis, channel_axis
-        self._explicit_axes = (batch_axis, channel_axis) != (0, -1)
 
     def _width(self):
-        return self.out_dim * (self.s[1] if self.parameterization == "standard" else 1)
+        """The real number of output channels (`s1` times the nominal one when standard)."""
+        return self.out_channels * (self.s[1] if self.parameterization == "standard" else 1)
+
+    def _scale_standard(self, w, b, fan_in):
+        """Drawn standard-normal parameters `(w, b)` as the layer holds them: unchanged in the
+        NTK parameterisation, scaled by $\\sigma_W / \\sqrt{n}$ (nominal fan-in `fan_in`) and
+        $\\sigma_b$ in the standard one."""
+        if self.parameterization == "standard":
+            w = w * (self.W_std / fan_in**0.5)
+            b = None if b is None else b * typing.cast(float, self.b_std)
+        return (w, b)
+
+    def _module_args(self, shape) -> tuple[int, dict[str, Any]]:
+        """The nominal input width of the eqntk module for inputs of shape `shape`, and its
+        keyword arguments for the parameterisation."""
+        s = self.s if self.parameterization == "standard" else (1, 1)
+        options = dict(
+            W_std=self.W_std,
+            b_std=self.b_std,
+            parameterization=self.parameterization,
+            s=s,
+            key=dummy_key(),
+        )
+        return shape[0] // s[0], options
+
+
+def _put_params(module, w, b):
+    """`module` with the weight `w` (in the module's layout) and the bias `b`, if both have one
+    (the bias reshaped to the module's)."""
+    module = eqx.tree_at(lambda m: m.weight, module, w)
+    if b is not None and module.bias is not None:
+        module = eqx.tree_at(lambda m: m.bias, module, jnp.reshape(b, module.bias.shape))
+    return module
+
+
+class DenseLayer(AffineLayer):
+    def __init__(self, out_dim, W_std, b_std, batch_axis, channel_axis, parameterization, s):
+        super().__init__(out_dim, W_std, b_std, parameterization, s)
+        self.batch_axis, self.channel_axis = batch_axis, channel_axis
+        self._explicit_axes = (batch_axis, channel_axis) != (0, -1)
 
     def out_shape(self, shape):
         return (self._width(),) + tuple(shape[1:])
@@ -571,32 +612,18 @@ class DenseLayer(Layer):
             b_shape = [1] * (len(shape) + 1)
             b_shape[self.channel_axis] = self._width()
             b = jr.normal(k2, tuple(b_shape))
-        if self.parameterization == "standard":
-            w = w * (self.W_std / (n_in / self.s[0]) ** 0.5)
-            b = None if b is None else b * typing.cast(float, self.b_std)
-        return (w, b)
+        return self._scale_standard(w, b, n_in / self.s[0])
 
     def build(self, shape):
-        s = self.s if self.parameterization == "standard" else (1, 1)
-        return nn.Dense(
-            shape[0] // s[0],
-            self.out_dim,
-            W_std=self.W_std,
-            b_std=self.b_std,
-            parameterization=self.parameterization,
-            s=s,
-            key=dummy_key(),
-        )
+        n_in, options = self._module_args(shape)
+        return nn.Dense(n_in, self.out_channels, **options)
 
     def with_params(self, module, params, shape):
         w, b = params
-        module = eqx.tree_at(lambda m: m.weight, module, jnp.asarray(w).T)
-        if b is not None and module.bias is not None:
-            module = eqx.tree_at(lambda m: m.bias, module, jnp.reshape(b, (-1,)))
-        return module
+        return _put_params(module, jnp.asarray(w).T, b)
 
 
-class ConvLayer(Layer):
+class ConvLayer(AffineLayer):
     def __init__(
         self,
         kind,
@@ -610,15 +637,11 @@ class ConvLayer(Layer):
         parameterization,
         s,
     ):
+        super().__init__(out_chan, W_std, b_std, parameterization, s)
         self.kind = kind
-        self.out_chan, self.filter_shape = out_chan, tuple(filter_shape)
+        self.filter_shape = tuple(filter_shape)
         self.strides = None if strides is None else tuple(strides)
         self.padding = _padding_name(padding)
-        self.W_std, self.b_std = W_std, b_std
-        self.parameterization = parameterization.lower()
-        if self.parameterization not in ("ntk", "standard"):
-            raise ValueError(f"Parameterization not supported: {parameterization!r}.")
-        self.s = tuple(s)
         n = len(self.filter_shape)
         if dimension_numbers is None:
             spatial = "DHW"[-n:] if n <= 3 else "".join(chr(ord("a") + i) for i in range(n))
@@ -639,9 +662,6 @@ class ConvLayer(Layer):
                 f"alike, got {dimension_numbers!r}."
             )
         self._explicit_axes = (self.batch_axis, self.channel_axis) != (0, len(lhs) - 1)
-
-    def _width(self):
-        return self.out_chan * (self.s[1] if self.parameterization == "standard" else 1)
 
     def out_shape(self, shape):
         return traced_shape(self, shape)
@@ -665,26 +685,18 @@ class ConvLayer(Layer):
             if self.b_std is not None:
                 b_shape = [width if c == "C" else 1 for c in self.lhs_spec]
                 b = jr.normal(k2, tuple(b_shape))
-        if self.parameterization == "standard":
-            fan_in = n_in / self.s[0] * math.prod(self.filter_shape)
-            w = w * (self.W_std / fan_in**0.5)
-            b = None if b is None else b * typing.cast(float, self.b_std)
-        return (w, b)
+        return self._scale_standard(w, b, n_in / self.s[0] * math.prod(self.filter_shape))
 
     def build(self, shape):
         cls = {"conv": nn.Conv, "transpose": nn.ConvTranspose, "local": nn.ConvLocal}[self.kind]
-        s = self.s if self.parameterization == "standard" else (1, 1)
+        n_in, options = self._module_args(shape)
         return cls(
-            shape[0] // s[0],
-            self.out_chan,
+            n_in,
+            self.out_channels,
             self.filter_shape,
             strides=self.strides,
             padding=self.padding,
-            W_std=self.W_std,
-            b_std=self.b_std,
-            parameterization=self.parameterization,
-            s=s,
-            key=dummy_key(),
+            **options,
         )
 
     def with_params(self, module, params, shape):
@@ -695,10 +707,7 @@ class ConvLayer(Layer):
                 i for i, c in enumerate(self.rhs_spec) if c not in "IO"
             ]
             w = jnp.transpose(w, order)
-        module = eqx.tree_at(lambda m: m.weight, module, w)
-        if b is not None and module.bias is not None:
-            module = eqx.tree_at(lambda m: m.bias, module, jnp.reshape(b, module.bias.shape))
-        return module
+        return _put_params(module, w, b)
 
 
 def _padding_name(padding) -> str:

@@ -51,6 +51,31 @@ class ODEState(eqx.Module):
     qx_test: Any = None
 
 
+def _run_predictor(predictor, t, fx_train_0, fx_test_0, k_test_train, keywords=None):
+    """Call an eqntk predictor with neural-tangents' initial outputs: `fx_train_0=None` starts
+    the training outputs at zero, and `k_test_train` is needed (and only used) with
+    `fx_test_0`; `keywords` go to the predictor as they are (e.g. initial velocities)."""
+    if fx_test_0 is not None and k_test_train is None:
+        raise ValueError("`k_test_train` must be given with `fx_test_0`.")
+    return predictor(
+        t,
+        0.0 if fx_train_0 is None else fx_train_0,
+        fx_test_0,
+        k_test_train if fx_test_0 is not None else None,
+        **(keywords or {}),
+    )
+
+
+def _nt_outputs(out, fx_train_0, fx_test_0):
+    """neural-tangents' return value: `fx_train` without test outputs, `fx_test` when
+    `fx_train_0` is `None`, `(fx_train, fx_test)` otherwise."""
+    if fx_test_0 is None:
+        return out.fx_train
+    if fx_train_0 is None:
+        return out.fx_test
+    return out.fx_train, out.fx_test
+
+
 def _gaussians(out, get, names, with_cov):
     """eqntk Gaussians -> neural-tangents' `Gaussian`s or means."""
 
@@ -106,17 +131,10 @@ def gradient_descent_mse(
     y_train = jnp.asarray(y_train)
 
     def predict_fn(t=None, fx_train_0=0.0, fx_test_0=None, k_test_train=None):
-        if fx_test_0 is not None and k_test_train is None:
-            raise ValueError("`k_test_train` must be given with `fx_test_0`.")
         if fx_test_0 is None and fx_train_0 is None:
             raise ValueError("`fx_train_0` and `fx_test_0` cannot both be None.")
-        f0 = 0.0 if fx_train_0 is None else fx_train_0
-        out = predictor(t, f0, fx_test_0, k_test_train if fx_test_0 is not None else None)
-        if fx_test_0 is None:
-            return out.fx_train
-        if fx_train_0 is None:
-            return out.fx_test
-        return out.fx_train, out.fx_test
+        out = _run_predictor(predictor, t, fx_train_0, fx_test_0, k_test_train)
+        return _nt_outputs(out, fx_train_0, fx_test_0)
 
     return predict_fn
 
@@ -282,30 +300,17 @@ def gradient_descent(
             fx_train_0, fx_test_0 = state.fx_train, state.fx_test
             if momentum is None and (state.qx_train is not None or state.qx_test is not None):
                 raise ValueError(
-                    "Got momentum state variables (`qx_train`, `qx_test`) while `momentum` is "
-                    "None."
+                    "Got momentum state variables (`qx_train`, `qx_test`) while `momentum` is None."
                 )
             velocities = {"qx_train_0": state.qx_train}
             if fx_test_0 is not None:
                 velocities["qx_test_0"] = state.qx_test
         else:
             fx_train_0 = fx_train_or_state_0
-        if fx_test_0 is not None and k_test_train is None:
-            raise ValueError("`k_test_train` must be given with `fx_test_0`.")
-        out: Any = predictor(
-            t,
-            0.0 if fx_train_0 is None else fx_train_0,
-            fx_test_0,
-            k_test_train if fx_test_0 is not None else None,
-            **velocities,
-        )
+        out: Any = _run_predictor(predictor, t, fx_train_0, fx_test_0, k_test_train, velocities)
         if state_in:
             return ODEState(out.fx_train, out.fx_test, out.qx_train, out.qx_test)
-        if fx_test_0 is None:
-            return out.fx_train
-        if fx_train_0 is None:
-            return out.fx_test
-        return out.fx_train, out.fx_test
+        return _nt_outputs(out, fx_train_0, fx_test_0)
 
     return predict_fn
 

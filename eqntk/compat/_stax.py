@@ -229,13 +229,13 @@ def _conv(kind):
                 kind,
                 out_chan,
                 filter_shape,
-                strides,
-                padding,
-                W_std,
-                b_std,
-                dimension_numbers,
-                parameterization,
-                s,
+                strides=strides,
+                padding=padding,
+                W_std=W_std,
+                b_std=b_std,
+                dimension_numbers=dimension_numbers,
+                parameterization=parameterization,
+                s=s,
             )
         )
 

@@ -286,3 +286,17 @@ def test_points(name: str, k_test_train: Any, layout: Layout) -> tuple[int, ...]
             f"{None if shape is None else tuple(shape)}."
         )
     return tuple(shape[0::2])
+
+
+def test_problem(
+    layout: Layout, fx_test_0: Any, k_test_train: Any
+) -> tuple[Layout, Float[Array, "q p"], Float[Array, "q c"]]:
+    """The checked test-set arguments of a prediction from a training set: the layout of the
+    test outputs, the test-train kernel as a `(Q, P)` matrix, and the initial test outputs as
+    a `(Q, C)` matrix (both of the dtypes they came with)."""
+    if k_test_train is None:
+        raise ValueError("`k_test_train` is needed to predict the test outputs `fx_test_0`.")
+    points = test_points("k_test_train", k_test_train, layout)
+    k_td = kernel_to_matrix("k_test_train", k_test_train, points, layout.points_shape)
+    test = layout.with_points(points)
+    return test, k_td, test.to_matrix(test.check("fx_test_0", fx_test_0))

@@ -13,9 +13,8 @@ from ._common import (
     Axes,
     Layout,
     check_finite,
-    kernel_to_matrix,
     nonnegative,
-    test_points,
+    test_problem,
     training_problem,
 )
 from ._eigen import Eigen
@@ -116,13 +115,8 @@ class MSEPredictor(AbstractCallable):
         fx_train = self.layout.from_matrix(fx_train).reshape(t_shape + self.layout.shape)
         if fx_test_0 is None:
             return Trajectory(fx_train)
-        if k_test_train is None:
-            raise ValueError("`k_test_train` is needed to predict the test outputs `fx_test_0`.")
-        points = test_points("k_test_train", k_test_train, self.layout)
-        k_td = kernel_to_matrix("k_test_train", k_test_train, points, self.layout.points_shape)
-        test = self.layout.with_points(points)
-        g0 = test.to_matrix(check_finite("fx_test_0", test.check("fx_test_0", fx_test_0)))
-        g0 = g0.astype(dtype)
+        test, k_td, g0 = test_problem(self.layout, fx_test_0, k_test_train)
+        g0 = check_finite("fx_test_0", g0).astype(dtype)
         coef = self.eigen.inverse() if tau is None else self.eigen.growth(tau, n)
         fx_test = g0[None] + self.eigen.apply(coef, residual, k_td.astype(dtype))
         fx_test = test.from_matrix(fx_test).reshape(t_shape + test.shape)

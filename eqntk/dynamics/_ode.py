@@ -14,11 +14,10 @@ from ._common import (
     Axes,
     Layout,
     check_psd,
-    kernel_to_matrix,
     layout_of,
     nonnegative,
     square_kernel,
-    test_points,
+    test_problem,
 )
 from ._mse import as_times
 from ._trajectory import Trajectory
@@ -328,16 +327,8 @@ class ODEPredictor(AbstractCallable):
         rows, offset, integral = self.k, f0, False
         test = k_td = g0 = None
         if fx_test_0 is not None:
-            if k_test_train is None:
-                raise ValueError(
-                    "`k_test_train` is needed to predict the test outputs `fx_test_0`."
-                )
-            points = test_points("k_test_train", k_test_train, self.layout)
-            test = self.layout.with_points(points)
-            k_td = kernel_to_matrix(
-                "k_test_train", k_test_train, points, self.layout.points_shape
-            ).astype(dtype)
-            g0 = test.to_matrix(test.check("fx_test_0", fx_test_0)).astype(dtype)
+            test, k_td, g0 = test_problem(self.layout, fx_test_0, k_test_train)
+            k_td, g0 = k_td.astype(dtype), g0.astype(dtype)
             # The integral form starts from zero velocity of the test outputs; given ones are
             # carried as they are.
             integral = k_td.shape[0] > self.k.shape[0] and qx_test_0 is None

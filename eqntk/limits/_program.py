@@ -315,6 +315,26 @@ def _diagonal_positions(a, n_lead: int, n: int):
     return a
 
 
+def _own_modes(mode: str) -> tuple[str, str]:
+    """The modes of the moments of each side with itself: `"11"` and `"22"` for the cross
+    kernel (`mode="12"`), the mode itself on both sides otherwise."""
+    return ("11", "22") if mode == "12" else (mode, mode)
+
+
+def _outer_positions(a, b, mode: str):
+    """Per-position values of the two sides, `a` `(N1, *S1)` and `b` `(N2, *S2)`, broadcast
+    to the layout of a moment: `(N1, N2, *S1, *S2)` for the cross kernel (`mode="12"`),
+    `(N, *S1, *S2)` for one batch with itself."""
+    n_a, n_b = a.ndim - 1, b.ndim - 1
+    if mode == "12":
+        a = a.reshape((a.shape[0], 1) + a.shape[1:] + (1,) * n_b)
+        b = b.reshape((1, b.shape[0]) + (1,) * n_a + b.shape[1:])
+    else:
+        a = a.reshape(a.shape + (1,) * n_b)
+        b = b.reshape((b.shape[0],) + (1,) * n_a + b.shape[1:])
+    return a, b
+
+
 _Moment = tuple[Any, Any]  # (nngp, ntk or None)
 
 
@@ -460,16 +480,10 @@ class _Interpreter:
         khh, thh = self.lin_moment(p.h, q.h, mode)
         kgh, tgh = self.lin_moment(p.g, q.h, mode)
         khg, thg = self.lin_moment(p.h, q.g, mode)
-        s1, s2 = ("11", "22") if mode == "12" else (mode, mode)
-        n_p, n_q = len(p.shape) - 1, len(q.shape) - 1
-        m1 = _diagonal_positions(self.lin_moment(p.g, p.h, s1)[0], 1, n_p)
-        m2 = _diagonal_positions(self.lin_moment(q.g, q.h, s2)[0], 1, n_q)
-        if mode == "12":
-            m1 = m1.reshape((m1.shape[0], 1) + m1.shape[1:] + (1,) * n_q)
-            m2 = m2.reshape((1, m2.shape[0]) + (1,) * n_p + m2.shape[1:])
-        else:
-            m1 = m1.reshape(m1.shape + (1,) * n_q)
-            m2 = m2.reshape((m2.shape[0],) + (1,) * n_p + m2.shape[1:])
+        s1, s2 = _own_modes(mode)
+        m1 = _diagonal_positions(self.lin_moment(p.g, p.h, s1)[0], 1, len(p.shape) - 1)
+        m2 = _diagonal_positions(self.lin_moment(q.g, q.h, s2)[0], 1, len(q.shape) - 1)
+        m1, m2 = _outer_positions(m1, m2, mode)
         nngp = kgg * khh + kgh * khg + m1 * m2
         ntk = None
         if tgg is not None:
@@ -493,16 +507,8 @@ class _Interpreter:
         return _diagonal_positions(mk, 1, len(g.shape) - 1)
 
     def broadcast_variances(self, g: _Lin, h: _Lin, mode: str):
-        ng, nh = len(g.shape) - 1, len(h.shape) - 1
-        s1, s2 = ("11", "22") if mode == "12" else (mode, mode)
-        v1, v2 = self.variances(g, s1), self.variances(h, s2)
-        if mode == "12":
-            q11 = v1.reshape((v1.shape[0], 1) + v1.shape[1:] + (1,) * nh)
-            q22 = v2.reshape((1, v2.shape[0]) + (1,) * ng + v2.shape[1:])
-        else:
-            q11 = v1.reshape(v1.shape + (1,) * nh)
-            q22 = v2.reshape((v2.shape[0],) + (1,) * ng + v2.shape[1:])
-        return q11, q22
+        s1, s2 = _own_modes(mode)
+        return _outer_positions(self.variances(g, s1), self.variances(h, s2), mode)
 
     def stein(self, a: _Fn, b: _Atom, mode: str, first: bool) -> _Moment:
         """`E[f(g) b] = E[f'(g)] Cov(g, b)` for a Gaussian `b`; the NTK has the same factor."""

@@ -64,36 +64,20 @@ class GlobalSelfAttention(AbstractMaskedLayer):
     $\\frac{\\sigma_O \\sigma_V}{\\sqrt{H d_v C}} W_O [y^1, \\dots, y^H] + \\sigma_b b$. All weights
     are i.i.d. standard normal (NTK parameterisation).
 
-    With `linear_scaling=True` ($\\alpha = 1$, and queries tied to keys) the logits converge to
-    $\\sigma_Q\\sigma_K \\mathcal{K}(x_i, x_j)$ as the widths grow, and the limit has a closed
-    form (Hron et al. 2020, "Infinite attention: NNGP and NTK for deep attention networks"):
-    with $G = \\phi(\\sigma_Q\\sigma_K \\mathcal{K}_{11})$ per example,
-    $\\mathcal{K}' = \\sigma_O^2\\sigma_V^2\\, G_1 \\mathcal{K}_{12} G_2^\\top + \\sigma_b^2$ and
-    $\\Theta' = \\sigma_O^2\\sigma_V^2\\, G_1 \\Theta_{12} G_2^\\top
-    + 2(\\mathcal{K}' - \\sigma_b^2) + \\sigma_b^2$.
-
-    `linear_scaling=False` ($\\alpha = 1/2$, independent queries) is the usual scaled
-    dot-product attention: the logits stay random, Gaussian with covariance
-    $\\sigma_Q^2\\sigma_K^2 \\mathcal{K}_{ii'}\\mathcal{K}_{jj'}$, and the limit (with the
-    number of heads growing too) has a closed form only for identity attention:
-    $\\mathcal{K}'_{ii'} = \\sigma_Q^2\\sigma_K^2\\sigma_O^2\\sigma_V^2
-    \\langle \\mathcal{K}, \\mathcal{K} \\rangle \\mathcal{K}_{ii'} + \\sigma_b^2$ and
-    $\\Theta'_{ii'} = \\sigma_Q^2\\sigma_K^2\\sigma_O^2\\sigma_V^2 [2 \\langle \\Theta, \\mathcal{K}
-    \\rangle \\mathcal{K}_{ii'} + \\langle \\mathcal{K}, \\mathcal{K} \\rangle (\\Theta_{ii'} +
-    4\\mathcal{K}_{ii'})] + \\sigma_b^2$, with $\\langle A, B \\rangle = \\sum_{jj'} A_{jj'}
-    B_{jj'}$ over all position pairs of the two examples (embeddings replace $\\mathcal{K}$,
-    $\\Theta$ by their mixtures below, for values only with `val_pos_emb`). The outputs are
-    Gaussian in this limit: given the logits, the heads add independent terms, and the
-    central limit theorem over the heads applies (with few heads they are a Gaussian scale
-    mixture). Other mechanisms work in the finite network, but their kernel rule raises
-    `NotImplementedError`.
+    Kernel rule (Hron et al. 2020, "Infinite attention: NNGP and NTK for deep attention
+    networks"; the formulas are in the docstring of `GlobalSelfAttentionRule`): with
+    `linear_scaling=True` ($\\alpha = 1$, queries tied to keys) the logits converge to
+    $\\sigma_Q\\sigma_K \\mathcal{K}(x_i, x_j)$ and the limit has a closed form; with
+    `linear_scaling=False` ($\\alpha = 1/2$, independent queries: the usual scaled dot-product
+    attention) the logits stay random and the limit, with the number of heads growing too, has
+    one only for identity attention (the outputs are Gaussian by the central limit theorem over
+    the heads; with few heads they are a Gaussian scale mixture). Other mechanisms work in the
+    finite network, but their kernel rule raises `NotImplementedError`.
 
     Positional embeddings $e$ are Gaussian with standard deviation `W_pos_emb_std` and
     covariance $R_{ij} = \\text{decay}(d(i, j))$ between positions. `"sum"` adds them to the
     inputs of keys and queries, `"concat"` appends them as extra channels; `val_pos_emb` also
-    feeds them to the values. In the limit they enter as
-    $w_x \\mathcal{K} + w_e \\sigma_e^2 R$ with $(w_x, w_e) = (1, 1)$ for `"sum"` and the
-    channel fractions for `"concat"`.
+    feeds them to the values.
     """
 
     key_weight: Float[Array, "heads keys_in key_dim"]
@@ -377,8 +361,9 @@ class GlobalSelfAttentionRule(AbstractRule[GlobalSelfAttention]):
     """Kernel rule of [`eqntk.nn.GlobalSelfAttention`][] (Hron et al. 2020).
 
     Write $\\tilde{\\mathcal{K}} = w_x \\mathcal{K} + w_e\\sigma_e^2 R$ for the covariance of the
-    inputs of keys and queries (positional embeddings included; $\\tilde{\\mathcal{K}} =
-    \\mathcal{K}$ without them), $\\mathcal{K}_v$ for that of the values ($\\tilde{\\mathcal{K}}$
+    inputs of keys and queries (positional embeddings included, with $(w_x, w_e) = (1, 1)$ for
+    `"sum"` and the channel fractions for `"concat"`; $\\tilde{\\mathcal{K}} = \\mathcal{K}$
+    without them), $\\mathcal{K}_v$ for that of the values ($\\tilde{\\mathcal{K}}$
     with `val_pos_emb`, else $\\mathcal{K}$), and $\\tilde\\Theta$, $\\Theta_v$ likewise for the
     NTK (the embeddings are trained parameters). Every position pair of the output gets
     $+\\sigma_b^2$ on top of the following.
@@ -402,7 +387,8 @@ class GlobalSelfAttentionRule(AbstractRule[GlobalSelfAttention]):
     four weight matrices). Other mechanisms have no closed form with `linear_scaling=False`.
 
     The output is Gaussian in both cases (`is_gaussian=True`; for `linear_scaling=False`
-    through the central limit theorem over the heads, as the layer's docstring says).
+    through the central limit theorem over the heads: given the logits, the heads add
+    independent terms).
     """
 
     def requirements(self, layer: GlobalSelfAttention, wanted: Requirements) -> Requirements:

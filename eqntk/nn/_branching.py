@@ -114,10 +114,7 @@ class Parallel(eqx.Module):
 class FanInSum(eqx.Module):
     """Join streams by adding them; all streams must have the same shape.
 
-    Kernel rule: the kernels of independent streams add,
-    $\\mathcal{K} = \\sum_i \\mathcal{K}_i$ and $\\Theta = \\sum_i \\Theta_i$. This needs every
-    stream to be Gaussian (it ends in an affine layer, or is an identity of a Gaussian stream);
-    the rule raises an error otherwise.
+    Kernel rule: the kernels of independent streams add; every stream must be Gaussian.
 
     **Example:**
 
@@ -138,10 +135,8 @@ class FanInSum(eqx.Module):
 class FanInProd(eqx.Module):
     """Join streams by multiplying them elementwise; all streams must have the same shape.
 
-    Kernel rule for independent streams: $\\mathcal{K} = \\prod_i \\mathcal{K}_i$ and, by the
-    product rule, $\\Theta = \\sum_i \\Theta_i \\prod_{j \\neq i} \\mathcal{K}_j$ (for two streams
-    $\\Theta = \\Theta_1 \\mathcal{K}_2 + \\mathcal{K}_1 \\Theta_2$). The product is not Gaussian,
-    so an affine layer must follow before any nonlinearity.
+    Kernel rule: the kernels of independent streams multiply (the NTK by the product rule); the
+    product is not Gaussian, so an affine layer must follow before any nonlinearity.
 
     **Example:**
 
@@ -162,15 +157,9 @@ class FanInProd(eqx.Module):
 class FanInConcat(eqx.Module):
     """Join streams by concatenating them along the channel axis or a spatial axis.
 
-    Kernel rule, for independent streams:
-
-    - along the channel axis: the mean of the stream kernels weighted by the finite channel
-      widths $n_i$ of the streams, $\\mathcal{K} = \\sum_i n_i \\mathcal{K}_i / \\sum_i n_i$ (the
-      same for $\\Theta$). Each channel keeps the kernel of its stream, so the result is not
-      Gaussian: an affine layer must follow before any nonlinearity.
-    - along a spatial axis: the block-diagonal kernel, whose diagonal blocks are the stream
-      kernels and whose off-diagonal blocks are zero (the streams are independent). This needs
-      every stream to be Gaussian.
+    Kernel rule: the width-weighted mean of the stream kernels along the channel axis (not
+    Gaussian: an affine layer must follow before any nonlinearity), the block-diagonal kernel of
+    Gaussian streams along a spatial axis.
     """
 
     axis: Literal["channel"] | int = eqx.field(static=True)
@@ -411,7 +400,9 @@ def _sum_or_none(arrays: list[Array | None]) -> Array | None:
 @register(FanInSum)
 class FanInSumRule(AbstractFanInRule[FanInSum]):
     """Kernel rule of [`eqntk.nn.FanInSum`][]: the sum of the kernels of independent Gaussian
-    streams, $\\mathcal{K} = \\sum_i \\mathcal{K}_i$, $\\Theta = \\sum_i \\Theta_i$."""
+    streams, $\\mathcal{K} = \\sum_i \\mathcal{K}_i$, $\\Theta = \\sum_i \\Theta_i$. A stream is
+    Gaussian when it ends in an affine layer or is an identity of a Gaussian stream; an error
+    otherwise."""
 
     def __call__(self, layer: FanInSum, ks: KernelTree, wanted: RequirementsTree) -> Kernel:
         streams = _streams(layer, ks)
@@ -431,8 +422,10 @@ class FanInSumRule(AbstractFanInRule[FanInSum]):
 @register(FanInProd)
 class FanInProdRule(AbstractFanInRule[FanInProd]):
     """Kernel rule of [`eqntk.nn.FanInProd`][]: for independent streams
-    $\\mathcal{K} = \\prod_i \\mathcal{K}_i$ and
-    $\\Theta = \\sum_i \\Theta_i \\prod_{j \\neq i} \\mathcal{K}_j$."""
+    $\\mathcal{K} = \\prod_i \\mathcal{K}_i$ and, by the product rule,
+    $\\Theta = \\sum_i \\Theta_i \\prod_{j \\neq i} \\mathcal{K}_j$ (for two streams
+    $\\Theta = \\Theta_1 \\mathcal{K}_2 + \\mathcal{K}_1 \\Theta_2$). The product is not
+    Gaussian."""
 
     def __call__(self, layer: FanInProd, ks: KernelTree, wanted: RequirementsTree) -> Kernel:
         streams = _streams(layer, ks)
@@ -456,9 +449,16 @@ class FanInProdRule(AbstractFanInRule[FanInProd]):
 
 @register(FanInConcat)
 class FanInConcatRule(AbstractFanInRule[FanInConcat]):
-    """Kernel rule of [`eqntk.nn.FanInConcat`][]: the width-weighted mean of the stream kernels
-    along the channel axis, the block-diagonal kernel along a spatial axis (the layer's
-    docstring has the formulas)."""
+    """Kernel rule of [`eqntk.nn.FanInConcat`][], for independent streams:
+
+    - along the channel axis: the mean of the stream kernels weighted by the finite channel
+      widths $n_i$ of the streams, $\\mathcal{K} = \\sum_i n_i \\mathcal{K}_i / \\sum_i n_i$ (the
+      same for $\\Theta$). Each channel keeps the kernel of its stream, so the result is not
+      Gaussian.
+    - along a spatial axis: the block-diagonal kernel, whose diagonal blocks are the stream
+      kernels and whose off-diagonal blocks are zero (the streams are independent). This needs
+      every stream to be Gaussian.
+    """
 
     def __call__(self, layer: FanInConcat, ks: KernelTree, wanted: RequirementsTree) -> Kernel:
         streams = _streams(layer, ks)

@@ -459,21 +459,10 @@ class ConvLocal(AbstractWindowedAffine):
     ):
         """**Arguments:**
 
-        - `in_channels`: the number of input channels.
-        - `out_channels`: the number of output channels (the width).
-        - `filter_shape`: the filter size along each spatial dimension.
-        - `strides`: the stride along each spatial dimension; `None` for ones.
-        - `padding`: `"VALID"`, `"SAME"` or `"CIRCULAR"`, as for `Conv`.
-        - `dilation`: the filter dilation along each spatial dimension; `None` for ones.
+        - `in_channels`, `out_channels`, `filter_shape`, `strides`, `padding`, `dilation`,
+          `W_std`, `b_std`, `parameterization`, `s`, `key`: as for [`eqntk.nn.Conv`][].
         - `spatial_shape`: the spatial shape of the inputs (there is one filter per output
           position).
-        - `W_std`: the weight standard deviation $\\sigma_W \\geq 0$.
-        - `b_std`: the bias standard deviation $\\sigma_b \\geq 0$, or `None` for no bias.
-        - `parameterization`: `"ntk"` or `"standard"`, as for [`eqntk.nn.Dense`][], with
-          fan-in `in_channels * prod(filter_shape)`.
-        - `s`: the width scales `(s0, s1)` of the standard parameterisation (must be `(1, 1)`
-          for `"ntk"`).
-        - `key`: a `jax.random` key for the initial weights.
 
         **Example:**
 

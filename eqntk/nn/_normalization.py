@@ -26,13 +26,9 @@ class LayerNorm(eqx.Module):
     \\epsilon}$, with the mean $\\mu$ and variance $\\sigma^2$ taken over the channels and,
     optionally, spatial axes of one example.
 
-    Kernel rule (it needs a Gaussian input, i.e. an affine layer right before it): the
-    channel mean vanishes in the limit and the variance becomes the input variance
-    $q(x, s) = \\mathcal{K}(x, x)_{ss}$ averaged over the normalised positions,
-    $v(x, s) = \\epsilon + \\mathrm{mean}_{s' \\sim s}\\, q(x, s')$ (the mean runs over the
-    normalised spatial axes, with the other positions fixed). Then
-    $\\mathcal{K}'(x_1, x_2)_{ss'} = \\mathcal{K}(x_1, x_2)_{ss'} / \\sqrt{v(x_1, s)\\,v(x_2, s')}$,
-    the same for $\\Theta$. The output is Gaussian again.
+    Kernel rule: each covariance divided by the square roots of the two examples' variances,
+    averaged over the normalised positions; it needs a Gaussian input (an affine layer right
+    before it), and its output is Gaussian again.
     """
 
     axis: tuple[Axis, ...] = eqx.field(static=True)
@@ -128,12 +124,9 @@ class Dropout(eqx.Module):
     argument of neural-tangents' `stax.Dropout` (and unlike `equinox.nn.Dropout`, whose `p` is
     the probability of dropping one: `keep_rate = 1 - p`).
 
-    Kernel rule in training mode (`inference=False`), as neural-tangents defines it: the
-    masks of different examples are independent, so only covariances that pair a unit with
-    itself grow, by $1/\\text{keep\\_rate}$: `cov1`, `cov2` on their spatial diagonal and, when
-    `x2` is `None`, the entries of `nngp` and `ntk` with the same example and position. With
-    `x2` given, the cross kernel is unchanged. The output is not Gaussian: an affine layer must
-    follow before any nonlinearity. With `inference=True` the kernel is unchanged.
+    Kernel rule in training mode, as neural-tangents defines it: the covariances that pair a
+    unit with itself grow by $1/\\text{keep\\_rate}$, and the output is not Gaussian (an affine
+    layer must follow before any nonlinearity); with `inference=True` the kernel is unchanged.
     """
 
     keep_rate: Float[Array, ""]
@@ -204,8 +197,14 @@ class Dropout(eqx.Module):
 
 @register(LayerNorm)
 class LayerNormRule(AbstractRule[LayerNorm]):
-    """Kernel rule of [`eqntk.nn.LayerNorm`][]: each covariance divided by the square roots of
-    the two examples' variances, averaged over the normalised positions (plus `eps`).
+    """Kernel rule of [`eqntk.nn.LayerNorm`][], for a Gaussian input.
+
+    The channel mean vanishes in the limit and the variance becomes the input variance
+    $q(x, s) = \\mathcal{K}(x, x)_{ss}$ averaged over the normalised positions,
+    $v(x, s) = \\epsilon + \\mathrm{mean}_{s' \\sim s}\\, q(x, s')$ (the mean runs over the
+    normalised spatial axes, with the other positions fixed). Then
+    $\\mathcal{K}'(x_1, x_2)_{ss'} = \\mathcal{K}(x_1, x_2)_{ss'} / \\sqrt{v(x_1, s)\\,v(x_2, s')}$,
+    the same for $\\Theta$. The output is Gaussian again.
 
     Only the variances of single positions are used, so the rule works in both spatial
     layouts.
@@ -243,7 +242,8 @@ def dropout_kernel(k: Kernel, keep_rate: Array | float, name: str = "keep_rate")
 
     Masks of different examples are independent, so only the entries that pair a unit with
     itself are scaled, by $1/\\text{keep\\_rate}$: `cov1`/`cov2` on their spatial diagonal, and
-    `nngp`/`ntk` on the batch and spatial diagonal when `x2` is `None`. `keep_rate` must be in
+    `nngp`/`ntk` on the batch and spatial diagonal when `x2` is `None` (with `x2` given, the
+    cross kernel is unchanged). The output is not Gaussian. `keep_rate` must be in
     `(0, 1]` (checked at trace time when concrete, else with `eqx.error_if`; `name` is what the
     error calls it).
     """
