@@ -2,7 +2,7 @@
 holding a mask (zeros at masked inputs, means over unmasked positions, output masks); masks
 through attention, in the finite network and the limit; masks through convolutions and pooling
 (masks follow strides, averages count only unmasked positions) against neural-tangents and wide
-finite CNNs; bad masks."""
+finite CNNs; bad masks, and `Kernel.replace` never dropping masks silently."""
 
 import equinox as eqx
 import hypothesis
