@@ -140,7 +140,7 @@ def _kernel_call_kwargs(case: dict, arrays: dict[str, np.ndarray]) -> dict[str, 
 # axes in that stored order: after one convolution, `shape=[S0', S1']` resizes axis 0 to S1' and
 # axis 1 to S0' (sizes of -1 resolved in canonical order first). Its own finite network resizes
 # as specified, and so does eqntk's (its kernel agrees with eqntk's finite network by Monte
-# Carlo, tests/limits/test_reshape.py). To compare with the oracle, the harness marks each
+# Carlo, tests/nn/test_reshape.py). To compare with the oracle, the harness marks each
 # `ImageResize` with the parity of the convolutions before it and the builder swaps the sizes
 # where the oracle did.
 CONVOLUTIONS = ("Conv", "ConvTranspose", "ConvLocal")

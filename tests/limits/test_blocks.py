@@ -9,8 +9,8 @@ import pytest
 
 import eqntk
 from eqntk import nn
-from tests.limits.test_graph import _gnn, _graphs
-from tests.limits.test_masking import _body as _attention_body, _masks
+from tests.nn.test_graph import _gnn, _graphs
+from tests.nn.test_masking import ATTENTION_LENGTH, _attention_body, _masks
 
 
 def _cnn(key, pool=True):
@@ -74,7 +74,7 @@ def test_kernel_of_x1_with_itself_stays_symmetric(getkey):
 
 def test_masks_and_graphs_are_split_with_the_rows(getkey):
     x1, x2 = jr.normal(getkey(), (3, 2, 5)), jr.normal(getkey(), (4, 2, 5))
-    m1, m2 = _masks([2, 5, 3]), _masks([4, 1, 5, 2])
+    m1, m2 = _masks([2, 5, 3], ATTENTION_LENGTH), _masks([4, 1, 5, 2], ATTENTION_LENGTH)
     body = _attention_body(getkey(), width=8)
     _assert_same(
         _limit(body, 1)(x1, x2, mask1=m1, mask2=m2),

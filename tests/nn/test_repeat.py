@@ -1,4 +1,5 @@
-"""`Repeat`: the same kernels as the unrolled `Sequential`, and a jaxpr that does not grow with
+"""`Repeat` and the folding of repeated blocks in `Sequential`: the finite pass splits keys like
+the unrolled `Sequential`, the kernels equal the unrolled ones, and the jaxpr does not grow with
 depth."""
 
 import equinox as eqx
@@ -11,6 +12,20 @@ import pytest
 import eqntk
 from eqntk import nn
 from eqntk.limits import AbstractRule, register
+
+
+def test_repeat_forward_with_keys(getkey):
+    def block(key):
+        return nn.Sequential([nn.Dense(4, 4, key=key), nn.Dropout(0.5)])
+
+    model = nn.repeat(block, 3, key=getkey())
+    x = jnp.ones(4)
+    key = getkey()
+    unrolled = nn.Sequential([model.layer(i) for i in range(3)])
+    # `Repeat` and `Sequential` split the key the same way.
+    np.testing.assert_allclose(model(x, key=key), unrolled(x, key=key), rtol=1e-12)
+    with pytest.raises(ValueError, match="`Dropout` needs a `key`"):
+        model(x)
 
 
 def _block(key):
@@ -107,9 +122,6 @@ def test_repeat_under_grad_with_respect_to_hyperparameters(getkey):
     w_std_grad = grads.layers[0].W_std
     assert w_std_grad.shape == (4,) and jnp.all(jnp.isfinite(w_std_grad))
     assert jnp.all(w_std_grad != 0)
-
-
-# A `Sequential` folds runs of identically built blocks into one scan.
 
 
 def _unfoldable(layers):

@@ -1,15 +1,52 @@
-"""Pooling in the limit: Monte Carlo agreement with wide finite networks, exact identities, layout
-requirements and input errors."""
+"""Pooling (`AvgPool`, `SumPool`, `GlobalAvgPool`, `GlobalSumPool`): finite layers against
+`lax.reduce_window` and plain means and sums; kernels against wide finite networks, exact
+identities, the layout pooling needs, and errors."""
+
+import math
 
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from jax import lax
 
 import eqntk
 from eqntk import nn
 from eqntk.limits import Requirements, apply, requirements
-from tests.limits.test_conv import assert_matches_monte_carlo
+from tests.nn.test_conv import assert_matches_monte_carlo
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID", "CIRCULAR"])
+@pytest.mark.parametrize("normalize_edges", [False, True])
+def test_avg_pool_matches_reduce_window(padding, normalize_edges, getkey):
+    x = jr.normal(getkey(), (2, 7, 6))
+    window, strides = (3, 2), (2, 1)
+    pool = nn.AvgPool(window, strides, padding, normalize_edges)
+    if padding == "CIRCULAR":
+        pads = [(0, 0)] + [
+            (t // 2, t - t // 2)
+            for t in (
+                max((math.ceil(n / s) - 1) * s + w - n, 0)
+                for n, w, s in zip(x.shape[1:], window, strides)
+            )
+        ]
+        x_in, lax_padding = jnp.pad(x, pads, mode="wrap"), "VALID"
+    else:
+        x_in, lax_padding = x, padding
+    total = lax.reduce_window(x_in, 0.0, lax.add, (1,) + window, (1,) + strides, lax_padding)
+    counts = lax.reduce_window(
+        jnp.ones_like(x_in), 0.0, lax.add, (1,) + window, (1,) + strides, lax_padding
+    )
+    expected = total / (counts if normalize_edges else math.prod(window))
+    assert np.allclose(pool(x), expected, rtol=1e-12)
+    sum_pool = nn.SumPool(window, strides, padding)
+    assert np.allclose(sum_pool(x), total, rtol=1e-12)
+
+
+def test_global_pools():
+    x = jnp.arange(24.0).reshape(2, 3, 4)
+    assert np.allclose(nn.GlobalAvgPool()(x), x.mean((1, 2)))
+    assert np.allclose(nn.GlobalSumPool()(x), x.sum((1, 2)))
 
 
 POOLS = {

@@ -1,4 +1,6 @@
-"""Fully-connected networks: `Dense`, the ReLU family and `Erf` against wide finite networks."""
+"""`Dense` in fully-connected networks (with the ReLU family and `Erf`): kernels against wide
+finite networks in both parameterizations and with width scales, symmetry and positive
+semi-definiteness, and cross-kernel blocks against the joint kernel."""
 
 import math
 

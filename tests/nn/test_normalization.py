@@ -1,4 +1,5 @@
-"""`LayerNorm` and `Dropout` against wide finite networks, plus their errors."""
+"""`LayerNorm` and `Dropout`: finite forward passes, kernels against wide finite networks, the
+diagonal layout, and their errors."""
 
 import math
 
@@ -12,7 +13,20 @@ import pytest
 import eqntk
 from eqntk import nn
 from tests.helpers import relative_error
-from tests.limits.test_branching import assert_matches_monte_carlo, mc_tolerance
+from tests.nn.test_branching import assert_matches_monte_carlo, mc_tolerance
+
+
+def test_layernorm_and_dropout_forward(getkey):
+    x = jr.normal(getkey(), (8, 5, 3))
+    y = nn.LayerNorm(("channel", "spatial"))(x)
+    np.testing.assert_allclose(y.mean(), 0.0, atol=1e-12)
+    np.testing.assert_allclose((y**2).mean(), 1.0, rtol=1e-9)
+    z = nn.LayerNorm(("channel", 1))(x)
+    np.testing.assert_allclose(z.mean(axis=(0, 2)), 0.0, atol=1e-12)
+    kept = jax.vmap(lambda k: nn.Dropout(0.25)(jnp.ones(1000), key=k))(jr.split(getkey(), 4))
+    assert set(np.unique(kept).tolist()) <= {0.0, 4.0}
+    assert abs(float(kept.mean()) - 1.0) < 0.15  # E = 1; std of the mean = sqrt(3 / 4000)
+    np.testing.assert_array_equal(nn.Dropout(0.25, inference=True)(x), x)
 
 
 def _layernorm_mlp(key, width, readout, d_in=5):
