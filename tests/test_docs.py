@@ -17,7 +17,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 PUBLIC_MODULES = ("eqntk", "eqntk.nn", "eqntk.limits", "eqntk.dynamics", "eqntk.empirical")
-PUBLIC_MODULES += ("eqntk.batching", "eqntk.features")
+PUBLIC_MODULES += ("eqntk.batching", "eqntk.features", "eqntk.nn.rules")
 PYTHON_BLOCK = re.compile(r"^[ ]*```python\n(.*?)^[ ]*```", re.DOTALL | re.MULTILINE)
 
 

@@ -51,3 +51,4 @@ from ._trigonometric import Cos as Cos, Gabor as Gabor, Rbf as Rbf, Sin as Sin
 # The rules of the stock `equinox.nn` layers and the interpreter of modules without a rule (they
 # use the layers above, so they are registered once these are defined).
 from ..limits import _equinox_layers as _equinox_layers, _program as _program  # noqa: E402
+from . import rules as rules  # noqa: E402  (the rules of the layers above, by name)

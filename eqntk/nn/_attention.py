@@ -65,7 +65,8 @@ class GlobalSelfAttention(AbstractMaskedLayer):
     are i.i.d. standard normal (NTK parameterisation).
 
     Kernel rule (Hron et al. 2020, "Infinite attention: NNGP and NTK for deep attention
-    networks"; the formulas are in the docstring of `GlobalSelfAttentionRule`): with
+    networks"; formulas in
+    [`eqntk.nn.rules.GlobalSelfAttentionRule`][]): with
     `linear_scaling=True` ($\\alpha = 1$, queries tied to keys) the logits converge to
     $\\sigma_Q\\sigma_K \\mathcal{K}(x_i, x_j)$ and the limit has a closed form; with
     `linear_scaling=False` ($\\alpha = 1/2$, independent queries: the usual scaled dot-product

@@ -349,7 +349,8 @@ _FanIn = TypeVar("_FanIn", FanInSum, FanInProd, FanInConcat)
 
 
 class AbstractFanInRule(AbstractStreamsRule[_FanIn]):
-    """A rule that joins streams into one kernel."""
+    """A rule that joins streams into one kernel: the base of the rules of
+    [`eqntk.nn.FanInSum`][], [`eqntk.nn.FanInProd`][] and [`eqntk.nn.FanInConcat`][]."""
 
     def requirements(self, layer: _FanIn, wanted: RequirementsTree) -> RequirementsTree:
         # One Requirements stands for every incoming stream, however many there are.
