@@ -131,13 +131,20 @@ class _Atom:
 
 
 class _Source(_Atom):
-    def __init__(self, kernel: Kernel, gaussian: bool, zero_mean: bool, ancestry=None, name=""):
+    """`shared`: for the output of a layer with fresh weights, `(layer, its input, a token
+    of the weights)`: two sources with the same token are one layer applied to two inputs,
+    correlated through their shared weights."""
+
+    def __init__(
+        self, kernel: Kernel, gaussian: bool, zero_mean: bool, ancestry=None, name="", shared=None
+    ):
         self.kernel = kernel
         self.shape = tuple(kernel.shape1)
         self.gaussian = gaussian
         self.zero_mean = zero_mean
         self.ancestry = frozenset({id(self)}) if ancestry is None else ancestry
         self.name = name
+        self.shared = shared
 
 
 class _Fn(_Atom):
@@ -443,6 +450,8 @@ class _Interpreter:
         if isinstance(a, _Source) and isinstance(b, _Source):
             if a is b:
                 return self.source_moment(a, mode)
+            if a.shared is not None and b.shared is not None and a.shared[2] == b.shared[2]:
+                return self.shared_moment(a, b, mode)
             return self.independent(a, b, mode)
         if isinstance(a, _Fn) and isinstance(b, _Fn):
             return self.two_functions(a, b, mode)
@@ -500,6 +509,46 @@ class _Interpreter:
             )
         cov = k.cov1 if mode == "11" else k.cov2_or_cov1
         return _deinterleave(cov, 1, n), None
+
+    def shared_moment(self, a: _Source, b: _Source, mode: str) -> _Moment:
+        """The moment of one layer's outputs on two inputs `u`, `v`: its rule on the kernel of
+        `u` against `v`, as for one input against another (the rule of `W x + b` does not care
+        whether the two sides are one input or two)."""
+        assert a.shared is not None and b.shared is not None
+        (layer, u, _), (_, v, _) = a.shared, b.shared
+        n = len(u.shape) - 1
+        s1, s2 = _own_modes(mode)
+        kuu = _interleave(self.lin_moment(u, u, s1)[0], 1, n)
+        kvv = _interleave(self.lin_moment(v, v, s2)[0], 1, n)
+        kuv, tuv = self.lin_moment(u, v, mode)
+        wanted = Requirements(diagonal_spatial=False)
+
+        def cross(kuv, tuv, kuu, kvv, n_lead: int):
+            k = Kernel(
+                nngp=_interleave(kuv, 2, n),
+                ntk=None if tuv is None else _interleave(tuv, 2, n),
+                cov1=kuu,
+                cov2=kvv,
+                shape1=u.shape,
+                shape2=v.shape,
+                diagonal_spatial=False,
+                is_gaussian=u.gaussian and v.gaussian,
+                x1_is_x2=False,
+            )
+            with jax_config.eager_constant_folding(False):
+                out = apply(layer, k, wanted)
+            assert isinstance(out, Kernel)  # an affine layer: one stream
+            m = len(out.shape1) - 1
+            nngp = _deinterleave(out.nngp, 2, m)
+            ntk = None if out.ntk is None else _deinterleave(out.ntk, 2, m)
+            return (nngp, ntk) if n_lead == 2 else (nngp[0, 0], None)
+
+        if mode == "12":
+            return cross(kuv, tuv, kuu, kvv, 2)
+        # One batch with itself: each example's two outputs, as a kernel of one example
+        # against one.
+        one = lambda kuv, kuu, kvv: cross(kuv[None, None], None, kuu[None], kvv[None], 1)[0]
+        return jax.vmap(one)(kuv, kuu, kvv), None
 
     def variances(self, g: _Lin, side: str):
         """The variance of a Gaussian value at each position, `(N, *S)`."""
@@ -612,18 +661,26 @@ class _Interpreter:
         treedef = jtu.tree_structure(arrays)
         layer = eqx.combine(jtu.tree_unflatten(treedef, [p.value for p in params]), static)
         identity = (index, tuple(p.token for p in params))
-        if identity in self.calls:
-            parent, out = self.calls[identity]
+        for parent, out in self.calls.get(identity, []):
             if parent.same_as(x):
                 return out
-            if isinstance(template, _FRESH):
-                raise _unsupported(
-                    eqn,
-                    f"the layer `{type(template).__name__}` is applied twice to different "
-                    f"inputs (shared weights), whose outputs are then correlated; weight "
-                    f"sharing is not supported.",
-                    self,
-                )
+        previous = self.calls.setdefault(identity, [])
+        if previous and not isinstance(template, _FRESH):
+            raise _unsupported(
+                eqn,
+                f"the layer `{type(template).__name__}` is applied twice to different inputs "
+                f"(shared parameters); the outputs' correlation is tracked for the affine "
+                f"layers only (`Linear`, `Conv`, `ConvTranspose`, `Dense`, `ConvLocal`).",
+                self,
+            )
+        if previous and tuple(x.shape) != tuple(previous[0][0].shape):
+            raise _unsupported(
+                eqn,
+                f"the layer `{type(template).__name__}` is applied to inputs of different "
+                f"shapes, {previous[0][0].shape} and {x.shape} (shared weights on different "
+                f"shapes are not supported).",
+                self,
+            )
         kin = self.kernel_of(x)
         # The layer's rule is staged as usual, not evaluated at compile time like the program's
         # constants: there an `eqx.error_if` on a traced parameter (e.g. LayerNorm's weight
@@ -635,7 +692,18 @@ class _Interpreter:
         if out_k.diagonal_spatial and out_k.spatial_ndim:
             raise AssertionError("rules keep the full layout when asked for it")
         if isinstance(template, _FRESH):
-            src = _Source(out_k, out_k.is_gaussian, True, name=type(template).__name__)
+            # Fresh weights: independent of everything computed before, except the outputs of
+            # the same weights on other inputs (one ancestry for all of them).
+            first = previous[0][1].terms if previous else None
+            ancestry = next(iter(first)).ancestry if first else None
+            src = _Source(
+                out_k,
+                out_k.is_gaussian,
+                True,
+                ancestry=ancestry,
+                name=type(template).__name__,
+                shared=(layer, x, identity),
+            )
         else:
             src = _Source(
                 out_k,
@@ -645,7 +713,7 @@ class _Interpreter:
                 name=type(template).__name__,
             )
         out = _Lin.of(src)
-        self.calls[identity] = (x, out)
+        previous.append((x, out))
         return out
 
     def kernel_of(self, x: _Lin) -> Kernel:

@@ -451,15 +451,80 @@ def test_layernorm_inside_a_traced_module_checks_its_actual_weight(getkey):
         eqntk.limit(trained)(x)
 
 
-def test_shared_weights_are_an_error(getkey):
-    class Siamese(eqx.Module):
+class SharedLinear(eqx.Module):
+    """One `Linear` applied to `x` and to `scale * x`: `W x + b + W (s x) + b`."""
+
+    lin: eqx.nn.Linear
+    scale: float = eqx.field(static=True)
+
+    def __call__(self, x, *, key=None):
+        return self.lin(x) + self.lin(self.scale * x)
+
+
+@pytest.mark.parametrize("scale", [-1.0, 2.0])
+@pytest.mark.parametrize("spatial", [False, True])
+def test_shared_weights_on_two_inputs_are_one_affine_map(getkey, scale, spatial):
+    """`W x + b + W (s x) + b = W ((1 + s) x) + 2 b`: its kernels are those of the layer on
+    `(1 + s) x` plus three times the bias part (the layer's kernels at a zero input). With
+    independent weights the `x` parts would add as `(1 + s^2) K` instead of `(1 + s)^2 K`."""
+    if spatial:
+        lin = eqx.nn.Conv1d(2, 4, 3, padding=1, key=getkey())
+        x = jr.normal(getkey(), (3, 2, 5))
+    else:
+        lin = eqx.nn.Linear(4, 8, key=getkey())
+        x = jr.normal(getkey(), (3, 4))
+    shared = eqntk.limit(SharedLinear(lin, scale))(x)
+    scaled, bias = eqntk.limit(lin)((1 + scale) * x), eqntk.limit(lin)(jnp.zeros_like(x))
+    # Exact in real arithmetic; separate programs round differently in the last bits.
+    np.testing.assert_allclose(shared.nngp, scaled.nngp + 3 * bias.nngp, rtol=1e-13)
+    np.testing.assert_allclose(shared.ntk, scaled.ntk + 3 * bias.ntk, rtol=1e-13)
+    np.testing.assert_allclose(shared.cov1, scaled.cov1 + 3 * bias.cov1, rtol=1e-13)
+
+
+class Siamese(eqx.Module):
+    """A shared body on a Gaussian value `h` and on `2 h`, whose ReLU outputs nearly cancel."""
+
+    stem: eqx.nn.Linear
+    body: eqx.nn.Linear
+    head: eqx.nn.Linear
+
+    def __call__(self, x, *, key=None):
+        h = self.stem(x)
+        # relu(W (2 h) + b) = 2 relu(W h + b / 2): with shared `W` the difference is left with
+        # the biases' part only, a far smaller kernel than with independent weights.
+        return self.head(jax.nn.relu(self.body(h)) - 0.5 * jax.nn.relu(self.body(2.0 * h)))
+
+
+@pytest.mark.slow
+def test_shared_weights_against_monte_carlo(getkey):
+    x = jr.normal(getkey(), (3, 6))
+
+    def make(key):
+        k = jr.split(key, 4)
+        body = Siamese(
+            eqx.nn.Linear(64, 64, key=k[0]),
+            eqx.nn.Linear(64, 64, key=k[1]),
+            eqx.nn.Linear(64, 2, key=k[2]),
+        )
+        return _stemmed(k[3], 6, 64, body)
+
+    # 128 networks of width 64: enough to tell shared weights from independent ones, whose
+    # limit has a 2x larger NNGP and a 5x larger NTK here (checked to fail this test).
+    check_against_monte_carlo(make, x, None, getkey(), 128, 64)
+
+
+def test_shared_weights_of_a_layer_without_fresh_weights_are_an_error(getkey):
+    class TwiceNorm(eqx.Module):
+        norm: eqx.nn.LayerNorm
         lin: eqx.nn.Linear
 
         def __call__(self, x, *, key=None):
-            return self.lin(x) + self.lin(2.0 * x)
+            h = self.lin(x)
+            return self.norm(h) + self.norm(2.0 * h + 1.0)
 
-    with pytest.raises(NotImplementedError, match="shared weights"):
-        eqntk.limit(Siamese(eqx.nn.Linear(4, 4, key=getkey())))(jnp.ones((2, 4)))
+    model = TwiceNorm(eqx.nn.LayerNorm(4), eqx.nn.Linear(4, 4, key=getkey()))
+    with pytest.raises(NotImplementedError, match="shared parameters"):
+        eqntk.limit(model)(jnp.ones((2, 4)))
 
 
 def test_nonlinearity_of_independent_nonlinear_sum_is_an_error(getkey):
