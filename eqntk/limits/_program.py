@@ -31,15 +31,18 @@ import pathlib
 from collections.abc import Callable
 from typing import Any
 
+import beartype
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import jaxtyping
 import numpy as np
 from jax import lax
 from jax._src import config as jax_config, source_info_util
 from jax.core import ShapedArray, Tracer
 from jax.extend import core as jex_core
+from jax.interpreters import batching
 
 from ..nn import Conv, ConvLocal, ConvTranspose, Dense
 from ..nn._activations import abrelu_entries, erf_entries
@@ -61,7 +64,7 @@ _TRACED = (eqx.nn.Sequential, eqx.nn.MLP, eqx.nn.Lambda, eqx.nn.Identity, eqx.nn
 layer_p = jex_core.Primitive("eqntk_layer")
 
 
-def _layer_abstract_eval(x, *params, index, out_shape, out_dtype):
+def _layer_abstract_eval(x, *params, index, name, out_shape, out_dtype):
     return ShapedArray(out_shape, out_dtype)
 
 
@@ -73,6 +76,30 @@ layer_p.def_abstract_eval(_layer_abstract_eval)
 layer_p.def_impl(_layer_impl)
 
 
+def _layer_batch(args, dims, *, index, name, out_shape, out_dtype):
+    del args, dims, index, out_shape, out_dtype
+    frames = source_info_util.user_frames(source_info_util.current().traceback)
+    line = next(
+        (
+            f"{f.file_name}:{f.start_line} ({f.function_name})"
+            for f in frames
+            if not f.file_name.startswith(_LIBRARIES)
+        ),
+        "an unknown line",
+    )
+    raise _Unsupported(
+        f"`limit` cannot take the limit of a layer with a kernel rule applied under `jax.vmap` "
+        f"inside a module's `__call__` (`{name}` at {line}): a layer mapped over the "
+        f"positions of its input, or over a stack of its parameters. Apply a "
+        f"layer to every position with a convolution of filter size 1 (`eqx.nn.Conv1d(c_in, "
+        f"c_out, 1)`, `eqntk.nn.Conv(c_in, c_out, (1,))`), or eqntk's `nn.Dense`, which acts "
+        f"on the channel axis at every position; stacks of layers with `jax.lax.scan`."
+    )
+
+
+batching.primitive_batchers[layer_p] = _layer_batch
+
+
 class _Opaque(eqx.Module):
     layer: Any
     index: int = eqx.field(static=True)
@@ -81,7 +108,12 @@ class _Opaque(eqx.Module):
         out = eqx.filter_eval_shape(self.layer, x)
         params = jtu.tree_leaves(eqx.filter(self.layer, eqx.is_array))
         return layer_p.bind(
-            x, *params, index=self.index, out_shape=tuple(out.shape), out_dtype=out.dtype
+            x,
+            *params,
+            index=self.index,
+            name=type(self.layer).__name__,
+            out_shape=tuple(out.shape),
+            out_dtype=out.dtype,
         )
 
 
@@ -269,11 +301,17 @@ def _where(eqns) -> str:
 
 
 # The packages whose frames are not the user's: by their directories, not by a name in the path
-# (a user's project may well live in a folder called `eqntk`).
+# (a user's project may well live in a folder called `eqntk`). Shape checkers wrap the user's
+# functions, so their frames come between the user's.
 _LIBRARIES = tuple(
     {
         str(path) + os.sep
-        for folder in (pathlib.Path(eqx.__file__).parent, pathlib.Path(__file__).parents[1])
+        for folder in (
+            pathlib.Path(eqx.__file__).parent,
+            pathlib.Path(jaxtyping.__file__).parent,
+            pathlib.Path(beartype.__file__).parent,
+            pathlib.Path(__file__).parents[1],
+        )
         for path in (folder.absolute(), folder.resolve())
     }
 )

@@ -513,6 +513,18 @@ def test_shared_weights_against_monte_carlo(getkey):
     check_against_monte_carlo(make, x, None, getkey(), 128, 64)
 
 
+def test_layer_vmapped_over_positions_is_a_clear_error(getkey):
+    class PerPosition(eqx.Module):
+        lin: eqx.nn.Linear
+
+        def __call__(self, x, *, key=None):
+            return jax.vmap(self.lin, in_axes=1, out_axes=1)(x)  # (C, L) -> (W, L)
+
+    model = PerPosition(eqx.nn.Linear(3, 4, key=getkey()))
+    with pytest.raises(NotImplementedError, match=r"`Linear` at .*test_program.py:\d+.*Conv1d"):
+        eqntk.limit(model)(jnp.ones((2, 3, 5)))
+
+
 def test_shared_weights_of_a_layer_without_fresh_weights_are_an_error(getkey):
     class TwiceNorm(eqx.Module):
         norm: eqx.nn.LayerNorm
