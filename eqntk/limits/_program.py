@@ -76,25 +76,48 @@ layer_p.def_abstract_eval(_layer_abstract_eval)
 layer_p.def_impl(_layer_impl)
 
 
+MAX_MAPPED = 32  # positions a layer may be mapped over with `jax.vmap` (per mapped axis)
+
+
 def _layer_batch(args, dims, *, index, name, out_shape, out_dtype):
-    del args, dims, index, out_shape, out_dtype
+    """`jax.vmap` of a layer over an axis of its input: the layer applied to each slice, with
+    the same weights (the interpreter correlates the outputs), stacked along the last axis."""
+    x, *params = args
+    dx, *dparams = dims
+    size = x.shape[dx]
+    if any(d is not None for d in dparams) or size > MAX_MAPPED:
+        what = (
+            "over a stack of its parameters"
+            if any(d is not None for d in dparams)
+            else f"over {size} positions (at most {MAX_MAPPED} are applied one by one)"
+        )
+        raise _Unsupported(
+            f"`limit` cannot take the limit of `{name}` applied under `jax.vmap` {what}, at "
+            f"{_current_user_line()}. Apply a layer to every position with a convolution of "
+            f"filter size 1 (`eqx.nn.Conv1d(c_in, c_out, 1)`, `eqntk.nn.Conv(c_in, c_out, "
+            f"(1,))`) or eqntk's `nn.Dense`, which acts on the channel axis at every position; "
+            f"stacks of layers with `jax.lax.scan`."
+        )
+    outs = [
+        layer_p.bind(
+            lax.index_in_dim(x, i, dx, keepdims=False),
+            *params,
+            index=index,
+            name=name,
+            out_shape=out_shape,
+            out_dtype=out_dtype,
+        )
+        for i in range(size)
+    ]
+    return jnp.stack(outs, axis=-1), len(out_shape)
+
+
+def _current_user_line() -> str:
     frames = source_info_util.user_frames(source_info_util.current().traceback)
-    line = next(
-        (
-            f"{f.file_name}:{f.start_line} ({f.function_name})"
-            for f in frames
-            if not f.file_name.startswith(_LIBRARIES)
-        ),
-        "an unknown line",
-    )
-    raise _Unsupported(
-        f"`limit` cannot take the limit of a layer with a kernel rule applied under `jax.vmap` "
-        f"inside a module's `__call__` (`{name}` at {line}): a layer mapped over the "
-        f"positions of its input, or over a stack of its parameters. Apply a "
-        f"layer to every position with a convolution of filter size 1 (`eqx.nn.Conv1d(c_in, "
-        f"c_out, 1)`, `eqntk.nn.Conv(c_in, c_out, (1,))`), or eqntk's `nn.Dense`, which acts "
-        f"on the channel axis at every position; stacks of layers with `jax.lax.scan`."
-    )
+    for frame in frames:
+        if not frame.file_name.startswith(_LIBRARIES):
+            return f"{frame.file_name}:{frame.start_line} ({frame.function_name})"
+    return "an unknown line"
 
 
 batching.primitive_batchers[layer_p] = _layer_batch
@@ -450,13 +473,13 @@ class _Interpreter:
         if isinstance(a, _SpatialMap):
             mk, mt = self.lin_moment(a.u, _Lin.of(b), mode)
             axes = list(range(lead, lead + len(a.u.shape) - 1))
-            f = lambda m: map_axes(m, a.fn, axes)
+            f = lambda m: map_axes(m, a.fn, axes, at=lead)
             return f(mk), None if mt is None else f(mt)
         if isinstance(b, _SpatialMap):
             mk, mt = self.lin_moment(_Lin.of(a), b.u, mode)
             start = lead + len(a.shape) - 1
             axes = list(range(start, start + len(b.u.shape) - 1))
-            f = lambda m: map_axes(m, b.fn, axes)
+            f = lambda m: map_axes(m, b.fn, axes, at=start)
             return f(mk), None if mt is None else f(mt)
         if isinstance(a, _Flatten) or isinstance(b, _Flatten):
             if isinstance(a, _Flatten) and isinstance(b, _Flatten) and a.u.shape == b.u.shape:

@@ -23,13 +23,17 @@ def diagonal_of_pairs(a: Array, n_lead: int, n_spatial: int) -> Array:
     return a
 
 
-def map_axes(a: Array, fn: Callable[[Array], Array], axes: list[int]) -> Array:
+def map_axes(
+    a: Array, fn: Callable[[Array], Array], axes: list[int], at: int | None = None
+) -> Array:
     """Apply `fn`, a map of the positions `(*S) -> (*O)` on `axes`, to every slice of `a`
     along them (the other axes are batched through `jax.vmap`).
 
     The output axes take the places of the mapped ones: each its own place when `fn` keeps the
     number of axes (`axes` may then be interleaved with others, as the full layout's pairs are),
-    otherwise one block where the first mapped axis was (`axes` must then be contiguous).
+    otherwise one block where the first mapped axis was (`axes` must then be contiguous); with
+    no mapped axis (`fn` makes positions from a scalar), the block goes before axis `at` (by
+    default at the end).
     """
     others = [i for i in range(a.ndim) if i not in axes]
     perm = others + axes
@@ -41,7 +45,7 @@ def map_axes(a: Array, fn: Callable[[Array], Array], axes: list[int]) -> Array:
     n_out = c.ndim - len(others)
     if n_out == len(axes):
         return jnp.transpose(c, [perm.index(i) for i in range(a.ndim)])
-    first = min(axes) if axes else len(others)
+    first = min(axes) if axes else (len(others) if at is None else at)
     before = [i for i, axis in enumerate(others) if axis < first]
     after = [i for i, axis in enumerate(others) if axis >= first]
     return jnp.transpose(c, before + list(range(len(others), c.ndim)) + after)

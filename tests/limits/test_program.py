@@ -513,16 +513,43 @@ def test_shared_weights_against_monte_carlo(getkey):
     check_against_monte_carlo(make, x, None, getkey(), 128, 64)
 
 
-def test_layer_vmapped_over_positions_is_a_clear_error(getkey):
-    class PerPosition(eqx.Module):
-        lin: eqx.nn.Linear
+class PerPosition(eqx.Module):
+    """A `Linear` applied at every position of a sequence with `jax.vmap`."""
 
-        def __call__(self, x, *, key=None):
-            return jax.vmap(self.lin, in_axes=1, out_axes=1)(x)  # (C, L) -> (W, L)
+    lin: eqx.nn.Linear
+    out: eqx.nn.Linear
 
-    model = PerPosition(eqx.nn.Linear(3, 4, key=getkey()))
-    with pytest.raises(NotImplementedError, match=r"`Linear` at .*test_program.py:\d+.*Conv1d"):
-        eqntk.limit(model)(jnp.ones((2, 3, 5)))
+    def __call__(self, x, *, key=None):
+        h = jax.nn.relu(jax.vmap(self.lin, in_axes=1, out_axes=1)(x))
+        return self.out(jnp.mean(h, axis=1))
+
+
+class OneByOne(eqx.Module):
+    conv: eqx.nn.Conv1d
+    out: eqx.nn.Linear
+
+    def __call__(self, x, *, key=None):
+        return self.out(jnp.mean(jax.nn.relu(self.conv(x)), axis=1))
+
+
+def test_layer_vmapped_over_positions_equals_a_one_by_one_convolution(getkey):
+    """`vmap` of a `Linear` over positions is a convolution of filter size 1 (the same
+    initialisation: fan-in 3 either way); exact, also between two batches (the cross-position
+    entries of the two sides kept apart)."""
+    k1, k2 = getkey(), getkey()
+    vmapped = PerPosition(eqx.nn.Linear(3, 8, key=k1), eqx.nn.Linear(8, 2, key=k2))
+    reference = OneByOne(eqx.nn.Conv1d(3, 8, 1, key=k1), eqx.nn.Linear(8, 2, key=k2))
+    x1, x2 = jr.normal(getkey(), (3, 3, 4)), jr.normal(getkey(), (2, 3, 4))
+    got, want = eqntk.limit(vmapped)(x1, x2), eqntk.limit(reference)(x1, x2)
+    # The same formulas on the same numbers, summed in other orders.
+    for name in ("nngp", "ntk", "cov1", "cov2"):
+        np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-12)
+
+
+def test_layer_vmapped_over_many_positions_or_parameters_is_a_clear_error(getkey):
+    model = PerPosition(eqx.nn.Linear(3, 4, key=getkey()), eqx.nn.Linear(4, 1, key=getkey()))
+    with pytest.raises(NotImplementedError, match=r"`Linear` .* 40 positions.*test_program.py"):
+        eqntk.limit(model)(jnp.ones((2, 3, 40)))
 
 
 def test_shared_weights_of_a_layer_without_fresh_weights_are_an_error(getkey):
