@@ -40,6 +40,7 @@ import jaxtyping
 import numpy as np
 from jax import lax
 from jax._src import config as jax_config, source_info_util
+from jax._src.interpreters.batching import BatchTracer
 from jax.core import ShapedArray, Tracer
 from jax.extend import core as jex_core
 from jax.interpreters import batching
@@ -85,12 +86,15 @@ def _layer_batch(args, dims, *, index, name, out_shape, out_dtype):
     x, *params = args
     dx, *dparams = dims
     size = x.shape[dx]
-    if any(d is not None for d in dparams) or size > MAX_MAPPED:
-        what = (
-            "over a stack of its parameters"
-            if any(d is not None for d in dparams)
-            else f"over {size} positions (at most {MAX_MAPPED} are applied one by one)"
-        )
+    # Under a second `vmap`, JAX's batching of the slices would move the channel axis.
+    nested = isinstance(x, BatchTracer)
+    if any(d is not None for d in dparams) or size > MAX_MAPPED or nested:
+        if any(d is not None for d in dparams):
+            what = "over a stack of its parameters"
+        elif nested:
+            what = "inside another `jax.vmap` (positions along several axes)"
+        else:
+            what = f"over {size} positions (at most {MAX_MAPPED} are applied one by one)"
         raise _Unsupported(
             f"`limit` cannot take the limit of `{name}` applied under `jax.vmap` {what}, at "
             f"{_current_user_line()}. Apply a layer to every position with a convolution of "

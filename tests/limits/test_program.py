@@ -551,6 +551,16 @@ def test_layer_vmapped_over_many_positions_or_parameters_is_a_clear_error(getkey
     with pytest.raises(NotImplementedError, match=r"`Linear` .* 40 positions.*test_program.py"):
         eqntk.limit(model)(jnp.ones((2, 3, 40)))
 
+    class Nested(eqx.Module):
+        lin: eqx.nn.Linear
+
+        def __call__(self, x, *, key=None):
+            at_each = jax.vmap(jax.vmap(self.lin, in_axes=1, out_axes=1), in_axes=2, out_axes=2)
+            return at_each(x)
+
+    with pytest.raises(NotImplementedError, match="inside another `jax.vmap`"):
+        eqntk.limit(Nested(eqx.nn.Linear(3, 4, key=getkey())))(jnp.ones((2, 3, 2, 2)))
+
 
 def test_shared_weights_of_a_layer_without_fresh_weights_are_an_error(getkey):
     class TwiceNorm(eqx.Module):
